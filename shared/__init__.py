@@ -1,0 +1,14 @@
+"""Code that both the API and the worker import; never imports either of them.
+
+settings.py  every setting, read from the environment, with its default
+spec.py      the job spec (pydantic): validation, defaults, descriptions, size limits
+models.py    SQLAlchemy ORM tables: jobs, job_events, metrics, checkpoints
+db.py        engine and session factory (SQLite pragmas, PostgreSQL pooling)
+jobs.py      job state machine: create, claim, fenced writes, finish, cancel, queries
+queue.py     the small Celery client the API enqueues with (by task name, ids only)
+storage.py   artifact store (a local or shared directory), content hashes
+statecodec.py  nested state dicts <-> safetensors tensors + JSON (no pickle anywhere)
+text.py      tokenizer and vocabulary
+datasets.py  dataset references and the built-in datasets shipped in builtin/
+zoo/         model registry: one nn.Module per architecture, one forward contract
+"""

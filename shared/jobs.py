@@ -1,0 +1,357 @@
+"""The job state machine. Every transition is one conditional UPDATE plus an event row.
+
+queued -> running (claim: attempt + 1, lease) -> succeeded | failed | cancelled
+running -> queued (worker drained or lost; the next claim resumes)
+queued -> cancelled (cancel before any worker claimed it)
+
+The attempt number is the fencing token: writes by an attempt (metrics, checkpoints,
+final status) go through `fenced()`, which only succeeds while the job is still running
+that attempt. A zombie or a duplicate delivery therefore never writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db import Database
+from shared.models import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Job,
+    JobEvent,
+    Metric,
+    utcnow,
+)
+from shared.spec import JobSpec
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(Exception):
+    """The job is not in a state that allows the requested change."""
+
+
+class Fenced(Exception):
+    """This attempt no longer owns the job: its writes are refused."""
+
+
+def _event(
+    session: Session,
+    job_id: int,
+    attempt: int,
+    from_status: str | None,
+    to_status: str | None,
+    actor: str,
+    message: str = "",
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            attempt=attempt,
+            from_status=from_status,
+            to_status=to_status,
+            actor=actor,
+            message=message,
+        )
+    )
+
+
+# ---------------------------------------------------------------- submit and read
+
+
+def create_job(db: Database, spec: JobSpec, actor: str = "api") -> Job:
+    """Insert a queued job and its first event, and commit. Enqueue only after this returns."""
+    with db.session() as session:
+        job = Job(
+            name=spec.name,
+            task=spec.task,
+            model_type=spec.model.type,
+            queue=spec.resources.queue,
+            spec=spec.model_dump(mode="json"),
+            status="queued",
+            attempt=0,
+            max_attempts=spec.resources.max_attempts,
+        )
+        session.add(job)
+        session.flush()
+        _event(session, job.id, 0, None, "queued", actor, "submitted")
+    return job
+
+
+def note_event(db: Database, job_id: int, actor: str, message: str) -> None:
+    """An event that changes no status (e.g. an enqueue that failed and awaits the reconciler)."""
+    with db.session() as session:
+        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id)) or 0
+        _event(session, job_id, attempt, None, None, actor, message)
+
+
+def get_job(db: Database, job_id: int) -> Job:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+
+def list_jobs(
+    db: Database, status: str | None = None, limit: int = 50, before_id: int | None = None
+) -> tuple[list[Job], int | None]:
+    """Newest first, keyset-paginated: pass the returned cursor as `before_id` for the next page."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    with db.session() as session:
+        jobs = list(session.scalars(query))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def job_events(db: Database, job_id: int) -> list[JobEvent]:
+    with db.session() as session:
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def latest_metrics(db: Database, job_id: int) -> dict[str, dict[str, Any]]:
+    """{"<split>/<name>": {value, step, epoch}} for the newest value of each metric."""
+    newest = (
+        select(func.max(Metric.id))
+        .where(Metric.job_id == job_id)
+        .group_by(Metric.split, Metric.name)
+        .scalar_subquery()
+    )
+    with db.session() as session:
+        rows = session.scalars(select(Metric).where(Metric.id.in_(newest)))
+        return {
+            f"{m.split}/{m.name}": {"value": m.value, "step": m.step, "epoch": m.epoch} for m in rows
+        }
+
+
+def list_metrics(
+    db: Database,
+    job_id: int,
+    name: str | None = None,
+    split: str | None = None,
+    after_id: int | None = None,
+    limit: int = 1000,
+) -> list[Metric]:
+    query = select(Metric).where(Metric.job_id == job_id).order_by(Metric.id).limit(limit)
+    if name is not None:
+        query = query.where(Metric.name == name)
+    if split is not None:
+        query = query.where(Metric.split == split)
+    if after_id is not None:
+        query = query.where(Metric.id > after_id)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def list_checkpoints(db: Database, job_id: int) -> list[Checkpoint]:
+    with db.session() as session:
+        return list(
+            session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.id))
+        )
+
+
+def get_checkpoint(db: Database, job_id: int, checkpoint_id: int) -> Checkpoint | None:
+    with db.session() as session:
+        ckpt = session.get(Checkpoint, checkpoint_id)
+        return ckpt if ckpt is not None and ckpt.job_id == job_id else None
+
+
+def latest_checkpoint(db: Database, job_id: int) -> Checkpoint | None:
+    with db.session() as session:
+        return session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc(), Checkpoint.id.desc()).limit(1)
+        ).first()
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def request_cancel(db: Database, job_id: int, actor: str) -> Job:
+    """Cancel a queued job at once; flag a running one for its supervisor (seen within a second)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status in TERMINAL_STATUSES:
+            raise InvalidTransition(f"job {job_id} is already {job.status}")
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True, error="cancelled by user")
+        ).rowcount
+        if done:
+            _event(session, job_id, job.attempt, "queued", "cancelled", actor, "cancelled by user")
+        else:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+            )
+            _event(session, job_id, job.attempt, None, None, actor, "cancel requested")
+    return get_job(db, job_id)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def claim(db: Database, job_id: int, worker: str, lease_seconds: float) -> int | None:
+    """queued -> running with attempt + 1 in one UPDATE. Returns the new attempt, or None."""
+    now = utcnow()
+    with db.session() as session:
+        attempt = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(
+                status="running",
+                attempt=Job.attempt + 1,
+                lease_owner=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(Job.started_at, now),
+                error=None,
+            )
+            .returning(Job.attempt)
+        ).scalar_one_or_none()
+        if attempt is not None:
+            _event(session, job_id, attempt, "queued", "running", worker, f"claimed (attempt {attempt})")
+        return attempt
+
+
+@contextmanager
+def fenced(db: Database, job_id: int, attempt: int, **progress: int) -> Iterator[Session]:
+    """A transaction that commits only while `attempt` still runs the job.
+
+    The conditional UPDATE takes the job's row lock first, so no claim or finish by anyone
+    else can interleave with the writes made inside the block.
+    """
+    with db.session() as session:
+        owned = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+            .values(updated_at=utcnow(), **progress)
+        ).rowcount
+        if not owned:
+            raise Fenced(f"job {job_id} attempt {attempt} no longer owns the job")
+        yield session
+
+
+def renew_lease(db: Database, job_id: int, attempt: int, lease_seconds: float) -> bool:
+    with db.session() as session:
+        return bool(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            ).rowcount
+        )
+
+
+def poll_running(db: Database, job_id: int, attempt: int) -> tuple[bool, bool]:
+    """(still owned by this attempt, cancel requested) -- the supervisor's cheap poll."""
+    with db.session() as session:
+        row = session.execute(
+            select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == job_id)
+        ).one_or_none()
+    if row is None:
+        return False, False
+    owned = row.status == "running" and row.attempt == attempt
+    return owned, bool(row.cancel_requested)
+
+
+def finish(db: Database, job_id: int, attempt: int, status: str, message: str, actor: str) -> bool:
+    """running -> succeeded | failed | cancelled for this attempt only. False if fenced out."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a terminal status: {status}")
+    with db.session() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+            .values(
+                status=status,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None if status == "succeeded" else message,
+            )
+        ).rowcount
+        if done:
+            _event(session, job_id, attempt, "running", status, actor, message)
+        return bool(done)
+
+
+def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -> bool:
+    """running -> queued for this attempt only (drain); the next claim resumes from a checkpoint."""
+    with db.session() as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+            .values(status="queued", lease_owner=None, lease_expires_at=None)
+        ).rowcount
+        if done:
+            _event(session, job_id, attempt, "running", "queued", actor, message)
+        return bool(done)
+
+
+def write_metrics(
+    db: Database,
+    job_id: int,
+    attempt: int,
+    rows: Sequence[dict[str, Any]],
+    epoch: int,
+    step: int,
+) -> None:
+    """Insert metric rows (dicts of step, epoch, split, name, value) fenced by the attempt."""
+    with fenced(db, job_id, attempt, epoch=epoch, step=step) as session:
+        session.add_all(Metric(job_id=job_id, attempt=attempt, **row) for row in rows)
+
+
+def add_checkpoint(
+    db: Database,
+    job_id: int,
+    attempt: int,
+    *,
+    step: int,
+    epoch: int,
+    uri: str,
+    sha256: str,
+    size: int,
+    metrics: dict[str, float],
+    keep_last: int,
+) -> list[str]:
+    """Record a checkpoint and drop the oldest beyond `keep_last`; returns the dropped URIs."""
+    with fenced(db, job_id, attempt, epoch=epoch, step=step) as session:
+        session.add(
+            Checkpoint(
+                job_id=job_id,
+                attempt=attempt,
+                step=step,
+                epoch=epoch,
+                uri=uri,
+                sha256=sha256,
+                bytes=size,
+                metrics=metrics,
+            )
+        )
+        session.flush()
+        stale = list(
+            session.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.job_id == job_id)
+                .order_by(Checkpoint.step.desc(), Checkpoint.id.desc())
+                .offset(keep_last)
+            )
+        )
+        for ckpt in stale:
+            session.delete(ckpt)
+        return [c.uri for c in stale]

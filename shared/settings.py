@@ -1,0 +1,78 @@
+"""Every setting in one object, read from environment variables with documented defaults.
+
+No configuration means: SQLite under ./var/, Redis at the URL `seqtrain up` starts (or
+redis://127.0.0.1:6379/0), artifacts under ./var/artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings. Build with `Settings.from_env()`; override fields in tests."""
+
+    # Where local state lives when nothing else is configured.
+    var_dir: Path = Path("var")
+    # SQLAlchemy URL; PostgreSQL in production: postgresql+psycopg://user@host/db
+    database_url: str = "sqlite:///var/seqtrain.db"
+    # Redis broker (Celery transport + pub/sub).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Root of the artifact store: checkpoints, logs. A shared mount when several hosts run workers.
+    artifact_root: Path = Path("var/artifacts")
+    # Celery queue a job goes to when its spec names none.
+    default_queue: str = "default"
+    # Seconds a running attempt's lease lasts without a heartbeat.
+    lease_seconds: float = 60.0
+    # Seconds between supervisor heartbeats (lease renewals).
+    heartbeat_seconds: float = 5.0
+    # Seconds between the supervisor's checks of the cancel flag.
+    cancel_poll_seconds: float = 0.2
+    # Seconds between SIGTERM and SIGKILL when stopping a trainer.
+    kill_grace_seconds: float = 1.0
+    # Redis redelivers an unacknowledged task after this many seconds; redelivery is a no-op.
+    visibility_timeout_seconds: int = 900
+    # Worker identity written into leases and events.
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        var_dir = Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
+        return cls(
+            var_dir=var_dir,
+            database_url=os.environ.get("DATABASE_URL") or f"sqlite:///{var_dir / 'seqtrain.db'}",
+            redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            artifact_root=Path(os.environ.get("ARTIFACT_ROOT") or var_dir / "artifacts"),
+            default_queue=os.environ.get("SEQTRAIN_DEFAULT_QUEUE", "default"),
+            lease_seconds=_env_float("SEQTRAIN_LEASE_SECONDS", 60.0),
+            heartbeat_seconds=_env_float("SEQTRAIN_HEARTBEAT_SECONDS", 5.0),
+            cancel_poll_seconds=_env_float("SEQTRAIN_CANCEL_POLL_SECONDS", 0.2),
+            kill_grace_seconds=_env_float("SEQTRAIN_KILL_GRACE_SECONDS", 1.0),
+            visibility_timeout_seconds=_env_int("SEQTRAIN_VISIBILITY_TIMEOUT", 900),
+            worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
+            or f"{socket.gethostname()}:{os.getpid()}",
+        )

@@ -1,0 +1,171 @@
+"""The job spec: the single source of truth for validation, defaults and documentation.
+
+A spec is JSON (or YAML through the CLI) with five nested sections. Every field has a
+default (except `name`) and a description; unknown fields are rejected; model sizes are bounded so that a
+spec asking for a model no worker could hold is a 422 at submit, not an OOM in a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from shared.datasets import BUILTIN_DATASETS
+
+MODEL_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
+TASKS = ("classification",)
+# Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
+# 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
+MAX_MODEL_PARAMETERS = 100_000_000
+# The special tokens every vocabulary starts with (see shared/text.py).
+NUM_SPECIAL_TOKENS = 2
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelSpec(_Section):
+    type: Literal["rnn", "gru", "lstm", "bilstm", "transformer"] = Field(
+        "lstm", description="Architecture: rnn | gru | lstm | bilstm | transformer."
+    )
+    embedding_dim: int = Field(
+        128, ge=2, le=4096, description="Token embedding width (the transformer's d_model)."
+    )
+    hidden_size: int = Field(
+        128, ge=1, le=8192, description="Recurrent hidden state width per direction (recurrent models)."
+    )
+    num_layers: int = Field(1, ge=1, le=24, description="Stacked recurrent or encoder layers.")
+    dropout: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Dropout probability between layers and before the head."
+    )
+    nhead: int = Field(4, ge=1, le=64, description="Attention heads (transformer only).")
+    dim_feedforward: int = Field(
+        512, ge=1, le=32768, description="Feed-forward width inside each encoder layer (transformer only)."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.type == "transformer" and self.embedding_dim % self.nhead != 0:
+            raise ValueError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by nhead ({self.nhead})"
+            )
+        return self
+
+
+class DataSpec(_Section):
+    dataset: str = Field(
+        "builtin:sentiment",
+        min_length=1,
+        max_length=200,
+        description="Dataset reference. Built-in: " + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS) + ".",
+    )
+    text_field: str = Field("text", min_length=1, max_length=100, description="Column holding the text.")
+    label_field: str = Field("label", min_length=1, max_length=100, description="Column holding the label.")
+    max_length: int = Field(
+        128, ge=1, le=4096, description="Tokens kept per example (longer texts are truncated)."
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.9, description="Fraction of rows held out for validation (seeded split)."
+    )
+    lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
+    max_vocab_size: int = Field(
+        20000, ge=1, le=1_000_000, description="Most frequent tokens kept in the vocabulary (plus <pad>, <unk>)."
+    )
+    min_frequency: int = Field(1, ge=1, le=1_000_000, description="Tokens seen fewer times map to <unk>.")
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataSpec:
+        if self.dataset.startswith("builtin:"):
+            name = self.dataset.removeprefix("builtin:")
+            if name not in BUILTIN_DATASETS:
+                valid = ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
+                raise ValueError(f"unknown built-in dataset {self.dataset!r}; valid: {valid}")
+        else:
+            raise ValueError("dataset must be a built-in dataset reference such as 'builtin:sentiment'")
+        return self
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(5, ge=1, le=10_000, description="Passes over the training split.")
+    batch_size: int = Field(32, ge=1, le=8192, description="Examples per optimizer step (per device).")
+    lr: float = Field(2e-3, gt=0.0, le=10.0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
+    grad_clip: float = Field(
+        1.0, ge=0.0, le=1e6, description="Clip the global gradient norm to this value; 0 disables."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for the split, initialization and shuffling.")
+    log_every_steps: int = Field(
+        10, ge=1, le=1_000_000, description="Write the training loss every this many optimizer steps."
+    )
+
+
+class ResourcesSpec(_Section):
+    devices: int = Field(
+        1, ge=1, le=1, description="Devices the job trains on (one per job in this version)."
+    )
+    queue: str = Field(
+        "default",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Worker queue the job is routed to.",
+    )
+    max_runtime_seconds: int | None = Field(
+        None, ge=1, le=30 * 24 * 3600, description="Stop and fail the attempt after this many seconds; null: no limit."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Attempts (worker lost -> resume) before the job fails."
+    )
+
+
+class CheckpointSpec(_Section):
+    every_epochs: int = Field(1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and at the end).")
+    keep_last: int = Field(3, ge=1, le=1000, description="Checkpoints kept per job; older ones are deleted.")
+
+
+class JobSpec(_Section):
+    # The one required field: a job without a name cannot be told apart in a list.
+    name: str = Field(min_length=1, max_length=200, description="Human-readable job name (required).")
+    task: Literal["classification"] = Field("classification", description="Training task.")
+    # data precedes model so that the model's size check can see the vocabulary bound.
+    data: DataSpec = Field(default_factory=DataSpec, description="Dataset and preprocessing.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture and sizes.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization settings.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices, queue, limits.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint policy.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_fits(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
+        data = info.data.get("data") or DataSpec()
+        params = estimate_parameters(model, data.max_vocab_size + NUM_SPECIAL_TOKENS, 2)
+        if params > MAX_MODEL_PARAMETERS:
+            raise ValueError(
+                f"model would have about {params:,} parameters with a {data.max_vocab_size:,}-token "
+                f"vocabulary; the limit is {MAX_MODEL_PARAMETERS:,} (reduce hidden_size, num_layers, "
+                "embedding_dim, dim_feedforward or data.max_vocab_size)"
+            )
+        return model
+
+
+def parse_spec(payload: Any) -> JobSpec:
+    """Validate a decoded JSON/YAML document into a JobSpec (raises pydantic.ValidationError)."""
+    return JobSpec.model_validate(payload)
+
+
+def estimate_parameters(model: ModelSpec, vocab_size: int, num_classes: int) -> int:
+    """Exact trainable-parameter count of the zoo's classifier for these sizes (no torch needed)."""
+    emb, hidden, layers = model.embedding_dim, model.hidden_size, model.num_layers
+    total = vocab_size * emb  # token embedding
+    if model.type == "transformer":
+        ff = model.dim_feedforward
+        # attention in/out projections 4E^2+4E, feed-forward 2EF+F+E, two LayerNorms 4E
+        total += layers * (4 * emb * emb + 2 * emb * ff + 9 * emb + ff)
+        total += 2 * emb  # final LayerNorm (pre-norm encoder)
+        return total + emb * num_classes + num_classes
+    gates = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}[model.type]
+    directions = 2 if model.type == "bilstm" else 1
+    for layer in range(layers):
+        inputs = emb if layer == 0 else hidden * directions
+        total += directions * gates * (inputs * hidden + hidden * hidden + 2 * hidden)
+    return total + hidden * directions * num_classes + num_classes
