@@ -1,0 +1,44 @@
+"""The Celery app: `celery -A worker.celery_app worker -P threads -c 1 -Q default`.
+
+One worker slot trains one job at a time; scale with more worker processes (compose
+`--scale worker=N`). The threads pool suits the supervisor, which only waits on a child
+process; prefork works too (the engine is disposed after each fork).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import signals
+
+from shared.db import Database
+from shared.queue import make_celery
+from shared.settings import Settings
+
+settings = Settings.from_env()
+app = make_celery(settings, "seqtrain-worker")
+app.conf.update(imports=["worker.tasks"])
+
+# Set when the worker begins a warm shutdown; supervisors then stop and requeue their job.
+shutting_down = threading.Event()
+_db: Database | None = None
+
+
+def database() -> Database:
+    global _db
+    if _db is None:
+        _db = Database(settings.database_url)
+    return _db
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Pooled connections must never cross a fork (prefork pool).
+    if _db is not None:
+        _db.after_fork()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    shutting_down.set()

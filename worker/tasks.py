@@ -1,0 +1,33 @@
+"""seqtrain.run_job: claim, supervise, done. Idempotent: a duplicate delivery claims nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from shared import jobs
+from shared.queue import RUN_JOB_TASK, JobQueue
+from worker.celery_app import app, database, settings, shutting_down
+from worker.supervisor import supervise
+
+log = logging.getLogger(__name__)
+
+
+def run_job_now(job_id: int) -> str:
+    """The task's body as a plain function: returns what happened."""
+    db = database()
+    attempt = jobs.claim(db, job_id, settings.worker_name, settings.lease_seconds)
+    if attempt is None:
+        log.info("job %s: not claimable (already taken, finished or cancelled)", job_id)
+        return "skipped"
+    log.info("job %s: attempt %s started", job_id, attempt)
+    outcome = supervise(db, settings, job_id, attempt, shutting_down)
+    log.info("job %s: attempt %s %s (%s)", job_id, attempt, outcome.status, outcome.message.splitlines()[0])
+    if outcome.status == "requeued":
+        job = jobs.get_job(db, job_id)
+        JobQueue(settings).enqueue_job(job_id, job.queue)
+    return outcome.status
+
+
+@app.task(name=RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: int) -> str:
+    return run_job_now(int(job_id))
