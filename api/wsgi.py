@@ -1,0 +1,5 @@
+"""WSGI entry point: gunicorn -k gthread --threads 8 'api.wsgi:app'."""
+
+from api import create_app
+
+app = create_app()

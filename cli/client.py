@@ -1,0 +1,45 @@
+"""A minimal JSON-over-HTTP client for the Seqtrain API (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        self.status, self.body = status, body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        lines = [f"HTTP {status}: {error.get('message') or body}"]
+        lines += [f"  {f.get('path') or '(body)'}: {f.get('message')}" for f in error.get("fields", [])]
+        super().__init__("\n".join(lines))
+
+
+class Client:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (http only)
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode("utf-8", "replace")
+            raise ApiFailure(exc.code, parsed) from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body if body is not None else {})

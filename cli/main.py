@@ -1,0 +1,244 @@
+"""seqtrain: run the service, submit and watch jobs.
+
+    seqtrain up                          API + worker + Redis + SQLite, no configuration
+    seqtrain submit examples/quickstart.yaml --wait
+    seqtrain jobs | show ID | cancel ID
+    seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from cli import services
+from cli.client import ApiFailure, Client
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+url_option = click.option(
+    "--url", envvar="SEQTRAIN_URL", default="http://127.0.0.1:8000", show_default=True,
+    help="API base URL (env SEQTRAIN_URL).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ApiFailure as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot reach the API: {exc}")
+
+
+@click.group()
+def main() -> None:
+    """Seqtrain: a queue-driven training service for PyTorch sequence models."""
+
+
+# ---------------------------------------------------------------- running the service
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
+    from migrations import upgrade
+    from shared.settings import Settings
+
+    upgrade(Settings.from_env().database_url)
+    click.echo("database is at the latest revision")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes.")
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the API with gunicorn (gthread workers)."""
+    cmd = services.api_command(host, port, workers)
+    os.execv(cmd[0], cmd)
+
+
+@main.command()
+@click.option("--queues", "-Q", default="default", show_default=True, help="Comma-separated queues.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int, help="Jobs at once.")
+def worker(queues: str, concurrency: int) -> None:
+    """Run a Celery worker that trains jobs from QUEUES."""
+    cmd = services.worker_command(queues, concurrency)
+    os.execv(cmd[0], cmd)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", "worker_count", default=1, show_default=True, type=int, help="Worker processes.")
+def up(host: str, port: int, worker_count: int) -> None:
+    """Start everything locally: Redis (unless REDIS_URL), migrations, the API and workers."""
+    var_dir = Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
+    var_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", f"sqlite:///{(var_dir / 'seqtrain.db').resolve()}")
+    env.setdefault("ARTIFACT_ROOT", str((var_dir / "artifacts").resolve()))
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def shutdown(*_: Any) -> None:
+        click.echo("stopping: worker (running jobs are requeued), API, Redis ...")
+        for name, proc in reversed(children):
+            services.stop(proc, signal.SIGTERM, timeout=30 if name == "worker" else 10)
+        click.echo("stopped")
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        if not env.get("REDIS_URL"):
+            redis_proc, env["REDIS_URL"] = services.start_redis(var_dir / "redis")
+            children.append(("redis", redis_proc))
+            click.echo(f"redis: {env['REDIS_URL']} (data in {var_dir / 'redis'})")
+        from migrations import upgrade
+
+        upgrade(env["DATABASE_URL"])
+        click.echo(f"database: {env['DATABASE_URL']}")
+        click.echo(f"artifacts: {env['ARTIFACT_ROOT']}")
+        api_proc = subprocess.Popen(services.api_command(host, port), env=env, start_new_session=True)
+        children.append(("api", api_proc))
+        for index in range(worker_count):
+            wenv = dict(env, SEQTRAIN_WORKER_NAME=f"{os.uname().nodename}:worker-{index}")
+            children.append(("worker", subprocess.Popen(
+                services.worker_command("default"), env=wenv, start_new_session=True)))
+        services.wait_for_port(port, api_proc, "api")
+    except Exception as exc:
+        click.echo(f"error: {exc}", err=True)
+        shutdown()
+    click.echo(f"Seqtrain is up: http://{host}:{port}  (Ctrl-C stops it)")
+    while True:
+        for name, proc in children:
+            if proc.poll() is not None:
+                click.echo(f"error: {name} exited with code {proc.returncode}", err=True)
+                shutdown()
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- using the service
+
+
+def load_spec(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        _fail(f"{path} is not valid YAML/JSON: {exc}")
+
+
+def wait_for(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> dict[str, Any]:
+    last = None
+    while True:
+        job = _call(client.get, f"/api/v1/jobs/{job_id}")
+        progress = (job["status"], job["epoch"], job["step"])
+        if progress != last and not as_json:
+            loss = job["latest_metrics"].get("train/loss", {}).get("value")
+            extra = f" loss {loss:.4f}" if loss is not None else ""
+            click.echo(f"job {job_id}: {job['status']} epoch {job['epoch']} step {job['step']}{extra}")
+            last = progress
+        if job["status"] in TERMINAL:
+            return dict(job)
+        time.sleep(poll)
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--name", help="Override the spec's name.")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless it succeeds.")
+@url_option
+@json_option
+def submit(spec_file: str, name: str | None, wait: bool, url: str, as_json: bool) -> None:
+    """Submit a job spec (YAML or JSON)."""
+    spec = load_spec(spec_file)
+    if name is not None and isinstance(spec, dict):
+        spec["name"] = name
+    client = Client(url)
+    created = _call(client.post, "/api/v1/jobs", spec)
+    if not wait:
+        click.echo(json.dumps(created) if as_json else f"job {created['id']} {created['status']}")
+        return
+    if not as_json:
+        click.echo(f"job {created['id']} submitted")
+    job = wait_for(client, created["id"], as_json)
+    if as_json:
+        click.echo(json.dumps(job))
+    else:
+        metrics = {k: round(v["value"], 4) for k, v in job["latest_metrics"].items() if k.startswith("val/")}
+        click.echo(f"job {job['id']} {job['status']} {json.dumps(metrics)}")
+        if job["error"]:
+            click.echo(job["error"], err=True)
+    sys.exit(0 if job["status"] == "succeeded" else 1)
+
+
+@main.command("jobs")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", default=20, show_default=True, type=int)
+@url_option
+@json_option
+def list_jobs(status: str | None, limit: int, url: str, as_json: bool) -> None:
+    """List jobs, newest first."""
+    query = f"?limit={limit}" + (f"&status={status}" if status else "")
+    page = _call(Client(url).get, f"/api/v1/jobs{query}")
+    if as_json:
+        click.echo(json.dumps(page))
+        return
+    for job in page["jobs"]:
+        click.echo(f"{job['id']:>6}  {job['status']:<10} {job['model_type']:<12} "
+                   f"epoch {job['epoch']:<4} {job['name']}")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@url_option
+@json_option
+def show(job_id: int, url: str, as_json: bool) -> None:
+    """Show one job: status, attempt, latest metrics, error, events."""
+    job = _call(Client(url).get, f"/api/v1/jobs/{job_id}")
+    if as_json:
+        click.echo(json.dumps(job))
+        return
+    click.echo(f"job {job['id']} {job['name']!r}: {job['status']} (attempt {job['attempt']}, "
+               f"epoch {job['epoch']}, step {job['step']})")
+    for key, metric in sorted(job["latest_metrics"].items()):
+        click.echo(f"  {key:<22} {metric['value']:.4f} (step {metric['step']})")
+    for event in job["events"]:
+        change = f"{event['from_status'] or ''} -> {event['to_status']}" if event["to_status"] else "note"
+        click.echo(f"  {event['ts']}  {change:<22} {event['actor']}: {event['message'].splitlines()[0] if event['message'] else ''}")
+    if job["error"]:
+        click.echo(f"error:\n{job['error']}")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@url_option
+@json_option
+def cancel(job_id: int, url: str, as_json: bool) -> None:
+    """Cancel a queued or running job."""
+    job = _call(Client(url).post, f"/api/v1/jobs/{job_id}/cancel")
+    click.echo(json.dumps(job) if as_json else f"job {job_id}: {job['status']}"
+               + (" (cancel requested)" if job["status"] == "running" else ""))
+
+
+if __name__ == "__main__":
+    main()
