@@ -1,6 +1,6 @@
 """One JSON error shape everywhere:
 
-    {"error": {"code": "validation_error", "message": "...", "fields": [{"path": "model.type", "message": "..."}]}}
+{"error": {"code": "validation_error", "message": "...", "fields": [{"path": "model.type", "message": "..."}]}}
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ log = logging.getLogger("seqtrain.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, fields: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or []
 
 
-def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, fields: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "fields": fields or []}}
 
 
@@ -69,7 +73,9 @@ def register(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def _database_down(exc: Exception) -> Any:
         log.warning("database error: %s", type(exc).__name__)
-        response = jsonify(error_body("database_unavailable", "the database is unavailable; retry shortly"))
+        response = jsonify(
+            error_body("database_unavailable", "the database is unavailable; retry shortly")
+        )
         response.headers["Retry-After"] = "5"
         return response, 503
 

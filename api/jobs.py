@@ -20,13 +20,19 @@ log = logging.getLogger("seqtrain.api")
 
 def json_body() -> Any:
     if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)")
+        raise ApiError(
+            415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
+        )
     body = request.get_json(silent=True)
     if body is None:
         raise ApiError(400, "bad_request", "the body is not valid JSON")
     if not isinstance(body, dict):
-        raise ApiError(422, "validation_error", "the body must be a JSON object",
-                       [{"path": "", "message": "expected an object", "type": "dict_type"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            "the body must be a JSON object",
+            [{"path": "", "message": "expected an object", "type": "dict_type"}],
+        )
     return body
 
 
@@ -39,16 +45,24 @@ def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}",
-                       [{"path": name, "message": f"expected an integer from {low} to {high}", "type": "int"}])
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{name} must be an integer from {low} to {high}",
+            [{"path": name, "message": f"expected an integer from {low} to {high}", "type": "int"}],
+        )
     return value
 
 
 def choice_arg(name: str, choices: tuple[str, ...]) -> str | None:
     raw = request.args.get(name)
     if raw is not None and raw not in choices:
-        raise ApiError(400, "invalid_parameter", f"{name} must be one of: {', '.join(choices)}",
-                       [{"path": name, "message": f"one of: {', '.join(choices)}", "type": "enum"}])
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{name} must be one of: {', '.join(choices)}",
+            [{"path": name, "message": f"one of: {', '.join(choices)}", "type": "enum"}],
+        )
     return raw
 
 
@@ -62,9 +76,18 @@ def submit() -> Any:
         svc.queue.enqueue_job(job.id, job.queue)
     except Exception as exc:
         enqueued = False
-        log.warning("job %s: enqueue failed (%s); it stays queued in SQL", job.id, type(exc).__name__)
+        log.warning(
+            "job %s: enqueue failed (%s); it stays queued in SQL", job.id, type(exc).__name__
+        )
         jobs.note_event(svc.db, job.id, "api", f"enqueue failed: {type(exc).__name__}")
-    response = jsonify({"id": job.id, "status": job.status, "enqueued": enqueued, "url": url_for(".show", job_id=job.id)})
+    response = jsonify(
+        {
+            "id": job.id,
+            "status": job.status,
+            "enqueued": enqueued,
+            "url": url_for(".show", job_id=job.id),
+        }
+    )
     return response, 201, {"Location": url_for(".show", job_id=job.id)}
 
 
@@ -94,11 +117,19 @@ def metrics(job_id: int) -> Any:
     jobs.get_job(db, job_id)
     limit = int_arg("limit", 1000, 1, 10000) or 1000
     rows = jobs.list_metrics(
-        db, job_id, name=request.args.get("name"), split=request.args.get("split"),
-        after_id=int_arg("after", None, 0, 2**62), limit=limit,
+        db,
+        job_id,
+        name=request.args.get("name"),
+        split=request.args.get("split"),
+        after_id=int_arg("after", None, 0, 2**62),
+        limit=limit,
     )
-    return jsonify({"metrics": [metric_view(m) for m in rows],
-                    "next_after": rows[-1].id if len(rows) == limit else None})
+    return jsonify(
+        {
+            "metrics": [metric_view(m) for m in rows],
+            "next_after": rows[-1].id if len(rows) == limit else None,
+        }
+    )
 
 
 @bp.get("/jobs/<int:job_id>/checkpoints")

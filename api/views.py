@@ -70,5 +70,7 @@ def checkpoint_view(ckpt: Checkpoint) -> dict[str, Any]:
         "bytes": ckpt.bytes,
         "metrics": ckpt.metrics,
         "created_at": _ts(ckpt.created_at),
-        "download_url": url_for("jobs.download_checkpoint", job_id=ckpt.job_id, checkpoint_id=ckpt.id),
+        "download_url": url_for(
+            "jobs.download_checkpoint", job_id=ckpt.job_id, checkpoint_id=ckpt.id
+        ),
     }

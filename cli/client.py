@@ -13,22 +13,26 @@ class ApiFailure(Exception):
         self.status, self.body = status, body
         error = body.get("error", {}) if isinstance(body, dict) else {}
         lines = [f"HTTP {status}: {error.get('message') or body}"]
-        lines += [f"  {f.get('path') or '(body)'}: {f.get('message')}" for f in error.get("fields", [])]
+        lines += [
+            f"  {f.get('path') or '(body)'}: {f.get('message')}" for f in error.get("fields", [])
+        ]
         super().__init__("\n".join(lines))
 
 
 class Client:
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"the API URL must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (http only)
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (scheme checked above)
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()

@@ -1,9 +1,9 @@
 """seqtrain: run the service, submit and watch jobs.
 
-    seqtrain up                          API + worker + Redis + SQLite, no configuration
-    seqtrain submit examples/quickstart.yaml --wait
-    seqtrain jobs | show ID | cancel ID
-    seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
+seqtrain up                          API + worker + Redis + SQLite, no configuration
+seqtrain submit examples/quickstart.yaml --wait
+seqtrain jobs | show ID | cancel ID
+seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from cli.client import ApiFailure, Client
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 url_option = click.option(
-    "--url", envvar="SEQTRAIN_URL", default="http://127.0.0.1:8000", show_default=True,
+    "--url",
+    envvar="SEQTRAIN_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
     help="API base URL (env SEQTRAIN_URL).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
@@ -66,7 +69,9 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes.")
+@click.option(
+    "--workers", default=2, show_default=True, type=int, help="gunicorn worker processes."
+)
 def api(host: str, port: int, workers: int) -> None:
     """Serve the API with gunicorn (gthread workers)."""
     cmd = services.api_command(host, port, workers)
@@ -74,7 +79,9 @@ def api(host: str, port: int, workers: int) -> None:
 
 
 @main.command()
-@click.option("--queues", "-Q", default="default", show_default=True, help="Comma-separated queues.")
+@click.option(
+    "--queues", "-Q", default="default", show_default=True, help="Comma-separated queues."
+)
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int, help="Jobs at once.")
 def worker(queues: str, concurrency: int) -> None:
     """Run a Celery worker that trains jobs from QUEUES."""
@@ -85,7 +92,9 @@ def worker(queues: str, concurrency: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", "worker_count", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option(
+    "--workers", "worker_count", default=1, show_default=True, type=int, help="Worker processes."
+)
 def up(host: str, port: int, worker_count: int) -> None:
     """Start everything locally: Redis (unless REDIS_URL), migrations, the API and workers."""
     var_dir = Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
@@ -114,12 +123,20 @@ def up(host: str, port: int, worker_count: int) -> None:
         upgrade(env["DATABASE_URL"])
         click.echo(f"database: {env['DATABASE_URL']}")
         click.echo(f"artifacts: {env['ARTIFACT_ROOT']}")
-        api_proc = subprocess.Popen(services.api_command(host, port), env=env, start_new_session=True)
+        api_proc = subprocess.Popen(
+            services.api_command(host, port), env=env, start_new_session=True
+        )
         children.append(("api", api_proc))
         for index in range(worker_count):
             wenv = dict(env, SEQTRAIN_WORKER_NAME=f"{os.uname().nodename}:worker-{index}")
-            children.append(("worker", subprocess.Popen(
-                services.worker_command("default"), env=wenv, start_new_session=True)))
+            children.append(
+                (
+                    "worker",
+                    subprocess.Popen(
+                        services.worker_command("default"), env=wenv, start_new_session=True
+                    ),
+                )
+            )
         services.wait_for_port(port, api_proc, "api")
     except Exception as exc:
         click.echo(f"error: {exc}", err=True)
@@ -155,7 +172,9 @@ def wait_for(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> d
         if progress != last and not as_json:
             loss = job["latest_metrics"].get("train/loss", {}).get("value")
             extra = f" loss {loss:.4f}" if loss is not None else ""
-            click.echo(f"job {job_id}: {job['status']} epoch {job['epoch']} step {job['step']}{extra}")
+            click.echo(
+                f"job {job_id}: {job['status']} epoch {job['epoch']} step {job['step']}{extra}"
+            )
             last = progress
         if job["status"] in TERMINAL:
             return dict(job)
@@ -184,7 +203,11 @@ def submit(spec_file: str, name: str | None, wait: bool, url: str, as_json: bool
     if as_json:
         click.echo(json.dumps(job))
     else:
-        metrics = {k: round(v["value"], 4) for k, v in job["latest_metrics"].items() if k.startswith("val/")}
+        metrics = {
+            k: round(v["value"], 4)
+            for k, v in job["latest_metrics"].items()
+            if k.startswith("val/")
+        }
         click.echo(f"job {job['id']} {job['status']} {json.dumps(metrics)}")
         if job["error"]:
             click.echo(job["error"], err=True)
@@ -192,7 +215,9 @@ def submit(spec_file: str, name: str | None, wait: bool, url: str, as_json: bool
 
 
 @main.command("jobs")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option(
+    "--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"])
+)
 @click.option("--limit", default=20, show_default=True, type=int)
 @url_option
 @json_option
@@ -204,8 +229,10 @@ def list_jobs(status: str | None, limit: int, url: str, as_json: bool) -> None:
         click.echo(json.dumps(page))
         return
     for job in page["jobs"]:
-        click.echo(f"{job['id']:>6}  {job['status']:<10} {job['model_type']:<12} "
-                   f"epoch {job['epoch']:<4} {job['name']}")
+        click.echo(
+            f"{job['id']:>6}  {job['status']:<10} {job['model_type']:<12} "
+            f"epoch {job['epoch']:<4} {job['name']}"
+        )
 
 
 @main.command()
@@ -218,13 +245,21 @@ def show(job_id: int, url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job))
         return
-    click.echo(f"job {job['id']} {job['name']!r}: {job['status']} (attempt {job['attempt']}, "
-               f"epoch {job['epoch']}, step {job['step']})")
+    click.echo(
+        f"job {job['id']} {job['name']!r}: {job['status']} (attempt {job['attempt']}, "
+        f"epoch {job['epoch']}, step {job['step']})"
+    )
     for key, metric in sorted(job["latest_metrics"].items()):
         click.echo(f"  {key:<22} {metric['value']:.4f} (step {metric['step']})")
     for event in job["events"]:
-        change = f"{event['from_status'] or ''} -> {event['to_status']}" if event["to_status"] else "note"
-        click.echo(f"  {event['ts']}  {change:<22} {event['actor']}: {event['message'].splitlines()[0] if event['message'] else ''}")
+        change = (
+            f"{event['from_status'] or ''} -> {event['to_status']}"
+            if event["to_status"]
+            else "note"
+        )
+        click.echo(
+            f"  {event['ts']}  {change:<22} {event['actor']}: {event['message'].splitlines()[0] if event['message'] else ''}"
+        )
     if job["error"]:
         click.echo(f"error:\n{job['error']}")
 
@@ -236,8 +271,12 @@ def show(job_id: int, url: str, as_json: bool) -> None:
 def cancel(job_id: int, url: str, as_json: bool) -> None:
     """Cancel a queued or running job."""
     job = _call(Client(url).post, f"/api/v1/jobs/{job_id}/cancel")
-    click.echo(json.dumps(job) if as_json else f"job {job_id}: {job['status']}"
-               + (" (cancel requested)" if job["status"] == "running" else ""))
+    click.echo(
+        json.dumps(job)
+        if as_json
+        else f"job {job_id}: {job['status']}"
+        + (" (cancel requested)" if job["status"] == "running" else "")
+    )
 
 
 if __name__ == "__main__":

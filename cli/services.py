@@ -29,9 +29,21 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-            "--dir", str(data_dir.resolve()), "--appendonly", "yes", "--save", "",
-            "--protected-mode", "yes", "--logfile", "redis.log",
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "redis.log",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -41,7 +53,9 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -57,17 +71,45 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: 
 def api_command(host: str, port: int, workers: int = 2, threads: int = 8) -> list[str]:
     # gthread: streaming responses hold a thread, not a whole worker process.
     return [
-        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--worker-class", "gthread",
-        "--workers", str(workers), "--threads", str(threads), "--access-logfile", "-",
-        "--graceful-timeout", "10", "api.wsgi:app",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host}:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--access-logfile",
+        "-",
+        "--graceful-timeout",
+        "10",
+        "api.wsgi:app",
     ]
 
 
 def worker_command(queues: str, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "threads",
-        "--concurrency", str(concurrency), "--queues", queues, "--loglevel", loglevel,
-        "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queues,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--prefetch-multiplier",
+        "1",
     ]
 
 

@@ -8,18 +8,60 @@ Usage: python scripts/make_sentiment.py > shared/builtin/sentiment.tsv
 import random
 
 SUBJECTS = [
-    "the film", "this movie", "the plot", "the acting", "the soundtrack", "the ending",
-    "the script", "the cast", "the director's work", "the story", "the dialogue",
-    "the pacing", "the camera work", "the lead performance", "the final act",
-    "the humour", "the set design", "this sequel", "the documentary", "the animation",
+    "the film",
+    "this movie",
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the ending",
+    "the script",
+    "the cast",
+    "the director's work",
+    "the story",
+    "the dialogue",
+    "the pacing",
+    "the camera work",
+    "the lead performance",
+    "the final act",
+    "the humour",
+    "the set design",
+    "this sequel",
+    "the documentary",
+    "the animation",
 ]
 POSITIVE = [
-    "wonderful", "moving", "brilliant", "delightful", "gripping", "charming", "superb",
-    "funny", "beautiful", "clever", "heartfelt", "memorable", "thrilling", "fresh", "great",
+    "wonderful",
+    "moving",
+    "brilliant",
+    "delightful",
+    "gripping",
+    "charming",
+    "superb",
+    "funny",
+    "beautiful",
+    "clever",
+    "heartfelt",
+    "memorable",
+    "thrilling",
+    "fresh",
+    "great",
 ]
 NEGATIVE = [
-    "dull", "boring", "clumsy", "tedious", "awful", "predictable", "lifeless", "bland",
-    "messy", "forgettable", "painful", "shallow", "confusing", "weak", "terrible",
+    "dull",
+    "boring",
+    "clumsy",
+    "tedious",
+    "awful",
+    "predictable",
+    "lifeless",
+    "bland",
+    "messy",
+    "forgettable",
+    "painful",
+    "shallow",
+    "confusing",
+    "weak",
+    "terrible",
 ]
 VERBS = ["is", "was", "felt", "seemed", "turned out to be"]
 INTENSIFIERS = ["", "", "really ", "truly ", "quite ", "remarkably ", "utterly "]
@@ -44,8 +86,12 @@ def sentence(rng: random.Random) -> tuple[str, str]:
         template, _ = rng.choice(CONTRASTS)
         other = rng.choice(NEGATIVE if positive else POSITIVE)
         text = template.format(
-            a=rng.choice(SUBJECTS), v=rng.choice(VERBS), w1=other,
-            b=subject, v2=verb, w2=word,
+            a=rng.choice(SUBJECTS),
+            v=rng.choice(VERBS),
+            w1=other,
+            b=subject,
+            v2=verb,
+            w2=word,
         )
         return text, "positive" if positive else "negative"
     text = f"{rng.choice(OPENERS)}{subject} {verb} {rng.choice(INTENSIFIERS)}{word}{rng.choice(ENDINGS)}"

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Result, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import Database
@@ -29,6 +29,11 @@ from shared.models import (
     utcnow,
 )
 from shared.spec import JobSpec
+
+
+def _affected(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE (the outcome of every conditional transition)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class JobNotFound(LookupError):
@@ -120,7 +125,9 @@ def list_jobs(
 
 def job_events(db: Database, job_id: int) -> list[JobEvent]:
     with db.session() as session:
-        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        return list(
+            session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )
 
 
 def latest_metrics(db: Database, job_id: int) -> dict[str, dict[str, Any]]:
@@ -134,7 +141,8 @@ def latest_metrics(db: Database, job_id: int) -> dict[str, dict[str, Any]]:
     with db.session() as session:
         rows = session.scalars(select(Metric).where(Metric.id.in_(newest)))
         return {
-            f"{m.split}/{m.name}": {"value": m.value, "step": m.step, "epoch": m.epoch} for m in rows
+            f"{m.split}/{m.name}": {"value": m.value, "step": m.step, "epoch": m.epoch}
+            for m in rows
         }
 
 
@@ -160,7 +168,9 @@ def list_metrics(
 def list_checkpoints(db: Database, job_id: int) -> list[Checkpoint]:
     with db.session() as session:
         return list(
-            session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.id))
+            session.scalars(
+                select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.id)
+            )
         )
 
 
@@ -173,7 +183,10 @@ def get_checkpoint(db: Database, job_id: int, checkpoint_id: int) -> Checkpoint 
 def latest_checkpoint(db: Database, job_id: int) -> Checkpoint | None:
     with db.session() as session:
         return session.scalars(
-            select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc(), Checkpoint.id.desc()).limit(1)
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step.desc(), Checkpoint.id.desc())
+            .limit(1)
         ).first()
 
 
@@ -188,16 +201,25 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
             raise JobNotFound(job_id)
         if job.status in TERMINAL_STATUSES:
             raise InvalidTransition(f"job {job_id} is already {job.status}")
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True, error="cancelled by user")
-        ).rowcount
+        done = _affected(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(
+                    status="cancelled",
+                    finished_at=utcnow(),
+                    cancel_requested=True,
+                    error="cancelled by user",
+                )
+            )
+        )
         if done:
             _event(session, job_id, job.attempt, "queued", "cancelled", actor, "cancelled by user")
         else:
             session.execute(
-                update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running")
+                .values(cancel_requested=True)
             )
             _event(session, job_id, job.attempt, None, None, actor, "cancel requested")
     return get_job(db, job_id)
@@ -224,7 +246,15 @@ def claim(db: Database, job_id: int, worker: str, lease_seconds: float) -> int |
             .returning(Job.attempt)
         ).scalar_one_or_none()
         if attempt is not None:
-            _event(session, job_id, attempt, "queued", "running", worker, f"claimed (attempt {attempt})")
+            _event(
+                session,
+                job_id,
+                attempt,
+                "queued",
+                "running",
+                worker,
+                f"claimed (attempt {attempt})",
+            )
         return attempt
 
 
@@ -236,11 +266,13 @@ def fenced(db: Database, job_id: int, attempt: int, **progress: int) -> Iterator
     else can interleave with the writes made inside the block.
     """
     with db.session() as session:
-        owned = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-            .values(updated_at=utcnow(), **progress)
-        ).rowcount
+        owned = _affected(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                .values(updated_at=utcnow(), **progress)
+            )
+        )
         if not owned:
             raise Fenced(f"job {job_id} attempt {attempt} no longer owns the job")
         yield session
@@ -249,11 +281,13 @@ def fenced(db: Database, job_id: int, attempt: int, **progress: int) -> Iterator
 def renew_lease(db: Database, job_id: int, attempt: int, lease_seconds: float) -> bool:
     with db.session() as session:
         return bool(
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-            ).rowcount
+            _affected(
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                    .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+                )
+            )
         )
 
 
@@ -274,17 +308,19 @@ def finish(db: Database, job_id: int, attempt: int, status: str, message: str, a
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status}")
     with db.session() as session:
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-            .values(
-                status=status,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                error=None if status == "succeeded" else message,
+        done = _affected(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                .values(
+                    status=status,
+                    finished_at=utcnow(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error=None if status == "succeeded" else message,
+                )
             )
-        ).rowcount
+        )
         if done:
             _event(session, job_id, attempt, "running", status, actor, message)
         return bool(done)
@@ -293,11 +329,13 @@ def finish(db: Database, job_id: int, attempt: int, status: str, message: str, a
 def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -> bool:
     """running -> queued for this attempt only (drain); the next claim resumes from a checkpoint."""
     with db.session() as session:
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
-            .values(status="queued", lease_owner=None, lease_expires_at=None)
-        ).rowcount
+        done = _affected(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                .values(status="queued", lease_owner=None, lease_expires_at=None)
+            )
+        )
         if done:
             _event(session, job_id, attempt, "running", "queued", actor, message)
         return bool(done)

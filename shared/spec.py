@@ -34,7 +34,10 @@ class ModelSpec(_Section):
         128, ge=2, le=4096, description="Token embedding width (the transformer's d_model)."
     )
     hidden_size: int = Field(
-        128, ge=1, le=8192, description="Recurrent hidden state width per direction (recurrent models)."
+        128,
+        ge=1,
+        le=8192,
+        description="Recurrent hidden state width per direction (recurrent models).",
     )
     num_layers: int = Field(1, ge=1, le=24, description="Stacked recurrent or encoder layers.")
     dropout: float = Field(
@@ -42,7 +45,10 @@ class ModelSpec(_Section):
     )
     nhead: int = Field(4, ge=1, le=64, description="Attention heads (transformer only).")
     dim_feedforward: int = Field(
-        512, ge=1, le=32768, description="Feed-forward width inside each encoder layer (transformer only)."
+        512,
+        ge=1,
+        le=32768,
+        description="Feed-forward width inside each encoder layer (transformer only).",
     )
 
     @model_validator(mode="after")
@@ -59,10 +65,16 @@ class DataSpec(_Section):
         "builtin:sentiment",
         min_length=1,
         max_length=200,
-        description="Dataset reference. Built-in: " + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS) + ".",
+        description="Dataset reference. Built-in: "
+        + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
+        + ".",
     )
-    text_field: str = Field("text", min_length=1, max_length=100, description="Column holding the text.")
-    label_field: str = Field("label", min_length=1, max_length=100, description="Column holding the label.")
+    text_field: str = Field(
+        "text", min_length=1, max_length=100, description="Column holding the text."
+    )
+    label_field: str = Field(
+        "label", min_length=1, max_length=100, description="Column holding the label."
+    )
     max_length: int = Field(
         128, ge=1, le=4096, description="Tokens kept per example (longer texts are truncated)."
     )
@@ -71,9 +83,14 @@ class DataSpec(_Section):
     )
     lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
     max_vocab_size: int = Field(
-        20000, ge=1, le=1_000_000, description="Most frequent tokens kept in the vocabulary (plus <pad>, <unk>)."
+        20000,
+        ge=1,
+        le=1_000_000,
+        description="Most frequent tokens kept in the vocabulary (plus <pad>, <unk>).",
     )
-    min_frequency: int = Field(1, ge=1, le=1_000_000, description="Tokens seen fewer times map to <unk>.")
+    min_frequency: int = Field(
+        1, ge=1, le=1_000_000, description="Tokens seen fewer times map to <unk>."
+    )
 
     @model_validator(mode="after")
     def _known_dataset(self) -> DataSpec:
@@ -83,21 +100,30 @@ class DataSpec(_Section):
                 valid = ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
                 raise ValueError(f"unknown built-in dataset {self.dataset!r}; valid: {valid}")
         else:
-            raise ValueError("dataset must be a built-in dataset reference such as 'builtin:sentiment'")
+            raise ValueError(
+                "dataset must be a built-in dataset reference such as 'builtin:sentiment'"
+            )
         return self
 
 
 class TrainingSpec(_Section):
     epochs: int = Field(5, ge=1, le=10_000, description="Passes over the training split.")
-    batch_size: int = Field(32, ge=1, le=8192, description="Examples per optimizer step (per device).")
+    batch_size: int = Field(
+        32, ge=1, le=8192, description="Examples per optimizer step (per device)."
+    )
     lr: float = Field(2e-3, gt=0.0, le=10.0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
     grad_clip: float = Field(
         1.0, ge=0.0, le=1e6, description="Clip the global gradient norm to this value; 0 disables."
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for the split, initialization and shuffling.")
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="Seed for the split, initialization and shuffling."
+    )
     log_every_steps: int = Field(
-        10, ge=1, le=1_000_000, description="Write the training loss every this many optimizer steps."
+        10,
+        ge=1,
+        le=1_000_000,
+        description="Write the training loss every this many optimizer steps.",
     )
 
 
@@ -111,7 +137,10 @@ class ResourcesSpec(_Section):
         description="Worker queue the job is routed to.",
     )
     max_runtime_seconds: int | None = Field(
-        None, ge=1, le=30 * 24 * 3600, description="Stop and fail the attempt after this many seconds; null: no limit."
+        None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Stop and fail the attempt after this many seconds; null: no limit.",
     )
     max_attempts: int = Field(
         3, ge=1, le=20, description="Attempts (worker lost -> resume) before the job fails."
@@ -119,20 +148,32 @@ class ResourcesSpec(_Section):
 
 
 class CheckpointSpec(_Section):
-    every_epochs: int = Field(1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and at the end).")
-    keep_last: int = Field(3, ge=1, le=1000, description="Checkpoints kept per job; older ones are deleted.")
+    every_epochs: int = Field(
+        1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and at the end)."
+    )
+    keep_last: int = Field(
+        3, ge=1, le=1000, description="Checkpoints kept per job; older ones are deleted."
+    )
 
 
 class JobSpec(_Section):
     # The one required field: a job without a name cannot be told apart in a list.
-    name: str = Field(min_length=1, max_length=200, description="Human-readable job name (required).")
+    name: str = Field(
+        min_length=1, max_length=200, description="Human-readable job name (required)."
+    )
     task: Literal["classification"] = Field("classification", description="Training task.")
     # data precedes model so that the model's size check can see the vocabulary bound.
     data: DataSpec = Field(default_factory=DataSpec, description="Dataset and preprocessing.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture and sizes.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization settings.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices, queue, limits.")
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint policy.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Optimization settings."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Devices, queue, limits."
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Checkpoint policy."
+    )
 
     @field_validator("model")
     @classmethod

@@ -43,7 +43,9 @@ class Vocabulary:
     ) -> Vocabulary:
         counts = Counter(tok for text in texts for tok in tokenize(text, lowercase))
         # Most frequent first; ties broken alphabetically so the vocabulary is deterministic.
-        ranked = sorted((t for t, c in counts.items() if c >= min_frequency), key=lambda t: (-counts[t], t))
+        ranked = sorted(
+            (t for t, c in counts.items() if c >= min_frequency), key=lambda t: (-counts[t], t)
+        )
         return cls((PAD, UNK, *ranked[:max_size]), lowercase)
 
     def __len__(self) -> int:

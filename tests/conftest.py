@@ -69,7 +69,9 @@ def _postgres_database(tag: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A migrated, empty database on each backend (alembic upgrade head, as in production)."""
     from migrations import upgrade
 
@@ -150,15 +152,31 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def worker(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process consuming this backend's test queue."""
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool", "threads", "--concurrency", "1", "--queues", base_settings.default_queue,
-                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "1",
+                "--queues",
+                base_settings.default_queue,
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--hostname",
                 f"pytest-{uuid.uuid4().hex[:6]}@%h",
             ],
             cwd=ROOT,

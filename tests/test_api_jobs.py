@@ -55,7 +55,14 @@ def test_submit_stores_and_enqueues_the_id_only(client, db, settings):
         (tiny_spec(extra_field=1), "extra_field"),
         (tiny_spec(model={"hidden_size": 8192, "num_layers": 24, "embedding_dim": 4096}), "model"),
     ],
-    ids=["unknown-model-type", "negative-lr", "missing-name", "wrong-type", "extra-field", "oversize-model"],
+    ids=[
+        "unknown-model-type",
+        "negative-lr",
+        "missing-name",
+        "wrong-type",
+        "extra-field",
+        "oversize-model",
+    ],
 )
 def test_bad_spec_is_422_naming_the_field_and_stores_nothing(client, db, spec, path):
     before = job_count(db)
@@ -68,7 +75,9 @@ def test_bad_spec_is_422_naming_the_field_and_stores_nothing(client, db, spec, p
 
 
 def test_oversize_message_gives_the_numbers(client):
-    response = client.post("/api/v1/jobs", json=tiny_spec(model={"hidden_size": 8192, "num_layers": 24}))
+    response = client.post(
+        "/api/v1/jobs", json=tiny_spec(model={"hidden_size": 8192, "num_layers": 24})
+    )
     (field,) = response.json["error"]["fields"]
     assert "parameters" in field["message"] and "100,000,000" in field["message"]
 
@@ -115,8 +124,14 @@ def test_bad_query_parameters_are_400_naming_them(client, query):
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/jobs/999999", "/api/v1/jobs/999999/metrics", "/api/v1/jobs/999999/checkpoints",
-             "/api/v1/jobs/999999/checkpoints/1/download", "/api/v1/nowhere"]
+    "path",
+    [
+        "/api/v1/jobs/999999",
+        "/api/v1/jobs/999999/metrics",
+        "/api/v1/jobs/999999/checkpoints",
+        "/api/v1/jobs/999999/checkpoints/1/download",
+        "/api/v1/nowhere",
+    ],
 )
 def test_not_found_is_json(client, path):
     response = client.get(path)
@@ -160,7 +175,9 @@ def test_enqueue_failure_keeps_the_job_queued(settings, db):
 def test_database_down_is_503_json(settings, redis_url):
     from api import create_app
 
-    dead = replace(settings, database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    dead = replace(
+        settings, database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    )
     app = create_app(dead, {"TESTING": True})
     response = app.test_client().get("/api/v1/jobs")
     assert response.status_code == 503

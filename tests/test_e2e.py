@@ -25,7 +25,9 @@ def submit(client, settings, **sections):
 def wait_for_status(client, job_id, statuses, timeout=120.0):
     return wait_until(
         lambda: (job := client.get(f"/api/v1/jobs/{job_id}").json)["status"] in statuses and job,
-        timeout, interval=0.05, message=f"job {job_id} to reach {statuses}",
+        timeout,
+        interval=0.05,
+        message=f"job {job_id} to reach {statuses}",
     )
 
 
@@ -52,7 +54,10 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
     assert job["attempt"] == 1 and job["epoch"] == 3 and job["error"] is None
     assert job["started_at"] and job["finished_at"] >= job["started_at"]
     assert [(e["from_status"], e["to_status"]) for e in job["events"]] == [
-        (None, "queued"), ("queued", "running"), ("running", "succeeded")]
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
 
     # Metrics: every epoch's train and val loss, step losses; training loss decreased.
     rows = client.get(f"/api/v1/jobs/{job_id}/metrics?split=train&name=loss").json["metrics"]
@@ -62,7 +67,9 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
         per_epoch.setdefault(row["epoch"], []).append(row["value"])
     epochs = sorted(per_epoch)
     assert per_epoch[epochs[-1]][-1] < per_epoch[epochs[0]][0]
-    assert {"train/loss", "val/loss", "val/accuracy", "train/accuracy"} <= set(job["latest_metrics"])
+    assert {"train/loss", "val/loss", "val/accuracy", "train/accuracy"} <= set(
+        job["latest_metrics"]
+    )
     val = client.get(f"/api/v1/jobs/{job_id}/metrics?split=val&name=loss").json["metrics"]
     assert [m["epoch"] for m in val] == [1, 2, 3]
 
@@ -76,7 +83,11 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
     assert "model.embedding.weight" in tensors and tensors["model.embedding.weight"].shape[1] == 16
     download = client.get(newest["download_url"])
     assert download.status_code == 200
-    assert hashlib.sha256(download.data).hexdigest() == newest["sha256"] == download.headers["X-Checksum-SHA256"]
+    assert (
+        hashlib.sha256(download.data).hexdigest()
+        == newest["sha256"]
+        == download.headers["X-Checksum-SHA256"]
+    )
     assert len(download.data) == newest["bytes"] == files[-1].stat().st_size
     log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
     assert "epoch 3/3" in log
@@ -86,7 +97,9 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
     job_id = submit(client, settings, training={"epochs": 500}, data={"val_fraction": 0.5})
     wait_for_status(client, job_id, {"running"}, timeout=60)
     wait_until(lambda: trainer_pids(job_id), 30, message="trainer process")
-    wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}").json["step"] > 0, 60, message="training")
+    wait_until(
+        lambda: client.get(f"/api/v1/jobs/{job_id}").json["step"] > 0, 60, message="training"
+    )
     pids = trainer_pids(job_id)
     started = time.monotonic()
     response = client.post(f"/api/v1/jobs/{job_id}/cancel")
@@ -97,7 +110,10 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
     assert job["error"] == "cancelled by user"
     assert trainer_pids(job_id) == []
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        )
 
 
 def test_trainer_failure_is_recorded_with_its_reason(client, settings, worker):
@@ -129,5 +145,7 @@ def test_api_and_celery_processes_never_import_torch():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     env = dict(os.environ, DATABASE_URL="sqlite:///:memory:")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -31,7 +31,18 @@ def test_zombie_attempt_cannot_write(db):
     with pytest.raises(jobs.Fenced):
         jobs.write_metrics(db, job.id, 1, [row], epoch=0, step=1)
     with pytest.raises(jobs.Fenced):
-        jobs.add_checkpoint(db, job.id, 1, step=1, epoch=1, uri="x", sha256="0" * 64, size=1, metrics={}, keep_last=1)
+        jobs.add_checkpoint(
+            db,
+            job.id,
+            1,
+            step=1,
+            epoch=1,
+            uri="x",
+            sha256="0" * 64,
+            size=1,
+            metrics={},
+            keep_last=1,
+        )
     assert not jobs.finish(db, job.id, 1, "succeeded", "zombie", "w1")
     assert not jobs.renew_lease(db, job.id, 1, 60)
     jobs.write_metrics(db, job.id, 2, [row], epoch=0, step=1)  # the owner can
@@ -62,8 +73,14 @@ def test_every_transition_leaves_an_event(db):
     jobs.claim(db, job.id, "w", 60)
     jobs.finish(db, job.id, 1, "failed", "boom", "w")
     with db.session() as s:
-        events = s.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)).all()
-    assert [(e.from_status, e.to_status) for e in events] == [(None, "queued"), ("queued", "running"), ("running", "failed")]
+        events = s.scalars(
+            select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+        ).all()
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "failed"),
+    ]
     assert jobs.get_job(db, job.id).error == "boom"
 
 
@@ -72,8 +89,18 @@ def test_keep_last_prunes_old_checkpoints(db):
     jobs.claim(db, job.id, "w", 60)
     dropped = []
     for step in (10, 20, 30):
-        dropped += jobs.add_checkpoint(db, job.id, 1, step=step, epoch=step // 10, uri=f"c{step}",
-                                       sha256="0" * 64, size=1, metrics={}, keep_last=2)
+        dropped += jobs.add_checkpoint(
+            db,
+            job.id,
+            1,
+            step=step,
+            epoch=step // 10,
+            uri=f"c{step}",
+            sha256="0" * 64,
+            size=1,
+            metrics={},
+            keep_last=2,
+        )
     assert dropped == ["c10"]
     assert [c.step for c in jobs.list_checkpoints(db, job.id)] == [20, 30]
     assert jobs.latest_checkpoint(db, job.id).step == 30

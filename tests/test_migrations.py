@@ -30,5 +30,7 @@ def test_downgrade_and_upgrade_again(tmp_path):
     engine = make_engine(url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     command.upgrade(config, "head")
-    assert {"jobs", "job_events", "metrics", "checkpoints"} <= set(inspect(engine).get_table_names())
+    assert {"jobs", "job_events", "metrics", "checkpoints"} <= set(
+        inspect(engine).get_table_names()
+    )
     engine.dispose()

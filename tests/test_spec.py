@@ -15,7 +15,10 @@ def test_only_name_is_required_and_defaults_validate():
 
 
 def test_every_field_has_a_description():
-    sections = [JobSpec] + [JobSpec.model_fields[s].annotation for s in ("data", "model", "training", "resources", "checkpoint")]
+    sections = [JobSpec] + [
+        JobSpec.model_fields[s].annotation
+        for s in ("data", "model", "training", "resources", "checkpoint")
+    ]
     for section in sections:
         for name, field in section.model_fields.items():
             assert field.description, f"{section.__name__}.{name} has no description"
@@ -52,7 +55,14 @@ def test_size_bound_counts_the_vocabulary():
 @pytest.mark.parametrize("model_type", list(REGISTRY))
 @pytest.mark.parametrize("layers", [1, 3])
 def test_parameter_estimate_is_exact(model_type, layers):
-    spec = ModelSpec(type=model_type, num_layers=layers, embedding_dim=24, hidden_size=20, nhead=4, dim_feedforward=36)
+    spec = ModelSpec(
+        type=model_type,
+        num_layers=layers,
+        embedding_dim=24,
+        hidden_size=20,
+        nhead=4,
+        dim_feedforward=36,
+    )
     model = build_model(spec, vocab_size=57, num_classes=5, max_length=16)
     actual = sum(p.numel() for p in model.parameters())
     assert estimate_parameters(spec, 57, 5) == actual

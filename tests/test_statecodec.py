@@ -23,14 +23,21 @@ def test_optimizer_and_rng_state_round_trip(tmp_path):
     save_file(tensors, tmp_path / "c.safetensors", metadata={"doc": document})
     restored = unflatten(load_file(tmp_path / "c.safetensors"), document)
 
-    assert restored["epoch"] == 3 and restored["labels"] == ["neg", "pos"] and restored["nothing"] is None
+    assert (
+        restored["epoch"] == 3
+        and restored["labels"] == ["neg", "pos"]
+        and restored["nothing"] is None
+    )
     assert restored["rng"]["python"] == random.getstate()
     assert torch.equal(restored["rng"]["torch"], torch.get_rng_state())
     for key, value in model.state_dict().items():
         assert torch.equal(restored["model"][key], value)
     fresh = torch.optim.AdamW(torch.nn.LSTM(4, 3).parameters(), lr=0.5)
     fresh.load_state_dict(restored["optimizer"])
-    assert fresh.param_groups[0]["lr"] == 0.1 and tuple(fresh.param_groups[0]["betas"]) == (0.8, 0.9)
+    assert fresh.param_groups[0]["lr"] == 0.1 and tuple(fresh.param_groups[0]["betas"]) == (
+        0.8,
+        0.9,
+    )
     assert set(fresh.state_dict()["state"]) == set(optimizer.state_dict()["state"])
 
 

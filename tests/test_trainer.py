@@ -28,7 +28,11 @@ def test_training_improves_and_checkpoints(tmp_path):
     spec = parse_spec(tiny_spec(training={"epochs": 4, "lr": 0.03}))
     out = Collect(tmp_path)
     result = train(spec, out.reporter())
-    epoch_loss = [r["value"] for r in out.rows if (r["split"], r["name"]) == ("train", "loss") and r["step"] % 5 == 0]
+    epoch_loss = [
+        r["value"]
+        for r in out.rows
+        if (r["split"], r["name"]) == ("train", "loss") and r["step"] % 5 == 0
+    ]
     assert epoch_loss and all(math.isfinite(v) for v in epoch_loss)
     val_acc = [r["value"] for r in out.rows if (r["split"], r["name"]) == ("val", "accuracy")]
     val_loss = [r["value"] for r in out.rows if (r["split"], r["name"]) == ("val", "loss")]

@@ -11,8 +11,15 @@ ARCHITECTURES = list(REGISTRY)
 
 
 def small(model_type: str, layers: int = 2) -> torch.nn.Module:
-    spec = ModelSpec(type=model_type, embedding_dim=16, hidden_size=12, num_layers=layers, nhead=2,
-                     dim_feedforward=24, dropout=0.0)
+    spec = ModelSpec(
+        type=model_type,
+        embedding_dim=16,
+        hidden_size=12,
+        num_layers=layers,
+        nhead=2,
+        dim_feedforward=24,
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     return build_model(spec, vocab_size=30, num_classes=3, max_length=20)
 

@@ -44,8 +44,9 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def prepare_classification(data: DataSpec, seed: int, vocab: Vocabulary | None = None,
-                           labels: list[str] | None = None) -> ClassificationData:
+def prepare_classification(
+    data: DataSpec, seed: int, vocab: Vocabulary | None = None, labels: list[str] | None = None
+) -> ClassificationData:
     """Load, split (seeded), build the vocabulary on the training split only, and encode."""
     texts, raw_labels = text_label_pairs(load_rows(data.dataset), data.text_field, data.label_field)
     train_idx, val_idx = split_indices(len(texts), data.val_fraction, seed)
@@ -73,7 +74,9 @@ def prepare_classification(data: DataSpec, seed: int, vocab: Vocabulary | None =
     return ClassificationData(vocab, labels, encode(train_idx), encode(val_idx))
 
 
-def collate(ids: list[list[int]], targets: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    ids: list[list[int]], targets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to the longest sequence in this batch: tokens (B, T), lengths (B,), targets (B,)."""
     lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
     tokens = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)

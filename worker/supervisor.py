@@ -9,6 +9,7 @@ stops the child with SIGTERM, then SIGKILL of the whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,18 +53,12 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM the child's process group, then SIGKILL whatever is left after `grace` seconds."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -95,7 +90,15 @@ def supervise(
     )
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.trainer", "--job-id", str(job_id), "--attempt", str(attempt)],
+            [
+                sys.executable,
+                "-m",
+                "worker.trainer",
+                "--job-id",
+                str(job_id),
+                "--attempt",
+                str(attempt),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -118,7 +121,9 @@ def supervise(
             reason = Outcome("cancelled", "cancelled by user", None)
         elif deadline is not None and now >= deadline:
             reason = Outcome(
-                "failed", f"max_runtime_seconds ({spec.resources.max_runtime_seconds} s) exceeded", None
+                "failed",
+                f"max_runtime_seconds ({spec.resources.max_runtime_seconds} s) exceeded",
+                None,
             )
         elif shutting_down is not None and shutting_down.is_set():
             reason = Outcome("requeued", "worker shutting down; job requeued", None)
@@ -130,10 +135,8 @@ def supervise(
             returncode = proc.returncode
             break
     # Reap anything the trainer started and left behind in its group.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
     if reason is None:
         if returncode == 0:

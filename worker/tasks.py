@@ -21,7 +21,13 @@ def run_job_now(job_id: int) -> str:
         return "skipped"
     log.info("job %s: attempt %s started", job_id, attempt)
     outcome = supervise(db, settings, job_id, attempt, shutting_down)
-    log.info("job %s: attempt %s %s (%s)", job_id, attempt, outcome.status, outcome.message.splitlines()[0])
+    log.info(
+        "job %s: attempt %s %s (%s)",
+        job_id,
+        attempt,
+        outcome.status,
+        outcome.message.splitlines()[0],
+    )
     if outcome.status == "requeued":
         job = jobs.get_job(db, job_id)
         JobQueue(settings).enqueue_job(job_id, job.queue)

@@ -146,12 +146,16 @@ def train(spec: JobSpec, report: Reporter, resume: dict[str, Any] | None = None)
     while epoch < cfg.epochs:
         epoch_loss, epoch_correct, epoch_seen, epoch_tokens = 0.0, 0, 0, 0
         started = time.perf_counter()
-        for tokens, lengths, targets in datalib.iterate(dataset.train, cfg.batch_size, cfg.seed + epoch):
+        for tokens, lengths, targets in datalib.iterate(
+            dataset.train, cfg.batch_size, cfg.seed + epoch
+        ):
             logits, loss = model(tokens, lengths, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
-                float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if cfg.grad_clip > 0 else 0.0
+                float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                if cfg.grad_clip > 0
+                else 0.0
             )
             optimizer.step()
             scheduler.step()
@@ -224,8 +228,15 @@ class ServiceReporter:
 
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, db: Database, store: ArtifactStore, job_id: int, attempt: int,
-                 spec: JobSpec, redis_url: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ArtifactStore,
+        job_id: int,
+        attempt: int,
+        spec: JobSpec,
+        redis_url: str,
+    ) -> None:
         self.db, self.store, self.job_id, self.attempt, self.spec = db, store, job_id, attempt, spec
         self.pending: list[dict[str, Any]] = []
         self.progress = (0, 0)
@@ -257,8 +268,16 @@ class ServiceReporter:
         save_checkpoint(staging, state)
         size, digest = self.store.commit(staging, key)
         dropped = jobs.add_checkpoint(
-            self.db, self.job_id, self.attempt, step=step, epoch=epoch, uri=key, sha256=digest,
-            size=size, metrics=metrics, keep_last=self.spec.checkpoint.keep_last,
+            self.db,
+            self.job_id,
+            self.attempt,
+            step=step,
+            epoch=epoch,
+            uri=key,
+            sha256=digest,
+            size=size,
+            metrics=metrics,
+            keep_last=self.spec.checkpoint.keep_last,
         )
         for old in dropped:
             self.store.delete(old)

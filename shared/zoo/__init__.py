@@ -61,5 +61,7 @@ def build_model(spec: ModelSpec, vocab_size: int, num_classes: int, max_length: 
     try:
         builder = REGISTRY[spec.type]
     except KeyError:
-        raise ValueError(f"unknown model type {spec.type!r}; valid: {', '.join(REGISTRY)}") from None
+        raise ValueError(
+            f"unknown model type {spec.type!r}; valid: {', '.join(REGISTRY)}"
+        ) from None
     return builder(spec, vocab_size, num_classes, max_length)

@@ -13,7 +13,11 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from shared.text import PAD_ID
 
-_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+_CELLS: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
+    "rnn": nn.RNN,
+    "gru": nn.GRU,
+    "lstm": nn.LSTM,
+}
 
 
 class RecurrentClassifier(nn.Module):

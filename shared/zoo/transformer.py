@@ -18,7 +18,9 @@ from shared.text import PAD_ID
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     """(length, width) table from "Attention Is All You Need", section 3.5."""
     position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
-    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    frequency = torch.exp(
+        torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width)
+    )
     table = torch.zeros(length, width)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: width // 2])
@@ -39,9 +41,12 @@ class TransformerClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.d_model = d_model
+        self.positions: torch.Tensor
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
         # Not a parameter and not saved: recomputed from the sizes.
-        self.register_buffer("positions", sinusoidal_positions(max_length, d_model), persistent=False)
+        self.register_buffer(
+            "positions", sinusoidal_positions(max_length, d_model), persistent=False
+        )
         layer = nn.TransformerEncoderLayer(
             d_model,
             nhead,
@@ -63,7 +68,9 @@ class TransformerClassifier(nn.Module):
         seq_len = tokens.size(1)
         x = self.embedding(tokens) * math.sqrt(self.d_model) + self.positions[:seq_len]  # (B, T, C)
         steps = torch.arange(seq_len, device=tokens.device)
-        padding = steps.unsqueeze(0) >= lengths.to(tokens.device).unsqueeze(1)  # (B, T), True at pads
+        padding = steps.unsqueeze(0) >= lengths.to(tokens.device).unsqueeze(
+            1
+        )  # (B, T), True at pads
         hidden = self.encoder(self.dropout(x), src_key_padding_mask=padding)  # (B, T, C)
         keep = (~padding).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, C)
