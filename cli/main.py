@@ -184,14 +184,21 @@ def wait_for(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> d
 @main.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Override the spec's name.")
+@click.option("--queue", help="Override the spec's resources.queue.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless it succeeds.")
 @url_option
 @json_option
-def submit(spec_file: str, name: str | None, wait: bool, url: str, as_json: bool) -> None:
+def submit(
+    spec_file: str, name: str | None, queue: str | None, wait: bool, url: str, as_json: bool
+) -> None:
     """Submit a job spec (YAML or JSON)."""
     spec = load_spec(spec_file)
-    if name is not None and isinstance(spec, dict):
+    if not isinstance(spec, dict):
+        _fail(f"{spec_file} must hold a mapping (the job spec), not {type(spec).__name__}")
+    if name is not None:
         spec["name"] = name
+    if queue is not None:
+        spec.setdefault("resources", {})["queue"] = queue
     client = Client(url)
     created = _call(client.post, "/api/v1/jobs", spec)
     if not wait:

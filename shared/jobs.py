@@ -327,18 +327,28 @@ def finish(db: Database, job_id: int, attempt: int, status: str, message: str, a
 
 
 def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -> bool:
-    """running -> queued for this attempt only (drain); the next claim resumes from a checkpoint."""
+    """running -> queued for this attempt only (drain); the next claim resumes from a checkpoint.
+
+    A job whose cancel was requested is cancelled instead of requeued.
+    """
     with db.session() as session:
         done = _affected(
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+                .where(
+                    Job.id == job_id,
+                    Job.attempt == attempt,
+                    Job.status == "running",
+                    Job.cancel_requested.is_(False),
+                )
                 .values(status="queued", lease_owner=None, lease_expires_at=None)
             )
         )
         if done:
             _event(session, job_id, attempt, "running", "queued", actor, message)
-        return bool(done)
+            return True
+    finish(db, job_id, attempt, "cancelled", "cancelled by user", actor)
+    return False
 
 
 def write_metrics(

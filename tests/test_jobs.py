@@ -116,3 +116,11 @@ def test_list_is_keyset_paginated_and_filtered(db):
     page, cursor = jobs.list_jobs(db, limit=2, before_id=cursor)
     assert [j.id for j in page] == [ids[0]] and cursor is None
     assert [j.id for j in jobs.list_jobs(db, status="cancelled")[0]] == [ids[0]]
+
+
+def test_requeue_of_a_cancelled_job_cancels_it(db):
+    job = new_job(db)
+    jobs.claim(db, job.id, "w", 60)
+    jobs.request_cancel(db, job.id, "u")
+    assert not jobs.requeue(db, job.id, 1, "worker shutting down", "w")
+    assert jobs.get_job(db, job.id).status == "cancelled"

@@ -105,12 +105,53 @@ def supervise(
             env=env,
             start_new_session=True,  # its own process group: we can signal all of it
         )
+    try:
+        returncode, reason = _watch(
+            db, settings, proc, job_id, attempt, deadline, spec, shutting_down
+        )
+    except BaseException:
+        # The supervisor itself failed (e.g. the database vanished): never leave an
+        # unsupervised trainer behind. The lease expires and the job is recovered.
+        stop_group(proc, settings.kill_grace_seconds)
+        raise
+    # Reap anything the trainer started and left behind in its group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    if reason is None:
+        if returncode == 0:
+            reason = Outcome("succeeded", "training finished", returncode)
+        elif returncode == EXIT_FENCED:
+            reason = Outcome("fenced", "another attempt owns the job", returncode)
+        else:
+            how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+            reason = Outcome("failed", f"trainer {how}:\n{tail(log_path)}".rstrip(), returncode)
+    reason.returncode = returncode
+    if reason.status in ("succeeded", "failed", "cancelled"):
+        jobs.finish(db, job_id, attempt, reason.status, reason.message, actor)
+    elif reason.status == "requeued" and not jobs.requeue(
+        db, job_id, attempt, reason.message, actor
+    ):
+        reason = Outcome("cancelled", "cancelled by user", returncode)
+    return reason
+
+
+def _watch(
+    db: Database,
+    settings: Settings,
+    proc: subprocess.Popen[bytes],
+    job_id: int,
+    attempt: int,
+    deadline: float | None,
+    spec: JobSpec,
+    shutting_down: threading.Event | None,
+) -> tuple[int, Outcome | None]:
+    """Wait for the trainer, polling cancel, lease, deadline and shutdown; stop it if needed."""
     next_heartbeat = time.monotonic() + settings.heartbeat_seconds
     reason: Outcome | None = None
     while True:
         try:
-            returncode = proc.wait(timeout=settings.cancel_poll_seconds)
-            break
+            return proc.wait(timeout=settings.cancel_poll_seconds), None
         except subprocess.TimeoutExpired:
             pass
         owned, cancel = jobs.poll_running(db, job_id, attempt)
@@ -132,23 +173,4 @@ def supervise(
             next_heartbeat = now + settings.heartbeat_seconds
         if reason is not None:
             stop_group(proc, settings.kill_grace_seconds)
-            returncode = proc.returncode
-            break
-    # Reap anything the trainer started and left behind in its group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-    if reason is None:
-        if returncode == 0:
-            reason = Outcome("succeeded", "training finished", returncode)
-        elif returncode == EXIT_FENCED:
-            reason = Outcome("fenced", "another attempt owns the job", returncode)
-        else:
-            how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-            reason = Outcome("failed", f"trainer {how}:\n{tail(log_path)}".rstrip(), returncode)
-    reason.returncode = returncode
-    if reason.status in ("succeeded", "failed", "cancelled"):
-        jobs.finish(db, job_id, attempt, reason.status, reason.message, actor)
-    elif reason.status == "requeued":
-        jobs.requeue(db, job_id, attempt, reason.message, actor)
-    return reason
+            return proc.returncode, reason
