@@ -38,7 +38,6 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.update(
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=1 << 20,  # 1 MiB: a spec is a few hundred bytes
     )
     if config:
