@@ -1,9 +1,12 @@
-"""The HTTP API: a Flask app factory and its blueprints.
+"""The HTTP API and pages: a Flask app factory and its blueprints.
 
 errors.py   one JSON error shape for every failure: {"error": {code, message, fields}}
+auth.py     bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownership checks
+openapi.py  route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
+schemas.py  response and query models
 jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download), cancel
-health.py   /healthz: database and Redis reachability
-views.py    serializers from ORM rows to JSON
+health.py   /healthz (open): database and Redis reachability
+pages.py    /login, /logout, / (the status page), /api/v1/docs
 wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
 """
 
@@ -13,12 +16,23 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 
 from shared.db import Database
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.storage import ArtifactStore
+
+SECURITY_HEADERS = {
+    # No inline script or style anywhere: user-supplied text can never run.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
 
 
 @dataclass
@@ -27,6 +41,7 @@ class Services:
     db: Database
     queue: JobQueue
     store: ArtifactStore
+    limiter: Any  # api.auth.FailureLimiter
 
 
 def services() -> Services:
@@ -35,10 +50,19 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
+    from api import errors, health, jobs, pages
+    from api.auth import FailureLimiter
+
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.update(
-        MAX_CONTENT_LENGTH=1 << 20,  # 1 MiB: a spec is a few hundred bytes
+        SECRET_KEY=settings.session_secret(),
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        SESSION_COOKIE_NAME="seqtrain_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
     if config:
         app.config.update(config)
@@ -48,12 +72,20 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         db=Database(settings.database_url),
         queue=JobQueue(settings),
         store=ArtifactStore(settings.artifact_root),
+        limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
     )
-
-    from api import errors, health, jobs
-
     errors.register(app)
     app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp, url_prefix="/api/v1")
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(pages.bp)
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.mimetype == "application/json":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     logging.getLogger("seqtrain").setLevel(logging.INFO)
     return app

@@ -1,6 +1,7 @@
 """One JSON error shape everywhere:
 
-{"error": {"code": "validation_error", "message": "...", "fields": [{"path": "model.type", "message": "..."}]}}
+{"error": {"code": "validation_error", "message": "...",
+           "fields": [{"path": "model.type", "message": "...", "type": "literal_error"}]}}
 """
 
 from __future__ import annotations
@@ -10,20 +11,28 @@ from typing import Any
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from shared.jobs import InvalidTransition, JobNotFound
+from shared.spec import PRINTABLE
 
 log = logging.getLogger("seqtrain.api")
 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, fields: list[dict[str, str]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or []
+        self.status, self.code, self.message = status, code, message
+        self.fields, self.headers = fields or [], headers or {}
 
 
 def error_body(
@@ -39,52 +48,66 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
+def _message(err: Any) -> str:
+    if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == PRINTABLE:
+        return "must not contain control characters"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {
-            "path": field_path(err["loc"]),
-            "message": err["msg"].removeprefix("Value error, "),
-            "type": err["type"],
-        }
+        {"path": field_path(err["loc"]), "message": _message(err), "type": err["type"]}
         for err in exc.errors(include_url=False)
     ]
+
+
+def _json_error(
+    status: int, code: str, message: str, fields: Any = None, headers: Any = None
+) -> Any:
+    response = jsonify(error_body(code, message, fields))
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
 
 
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:
-        return jsonify(error_body(exc.code, exc.message, exc.fields)), exc.status
+        return _json_error(exc.status, exc.code, exc.message, exc.fields, exc.headers)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:
         fields = validation_fields(exc)
         paths = ", ".join(f["path"] or "(body)" for f in fields)
-        return jsonify(error_body("validation_error", f"invalid job spec: {paths}", fields)), 422
+        return _json_error(422, "validation_error", f"invalid job spec: {paths}", fields)
 
     @app.errorhandler(JobNotFound)
     def _not_found(exc: JobNotFound) -> Any:
-        return jsonify(error_body("not_found", str(exc))), 404
+        return _json_error(404, "not_found", str(exc))
 
     @app.errorhandler(InvalidTransition)
     def _conflict(exc: InvalidTransition) -> Any:
-        return jsonify(error_body("conflict", str(exc))), 409
+        return _json_error(409, "conflict", str(exc))
 
     @app.errorhandler(OperationalError)
-    @app.errorhandler(DBAPIError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
     def _database_down(exc: Exception) -> Any:
-        log.warning("database error: %s", type(exc).__name__)
-        response = jsonify(
-            error_body("database_unavailable", "the database is unavailable; retry shortly")
+        # Connection-level failures only; a bad query is a bug and stays a 500.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return _json_error(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": "5"},
         )
-        response.headers["Retry-After"] = "5"
-        return response, 503
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error_body(code, exc.description or exc.name)), exc.code or 500
+        return _json_error(exc.code or 500, code, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
         log.exception("unhandled error")
-        return jsonify(error_body("internal_error", "internal server error")), 500
+        return _json_error(500, "internal_error", "internal server error")

@@ -1,19 +1,28 @@
-"""/healthz: 200 when the database and Redis answer, 503 (with which one failed) otherwise."""
+"""/healthz (open): 200 when the database and Redis answer, 503 naming the one that does not."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response
 from sqlalchemy import text
 
 from api import services
+from api.openapi import operation
+from api.schemas import Health
 
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/healthz")
-def healthz() -> Any:
+@operation(
+    bp,
+    "GET",
+    "/healthz",
+    summary="Database and Redis reachability",
+    prefix="",
+    responses={200: Health, 503: Health},
+    public=True,
+    tag="service",
+)
+def healthz() -> Response:
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -29,4 +38,7 @@ def healthz() -> Any:
     except Exception as exc:
         checks["redis"] = f"unavailable ({type(exc).__name__})"
     healthy = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ok" if healthy else "degraded", **checks}), 200 if healthy else 503
+    body = Health(status="ok" if healthy else "degraded", **checks)
+    return Response(
+        body.model_dump_json(), status=200 if healthy else 503, mimetype="application/json"
+    )

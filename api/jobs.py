@@ -3,22 +3,52 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from flask import Blueprint, jsonify, request, send_file, url_for
+from flask import Blueprint, Response, current_app, g, request, send_file, url_for
+from pydantic import BaseModel, ValidationError
 
 from api import services
-from api.errors import ApiError
-from api.views import checkpoint_view, event_view, job_summary, metric_view
+from api.auth import authenticate_request, authorize, current_principal
+from api.errors import ApiError, validation_fields
+from api.openapi import API_PREFIX, BINARY, operation
+from api.schemas import (
+    CheckpointList,
+    CheckpointOut,
+    JobCreated,
+    JobDetail,
+    JobList,
+    JobSummary,
+    ListJobsQuery,
+    MetricList,
+    MetricsQuery,
+)
 from shared import jobs
-from shared.models import JOB_STATUSES
-from shared.spec import parse_spec
+from shared.models import Job
+from shared.spec import JobSpec, parse_spec
 
-bp = Blueprint("jobs", __name__)
+bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 log = logging.getLogger("seqtrain.api")
+JOB = "/jobs/<int(min=1, max=9223372036854775807):job_id>"
+Q = TypeVar("Q", bound=BaseModel)
 
 
-def json_body() -> Any:
+@bp.before_request
+def _authenticate() -> None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and getattr(view, "public", False):
+        return
+    svc = services()
+    g.principal = authenticate_request(svc.db, svc.limiter)
+
+
+def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(model.model_dump_json(), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise ApiError(
             415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
@@ -36,43 +66,47 @@ def json_body() -> Any:
     return body
 
 
-def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
+def query(model: type[Q]) -> Q:
     try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        fields = validation_fields(exc)
+        names = ", ".join(f["path"] for f in fields)
         raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{name} must be an integer from {low} to {high}",
-            [{"path": name, "message": f"expected an integer from {low} to {high}", "type": "int"}],
-        )
-    return value
+            400, "invalid_parameter", f"invalid query parameter: {names}", fields
+        ) from None
 
 
-def choice_arg(name: str, choices: tuple[str, ...]) -> str | None:
-    raw = request.args.get(name)
-    if raw is not None and raw not in choices:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{name} must be one of: {', '.join(choices)}",
-            [{"path": name, "message": f"one of: {', '.join(choices)}", "type": "enum"}],
-        )
-    return raw
+def owned_job(job_id: int) -> Job:
+    job = jobs.get_job(services().db, job_id)
+    authorize(job.owner_id, f"job {job_id}")
+    return job
 
 
-@bp.post("/jobs")
-def submit() -> Any:
+def summary(job: Job, owner: str | None = None) -> dict[str, Any]:
+    fields = {name: getattr(job, name) for name in JobSummary.model_fields if hasattr(job, name)}
+    fields["owner"] = owner
+    fields["url"] = url_for("jobs.show", job_id=job.id)
+    return fields
+
+
+@operation(
+    bp,
+    "POST",
+    "/jobs",
+    summary="Submit a training job",
+    body=JobSpec,
+    responses={201: JobCreated},
+    errors=(400, 413, 415, 422),
+)
+def submit() -> Response:
+    """Validates the spec, stores the job (`queued`) and enqueues its id. A bad spec is a 422
+    naming every failing field, and nothing is stored."""
     spec = parse_spec(json_body())
-    svc = services()
-    job = jobs.create_job(svc.db, spec)
+    svc, principal = services(), current_principal()
+    job = jobs.create_job(svc.db, spec, owner_id=principal.user_id, actor=principal.name)
     enqueued = True
-    try:  # after commit: a worker can never receive an id that is not in SQL yet
+    try:  # after commit: a worker never receives an id that is not in SQL yet
         svc.queue.enqueue_job(job.id, job.queue)
     except Exception as exc:
         enqueued = False
@@ -80,75 +114,122 @@ def submit() -> Any:
             "job %s: enqueue failed (%s); it stays queued in SQL", job.id, type(exc).__name__
         )
         jobs.note_event(svc.db, job.id, "api", f"enqueue failed: {type(exc).__name__}")
-    response = jsonify(
-        {
-            "id": job.id,
-            "status": job.status,
-            "enqueued": enqueued,
-            "url": url_for(".show", job_id=job.id),
-        }
+    location = url_for(".show", job_id=job.id)
+    created = JobCreated(id=job.id, status="queued", enqueued=enqueued, url=location)
+    return reply(created, 201, {"Location": location})
+
+
+@operation(
+    bp,
+    "GET",
+    "/jobs",
+    summary="List jobs, newest first",
+    query=ListJobsQuery,
+    responses={200: JobList},
+    errors=(400,),
+)
+def index() -> Response:
+    """Your jobs (an admin sees everyone's), keyset-paginated by `cursor`."""
+    params = query(ListJobsQuery)
+    principal = current_principal()
+    owner = None if principal.is_admin else principal.user_id
+    page, next_cursor = jobs.list_jobs(
+        services().db,
+        status=params.status,
+        limit=params.limit,
+        before_id=params.cursor,
+        owner_id=owner,
     )
-    return response, 201, {"Location": url_for(".show", job_id=job.id)}
+    owners = jobs.owner_names(services().db, {j.owner_id for j in page})
+    items = [JobSummary.model_validate(summary(j, owners.get(j.owner_id))) for j in page]
+    return reply(JobList(jobs=items, next_cursor=next_cursor))
 
 
-@bp.get("/jobs")
-def index() -> Any:
-    status = choice_arg("status", JOB_STATUSES)
-    limit = int_arg("limit", 50, 1, 500) or 50
-    cursor = int_arg("cursor", None, 1, 2**62)
-    page, next_cursor = jobs.list_jobs(services().db, status=status, limit=limit, before_id=cursor)
-    return jsonify({"jobs": [job_summary(j) for j in page], "next_cursor": next_cursor})
-
-
-@bp.get("/jobs/<int:job_id>")
-def show(job_id: int) -> Any:
+@operation(
+    bp,
+    "GET",
+    JOB,
+    summary="One job: status, progress, latest metrics, events, spec",
+    responses={200: JobDetail},
+    errors=(404,),
+)
+def show(job_id: int) -> Response:
+    job = owned_job(job_id)
     db = services().db
-    job = jobs.get_job(db, job_id)
-    body = job_summary(job)
-    body["spec"] = job.spec
-    body["latest_metrics"] = jobs.latest_metrics(db, job_id)
-    body["events"] = [event_view(e) for e in jobs.job_events(db, job_id)]
-    return jsonify(body)
+    detail = summary(job, jobs.owner_names(db, {job.owner_id}).get(job.owner_id))
+    detail.update(
+        spec=job.spec,
+        latest_metrics=jobs.latest_metrics(db, job_id),
+        events=jobs.job_events(db, job_id),
+    )
+    return reply(JobDetail.model_validate(detail))
 
 
-@bp.get("/jobs/<int:job_id>/metrics")
-def metrics(job_id: int) -> Any:
-    db = services().db
-    jobs.get_job(db, job_id)
-    limit = int_arg("limit", 1000, 1, 10000) or 1000
+@operation(
+    bp,
+    "GET",
+    JOB + "/metrics",
+    summary="Metric rows in write order",
+    query=MetricsQuery,
+    responses={200: MetricList},
+    errors=(400, 404),
+)
+def metrics(job_id: int) -> Response:
+    owned_job(job_id)
+    params = query(MetricsQuery)
     rows = jobs.list_metrics(
-        db,
+        services().db,
         job_id,
-        name=request.args.get("name"),
-        split=request.args.get("split"),
-        after_id=int_arg("after", None, 0, 2**62),
-        limit=limit,
+        name=params.name,
+        split=params.split,
+        after_id=params.after,
+        limit=params.limit,
     )
-    return jsonify(
-        {
-            "metrics": [metric_view(m) for m in rows],
-            "next_after": rows[-1].id if len(rows) == limit else None,
-        }
-    )
+    next_after = rows[-1].id if len(rows) == params.limit else None
+    return reply(MetricList.model_validate({"metrics": rows, "next_after": next_after}))
 
 
-@bp.get("/jobs/<int:job_id>/checkpoints")
-def checkpoints(job_id: int) -> Any:
-    db = services().db
-    jobs.get_job(db, job_id)
-    return jsonify({"checkpoints": [checkpoint_view(c) for c in jobs.list_checkpoints(db, job_id)]})
+@operation(
+    bp,
+    "GET",
+    JOB + "/checkpoints",
+    summary="Checkpoints with checksums and download links",
+    responses={200: CheckpointList},
+    errors=(404,),
+)
+def checkpoints(job_id: int) -> Response:
+    owned_job(job_id)
+    items = [
+        CheckpointOut.model_validate(
+            {
+                **{k: getattr(c, k) for k in CheckpointOut.model_fields if hasattr(c, k)},
+                "download_url": url_for(".download_checkpoint", job_id=job_id, checkpoint_id=c.id),
+            }
+        )
+        for c in jobs.list_checkpoints(services().db, job_id)
+    ]
+    return reply(CheckpointList(checkpoints=items))
 
 
-@bp.get("/jobs/<int:job_id>/checkpoints/<int:checkpoint_id>/download")
+@operation(
+    bp,
+    "GET",
+    JOB + "/checkpoints/<int(min=1, max=9223372036854775807):checkpoint_id>/download",
+    summary="Download a checkpoint (one safetensors file)",
+    responses={200: BINARY},
+    errors=(404,),
+)
 def download_checkpoint(job_id: int, checkpoint_id: int) -> Any:
+    """Weights under `model.*`; optimizer, RNG state, vocabulary and spec in the same file.
+    The `X-Checksum-SHA256` header carries the file's sha256."""
+    owned_job(job_id)
     svc = services()
-    jobs.get_job(svc.db, job_id)
     ckpt = jobs.get_checkpoint(svc.db, job_id, checkpoint_id)
     if ckpt is None or not svc.store.exists(ckpt.uri):
         raise ApiError(404, "not_found", f"checkpoint {checkpoint_id} of job {job_id} not found")
     response = send_file(
         svc.store.path(ckpt.uri),
-        mimetype="application/octet-stream",
+        mimetype=BINARY,
         as_attachment=True,
         download_name=f"job-{job_id}-step-{ckpt.step}.safetensors",
     )
@@ -156,7 +237,17 @@ def download_checkpoint(job_id: int, checkpoint_id: int) -> Any:
     return response
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
-def cancel(job_id: int) -> Any:
-    job = jobs.request_cancel(services().db, job_id, actor="api")
-    return jsonify(job_summary(job)), 202
+@operation(
+    bp,
+    "POST",
+    JOB + "/cancel",
+    summary="Cancel a queued or running job",
+    responses={202: JobSummary},
+    errors=(404, 409),
+)
+def cancel(job_id: int) -> Response:
+    """A queued job is cancelled at once; a running one is stopped within 2 s."""
+    owned_job(job_id)
+    job = jobs.request_cancel(services().db, job_id, actor=current_principal().name)
+    owner = jobs.owner_names(services().db, {job.owner_id}).get(job.owner_id)
+    return reply(JobSummary.model_validate(summary(job, owner)), 202)

@@ -20,10 +20,11 @@ class ApiFailure(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the API URL must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
@@ -31,6 +32,8 @@ class Client:
         req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (scheme checked above)
                 return json.loads(resp.read() or b"null")

@@ -32,6 +32,31 @@ url_option = click.option(
     help="API base URL (env SEQTRAIN_URL).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+token_option = click.option(
+    "--token",
+    envvar="SEQTRAIN_TOKEN",
+    default=None,
+    help="API token (env SEQTRAIN_TOKEN; default: the token `seqtrain up` wrote to var/dev-token).",
+)
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
+
+
+def make_client(url: str, token: str | None) -> Client:
+    if token is None:
+        dev_token = var_dir() / "dev-token"
+        token = dev_token.read_text().strip() if dev_token.is_file() else None
+    if not token:
+        _fail(
+            "no API token: pass --token, set SEQTRAIN_TOKEN, or run `seqtrain tokens create NAME`"
+        )
+    try:
+        return Client(url, token)
+    except ValueError as exc:
+        _fail(str(exc))
+    raise AssertionError("unreachable")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -97,11 +122,13 @@ def worker(queues: str, concurrency: int) -> None:
 )
 def up(host: str, port: int, worker_count: int) -> None:
     """Start everything locally: Redis (unless REDIS_URL), migrations, the API and workers."""
-    var_dir = Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
-    var_dir.mkdir(parents=True, exist_ok=True)
+    var = var_dir()
+    var.mkdir(parents=True, exist_ok=True)
+    token_note = ""
     env = dict(os.environ)
-    env.setdefault("DATABASE_URL", f"sqlite:///{(var_dir / 'seqtrain.db').resolve()}")
-    env.setdefault("ARTIFACT_ROOT", str((var_dir / "artifacts").resolve()))
+    env.setdefault("SEQTRAIN_VAR_DIR", str(var.resolve()))
+    env.setdefault("DATABASE_URL", f"sqlite:///{(var / 'seqtrain.db').resolve()}")
+    env.setdefault("ARTIFACT_ROOT", str((var / "artifacts").resolve()))
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def shutdown(*_: Any) -> None:
@@ -115,13 +142,14 @@ def up(host: str, port: int, worker_count: int) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     try:
         if not env.get("REDIS_URL"):
-            redis_proc, env["REDIS_URL"] = services.start_redis(var_dir / "redis")
+            redis_proc, env["REDIS_URL"] = services.start_redis(var / "redis")
             children.append(("redis", redis_proc))
-            click.echo(f"redis: {env['REDIS_URL']} (data in {var_dir / 'redis'})")
+            click.echo(f"redis: {env['REDIS_URL']} (data in {var / 'redis'})")
         from migrations import upgrade
 
         upgrade(env["DATABASE_URL"])
         click.echo(f"database: {env['DATABASE_URL']}")
+        token_note = ensure_dev_token(env["DATABASE_URL"], var)
         click.echo(f"artifacts: {env['ARTIFACT_ROOT']}")
         api_proc = subprocess.Popen(
             services.api_command(host, port), env=env, start_new_session=True
@@ -142,12 +170,117 @@ def up(host: str, port: int, worker_count: int) -> None:
         click.echo(f"error: {exc}", err=True)
         shutdown()
     click.echo(f"Seqtrain is up: http://{host}:{port}  (Ctrl-C stops it)")
+    click.echo(token_note)
     while True:
         for name, proc in children:
             if proc.poll() is not None:
                 click.echo(f"error: {name} exited with code {proc.returncode}", err=True)
                 shutdown()
         time.sleep(0.5)
+
+
+def ensure_dev_token(database_url: str, var: Path) -> str:
+    """On first start: an admin user and its token in <var>/dev-token (mode 600)."""
+    from shared.auth import ensure_admin
+    from shared.db import Database
+
+    db = Database(database_url)
+    try:
+        _, token = ensure_admin(db)
+    finally:
+        db.dispose()
+    path = var / "dev-token"
+    if token is not None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return f"admin token (also in {path}, mode 600): {token}"
+    if path.is_file():
+        return f"admin token: in {path}"
+    return "admin exists; create a token with `seqtrain tokens create admin`"
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+def _database() -> Any:
+    from shared.db import Database
+    from shared.settings import Settings
+
+    return Database(Settings.from_env().database_url)
+
+
+@main.group()
+def users() -> None:
+    """Manage users (talks to DATABASE_URL directly; run it where the service runs)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May see and manage every user's jobs.")
+def users_create(name: str, admin: bool) -> None:
+    """Create a user."""
+    from shared.auth import AuthError, create_user
+
+    try:
+        user = create_user(_database(), name, is_admin=admin)
+    except AuthError as exc:
+        _fail(str(exc))
+    click.echo(f"user {user.name} created (id {user.id}{', admin' if admin else ''})")
+
+
+@users.command("list")
+@json_option
+def users_list(as_json: bool) -> None:
+    """List users."""
+    from shared.auth import list_users
+
+    rows = [{"id": u.id, "name": u.name, "is_admin": u.is_admin} for u in list_users(_database())]
+    if as_json:
+        click.echo(json.dumps(rows))
+    for row in [] if as_json else rows:
+        click.echo(f"{row['id']:>4}  {row['name']}{'  (admin)' if row['is_admin'] else ''}")
+
+
+@main.group()
+def tokens() -> None:
+    """Manage API tokens (talks to DATABASE_URL directly)."""
+
+
+@tokens.command("create")
+@click.argument("user")
+@click.option("--label", default="", help="A note to tell tokens apart.")
+def tokens_create(user: str, label: str) -> None:
+    """Create a token for USER and print it (shown once; only a hash is stored)."""
+    from shared.auth import AuthError, create_token
+
+    try:
+        _, token = create_token(_database(), user, label)
+    except AuthError as exc:
+        _fail(str(exc))
+    click.echo(token)
+
+
+@tokens.command("list")
+@click.argument("user")
+def tokens_list(user: str) -> None:
+    """List USER's tokens (prefixes only)."""
+    from shared.auth import list_tokens
+
+    for row in list_tokens(_database(), user):
+        state = "revoked" if row.revoked_at else "active"
+        click.echo(f"{row.id:>4}  {row.prefix}...  {state:<8} {row.label}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token by id (see `tokens list`)."""
+    from shared.auth import revoke_token
+
+    if not revoke_token(_database(), token_id):
+        _fail(f"no active token with id {token_id}")
+    click.echo(f"token {token_id} revoked")
 
 
 # ---------------------------------------------------------------- using the service
@@ -187,9 +320,16 @@ def wait_for(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> d
 @click.option("--queue", help="Override the spec's resources.queue.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless it succeeds.")
 @url_option
+@token_option
 @json_option
 def submit(
-    spec_file: str, name: str | None, queue: str | None, wait: bool, url: str, as_json: bool
+    spec_file: str,
+    name: str | None,
+    queue: str | None,
+    wait: bool,
+    url: str,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Submit a job spec (YAML or JSON)."""
     spec = load_spec(spec_file)
@@ -199,7 +339,7 @@ def submit(
         spec["name"] = name
     if queue is not None:
         spec.setdefault("resources", {})["queue"] = queue
-    client = Client(url)
+    client = make_client(url, token)
     created = _call(client.post, "/api/v1/jobs", spec)
     if not wait:
         click.echo(json.dumps(created) if as_json else f"job {created['id']} {created['status']}")
@@ -227,11 +367,12 @@ def submit(
 )
 @click.option("--limit", default=20, show_default=True, type=int)
 @url_option
+@token_option
 @json_option
-def list_jobs(status: str | None, limit: int, url: str, as_json: bool) -> None:
+def list_jobs(status: str | None, limit: int, url: str, token: str | None, as_json: bool) -> None:
     """List jobs, newest first."""
     query = f"?limit={limit}" + (f"&status={status}" if status else "")
-    page = _call(Client(url).get, f"/api/v1/jobs{query}")
+    page = _call(make_client(url, token).get, f"/api/v1/jobs{query}")
     if as_json:
         click.echo(json.dumps(page))
         return
@@ -245,10 +386,11 @@ def list_jobs(status: str | None, limit: int, url: str, as_json: bool) -> None:
 @main.command()
 @click.argument("job_id", type=int)
 @url_option
+@token_option
 @json_option
-def show(job_id: int, url: str, as_json: bool) -> None:
+def show(job_id: int, url: str, token: str | None, as_json: bool) -> None:
     """Show one job: status, attempt, latest metrics, error, events."""
-    job = _call(Client(url).get, f"/api/v1/jobs/{job_id}")
+    job = _call(make_client(url, token).get, f"/api/v1/jobs/{job_id}")
     if as_json:
         click.echo(json.dumps(job))
         return
@@ -274,10 +416,11 @@ def show(job_id: int, url: str, as_json: bool) -> None:
 @main.command()
 @click.argument("job_id", type=int)
 @url_option
+@token_option
 @json_option
-def cancel(job_id: int, url: str, as_json: bool) -> None:
+def cancel(job_id: int, url: str, token: str | None, as_json: bool) -> None:
     """Cancel a queued or running job."""
-    job = _call(Client(url).post, f"/api/v1/jobs/{job_id}/cancel")
+    job = _call(make_client(url, token).post, f"/api/v1/jobs/{job_id}/cancel")
     click.echo(
         json.dumps(job)
         if as_json

@@ -26,6 +26,7 @@ from shared.models import (
     Job,
     JobEvent,
     Metric,
+    User,
     utcnow,
 )
 from shared.spec import JobSpec
@@ -74,10 +75,11 @@ def _event(
 # ---------------------------------------------------------------- submit and read
 
 
-def create_job(db: Database, spec: JobSpec, actor: str = "api") -> Job:
+def create_job(db: Database, spec: JobSpec, owner_id: int | None, actor: str = "api") -> Job:
     """Insert a queued job and its first event, and commit. Enqueue only after this returns."""
     with db.session() as session:
         job = Job(
+            owner_id=owner_id,
             name=spec.name,
             task=spec.task,
             model_type=spec.model.type,
@@ -109,10 +111,19 @@ def get_job(db: Database, job_id: int) -> Job:
 
 
 def list_jobs(
-    db: Database, status: str | None = None, limit: int = 50, before_id: int | None = None
+    db: Database,
+    status: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    owner_id: int | None = None,
 ) -> tuple[list[Job], int | None]:
-    """Newest first, keyset-paginated: pass the returned cursor as `before_id` for the next page."""
+    """Newest first, keyset-paginated: pass the returned cursor as `before_id` for the next page.
+
+    `owner_id` restricts the list to one user's jobs (None: everyone's).
+    """
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
     if status is not None:
         query = query.where(Job.status == status)
     if before_id is not None:
@@ -121,6 +132,16 @@ def list_jobs(
         jobs = list(session.scalars(query))
     next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
     return jobs[:limit], next_cursor
+
+
+def owner_names(db: Database, owner_ids: set[int | None]) -> dict[int | None, str]:
+    """user id -> name for the given ids (one query for a whole page)."""
+    ids = {i for i in owner_ids if i is not None}
+    if not ids:
+        return {}
+    with db.session() as session:
+        rows = session.execute(select(User.id, User.name).where(User.id.in_(ids)))
+        return {user_id: name for user_id, name in rows}
 
 
 def job_events(db: Database, job_id: int) -> list[JobEvent]:

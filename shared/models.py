@@ -1,6 +1,8 @@
 """SQLAlchemy 2 ORM tables. SQL is the source of truth; Redis only carries job ids.
 
-jobs          one row a job: spec, status, attempt (the fencing token), lease, cancel flag
+users         people and scripts; admins see everything
+api_tokens    bearer tokens, stored as sha256 hashes only
+jobs          one row a job: owner, spec, status, attempt (the fencing token), lease, cancel flag
 job_events    every status transition: who, when, why
 metrics       (job, attempt, step, epoch, split, name) -> value
 checkpoints   one row per saved checkpoint file in the artifact store
@@ -47,10 +49,38 @@ class Base(DeclarativeBase):
     pass
 
 
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # sha256 of the whole token: tokens are 256-bit random, so a fast hash is enough.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters, shown in listings so a person can tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Null only for jobs created before users existed; those are visible to admins alone.
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL", name="fk_jobs_owner_id_users")
+    )
     name: Mapped[str] = mapped_column(String(200))
     task: Mapped[str] = mapped_column(String(32))
     model_type: Mapped[str] = mapped_column(String(32))
@@ -74,6 +104,8 @@ class Job(Base):
 
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_owner_id", "owner_id", "id"),
+        Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 

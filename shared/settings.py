@@ -7,6 +7,7 @@ redis://127.0.0.1:6379/0), artifacts under ./var/artifacts.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,34 @@ class Settings:
     kill_grace_seconds: float = 1.0
     # Redis redelivers an unacknowledged task after this many seconds; redelivery is a no-op.
     visibility_timeout_seconds: int = 900
+    # Signs status-page session cookies. Empty: generated once into <var_dir>/secret-key.
+    secret_key: str = ""
+    # Send session cookies over HTTPS only (set behind a TLS-terminating proxy).
+    secure_cookies: bool = False
+    # Failed sign-ins (bad tokens) per client address per minute before 429.
+    auth_failure_limit: int = 20
+    # Largest request body accepted by the JSON API, in bytes.
+    max_request_bytes: int = 1 << 20
     # Worker identity written into leases and events.
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    def session_secret(self) -> str:
+        """The configured secret, or one generated once and kept in <var_dir>/secret-key (0600)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.var_dir / "secret-key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,6 +100,10 @@ class Settings:
             cancel_poll_seconds=_env_float("SEQTRAIN_CANCEL_POLL_SECONDS", 0.2),
             kill_grace_seconds=_env_float("SEQTRAIN_KILL_GRACE_SECONDS", 1.0),
             visibility_timeout_seconds=_env_int("SEQTRAIN_VISIBILITY_TIMEOUT", 900),
+            secret_key=os.environ.get("SEQTRAIN_SECRET_KEY", ""),
+            secure_cookies=os.environ.get("SEQTRAIN_SECURE_COOKIES", "") in ("1", "true", "yes"),
+            auth_failure_limit=_env_int("SEQTRAIN_AUTH_FAILURE_LIMIT", 20),
+            max_request_bytes=_env_int("SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20),
             worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
             or f"{socket.gethostname()}:{os.getpid()}",
         )

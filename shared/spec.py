@@ -20,6 +20,8 @@ TASKS = ("classification",)
 MAX_MODEL_PARAMETERS = 100_000_000
 # The special tokens every vocabulary starts with (see shared/text.py).
 NUM_SPECIAL_TOKENS = 2
+# Printable text: no control characters (they break logs, pages and PostgreSQL text columns).
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
 class _Section(BaseModel):
@@ -65,15 +67,24 @@ class DataSpec(_Section):
         "builtin:sentiment",
         min_length=1,
         max_length=200,
+        pattern=PRINTABLE,
         description="Dataset reference. Built-in: "
         + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
         + ".",
     )
     text_field: str = Field(
-        "text", min_length=1, max_length=100, description="Column holding the text."
+        "text",
+        min_length=1,
+        max_length=100,
+        pattern=PRINTABLE,
+        description="Column holding the text.",
     )
     label_field: str = Field(
-        "label", min_length=1, max_length=100, description="Column holding the label."
+        "label",
+        min_length=1,
+        max_length=100,
+        pattern=PRINTABLE,
+        description="Column holding the label.",
     )
     max_length: int = Field(
         128, ge=1, le=4096, description="Tokens kept per example (longer texts are truncated)."
@@ -159,7 +170,10 @@ class CheckpointSpec(_Section):
 class JobSpec(_Section):
     # The one required field: a job without a name cannot be told apart in a list.
     name: str = Field(
-        min_length=1, max_length=200, description="Human-readable job name (required)."
+        min_length=1,
+        max_length=200,
+        pattern=PRINTABLE,
+        description="Human-readable job name (required).",
     )
     task: Literal["classification"] = Field("classification", description="Training task.")
     # data precedes model so that the model's size check can see the vocabulary bound.

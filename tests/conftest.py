@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -101,6 +101,8 @@ def base_settings(database_url: str, redis_url: str, artifact_root: Path) -> Set
         artifact_root=artifact_root,
         default_queue=f"test-{backend}-{uuid.uuid4().hex[:8]}",
         worker_name="pytest",
+        secret_key="test-secret-" + uuid.uuid4().hex,
+        auth_failure_limit=10_000,  # the rate-limit test lowers it
     )
 
 
@@ -123,6 +125,31 @@ def _truncate(database: Database) -> None:
             conn.execute(table.delete())
 
 
+@dataclass
+class Account:
+    name: str
+    user_id: int
+    token: str
+    is_admin: bool
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def accounts(db: Database) -> dict[str, Account]:
+    """alice and bob (users) and root (admin), each with a token."""
+    from shared.auth import create_token, create_user
+
+    made = {}
+    for name, admin in (("alice", False), ("bob", False), ("root", True)):
+        user = create_user(db, name, is_admin=admin)
+        _, token = create_token(db, name)
+        made[name] = Account(name, user.id, token, admin)
+    return made
+
+
 @pytest.fixture
 def app(settings: Settings, db: Database):  # noqa: ANN201
     from api import create_app
@@ -130,10 +157,24 @@ def app(settings: Settings, db: Database):  # noqa: ANN201
     application = create_app(settings, {"TESTING": True})
     yield application
     application.extensions["seqtrain"].db.dispose()
+    if redis_client := getattr(application.extensions["seqtrain"].limiter, "redis", None):
+        redis_client.close()
+
+
+def authed_client(app, account: Account):  # noqa: ANN001, ANN201
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {account.token}"
+    return test_client
 
 
 @pytest.fixture
-def client(app):  # noqa: ANN001, ANN201
+def client(app, accounts):  # noqa: ANN001, ANN201
+    """A test client signed in as alice (a regular user)."""
+    return authed_client(app, accounts["alice"])
+
+
+@pytest.fixture
+def anon(app):  # noqa: ANN001, ANN201
     return app.test_client()
 
 

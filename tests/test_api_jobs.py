@@ -104,7 +104,8 @@ def test_detail_list_and_filters(client, db):
     assert detail["name"] == "a" and detail["status"] == "queued" and detail["attempt"] == 0
     assert detail["spec"]["name"] == "a" and detail["latest_metrics"] == {}
     assert detail["events"][0]["to_status"] == "queued" and detail["error"] is None
-    assert detail["created_at"].endswith("+00:00")
+    assert detail["created_at"].endswith("Z")  # UTC, ISO 8601
+    assert detail["owner"] == "alice"
 
     page = client.get("/api/v1/jobs?limit=1").json
     assert [j["id"] for j in page["jobs"]] == [second] and page["next_cursor"] == second
@@ -154,12 +155,14 @@ def test_cancel_queued_then_conflict(client):
     assert_error_shape(again.json, "conflict")
 
 
-def test_enqueue_failure_keeps_the_job_queued(settings, db):
+def test_enqueue_failure_keeps_the_job_queued(settings, db, accounts):
     from api import create_app
 
     dead = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     app = create_app(dead, {"TESTING": True})
-    response = app.test_client().post("/api/v1/jobs", json=tiny_spec())
+    response = app.test_client().post(
+        "/api/v1/jobs", json=tiny_spec(), headers=accounts["alice"].headers
+    )
     assert response.status_code == 201 and response.json["enqueued"] is False
     job_id = response.json["id"]
     assert jobs.get_job(db, job_id).status == "queued"
@@ -172,20 +175,20 @@ def test_enqueue_failure_keeps_the_job_queued(settings, db):
     app.extensions["seqtrain"].db.dispose()
 
 
-def test_database_down_is_503_json(settings, redis_url):
+def test_database_down_is_503_json(settings, accounts):
     from api import create_app
 
     dead = replace(
         settings, database_url=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
     )
     app = create_app(dead, {"TESTING": True})
-    response = app.test_client().get("/api/v1/jobs")
+    response = app.test_client().get("/api/v1/jobs", headers=accounts["alice"].headers)
     assert response.status_code == 503
     assert_error_shape(response.json, "database_unavailable")
     assert response.headers["Retry-After"] == "5"
 
 
-def test_healthz_ok(client):
-    response = client.get("/healthz")
+def test_healthz_ok_and_open(anon):
+    response = anon.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "database": "ok", "redis": "ok"}

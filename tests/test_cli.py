@@ -1,6 +1,7 @@
 """The seqtrain CLI against a live HTTP API (werkzeug on a free port) and the test worker."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -23,12 +24,25 @@ def api_url(app):
     thread.join()
 
 
-def seqtrain(*args, url=None):
+@pytest.fixture(autouse=True)
+def cli_env(accounts, tmp_path, monkeypatch):
+    """The CLI authenticates as alice; no var/dev-token is found by accident."""
+    monkeypatch.setenv("SEQTRAIN_TOKEN", accounts["alice"].token)
+    monkeypatch.setenv("SEQTRAIN_VAR_DIR", str(tmp_path / "var"))
+
+
+def seqtrain(*args, url=None, env=None):
     command = [sys.executable, "-m", "cli.main", *args]
     if url:
         command += ["--url", url]
     return subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, timeout=180, check=False
+        command,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+        check=False,
+        env=env or dict(os.environ),
     )
 
 
@@ -83,3 +97,35 @@ def test_cancel_and_unreadable_files(api_url, tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     wrong = seqtrain("submit", str(tmp_path / "list.yaml"), url=api_url)
     assert wrong.returncode == 1 and "must hold a mapping" in wrong.stderr
+
+
+def test_token_sources(api_url, accounts, tmp_path):
+    env = dict(os.environ)
+    env.pop("SEQTRAIN_TOKEN")
+    missing = seqtrain("jobs", url=api_url, env=env)
+    assert missing.returncode == 1 and "no API token" in missing.stderr
+    (tmp_path / "var").mkdir(exist_ok=True)
+    (tmp_path / "var" / "dev-token").write_text(accounts["bob"].token + "\n")
+    assert seqtrain("jobs", "--json", url=api_url, env=env).returncode == 0
+    wrong = seqtrain("jobs", "--token", "st_wrong", url=api_url, env=env)
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+
+
+def test_users_and_tokens_commands(settings, db):
+    env = dict(os.environ, DATABASE_URL=settings.database_url)
+    created = seqtrain("users", "create", "carol", "--admin", env=env)
+    assert created.returncode == 0 and "admin" in created.stdout
+    again = seqtrain("users", "create", "carol", env=env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    token = seqtrain("tokens", "create", "carol", "--label", "laptop", env=env).stdout.strip()
+    assert token.startswith("st_")
+    from shared.auth import authenticate
+
+    assert authenticate(db, token).name == "carol"
+    listed = seqtrain("tokens", "list", "carol", env=env).stdout
+    assert token[:10] in listed and token not in listed and "laptop" in listed
+    token_id = listed.split()[0]
+    assert seqtrain("tokens", "revoke", token_id, env=env).returncode == 0
+    assert authenticate(db, token) is None
+    nobody = seqtrain("tokens", "create", "nobody", env=env)
+    assert nobody.returncode == 1 and "no user named" in nobody.stderr

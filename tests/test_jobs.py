@@ -10,7 +10,7 @@ from tests.helpers import tiny_spec
 
 
 def new_job(db):
-    return jobs.create_job(db, parse_spec(tiny_spec()))
+    return jobs.create_job(db, parse_spec(tiny_spec()), owner_id=None)
 
 
 def test_claim_succeeds_once(db):

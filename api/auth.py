@@ -1,0 +1,139 @@
+"""Who is calling, and may they? Bearer tokens for the API, a session cookie for pages.
+
+- `Authorization: Bearer <token>` authenticates any /api/v1 request.
+- A status-page session (after /login) authenticates too; its writes need the session's
+  CSRF token in `X-CSRF-Token` (pages put it in forms as `csrf_token`).
+- Failed attempts are counted per client address in Redis; past the limit the client gets
+  429 until the window ends. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Any
+
+import redis
+from flask import g, request, session
+
+from api.errors import ApiError
+from shared import auth
+from shared.auth import Principal
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def current_principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def authorize(owner_id: int | None, what: str) -> None:
+    """403 unless the caller owns the object or is an admin."""
+    if not current_principal().may_see(owner_id):
+        raise ApiError(403, "forbidden", f"{what} belongs to another user")
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, created on first use."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return str(token)
+
+
+def check_csrf(supplied: str | None) -> None:
+    expected = session.get("csrf")
+    if not expected or not supplied or not hmac.compare_digest(str(expected), supplied):
+        raise ApiError(403, "csrf_failed", "missing or wrong CSRF token; reload the page and retry")
+
+
+class FailureLimiter:
+    """Counts failed logins per client address in fixed windows (Redis; in-process fallback)."""
+
+    def __init__(self, redis_url: str, limit: int, window_seconds: int = 60) -> None:
+        self.limit, self.window = limit, window_seconds
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.local: dict[str, tuple[float, int]] = {}
+
+    def _key(self, client: str) -> str:
+        return f"seqtrain:authfail:{client}"
+
+    def blocked_for(self, client: str) -> int:
+        """Seconds the client must wait, or 0."""
+        try:
+            count = int(self.redis.get(self._key(client)) or 0)
+            if count >= self.limit:
+                return max(1, int(self.redis.ttl(self._key(client))))
+            return 0
+        except redis.RedisError:
+            started, count = self.local.get(client, (0.0, 0))
+            remaining = self.window - (time.monotonic() - started)
+            return max(1, int(remaining)) if count >= self.limit and remaining > 0 else 0
+
+    def record_failure(self, client: str) -> None:
+        try:
+            pipe = self.redis.pipeline()
+            pipe.incr(self._key(client))
+            pipe.expire(self._key(client), self.window, nx=True)
+            pipe.execute()
+        except redis.RedisError:
+            started, count = self.local.get(client, (time.monotonic(), 0))
+            if time.monotonic() - started > self.window:
+                started, count = time.monotonic(), 0
+            self.local[client] = (started, count + 1)
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def guard_failures(limiter: FailureLimiter) -> None:
+    wait = limiter.blocked_for(client_address())
+    if wait:
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"too many failed sign-ins; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def authenticate_request(db: Any, limiter: FailureLimiter) -> Principal:
+    """The caller of an /api/v1 request, from a bearer token or the page session."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "use the header Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        guard_failures(limiter)
+        principal = auth.authenticate(db, token.strip())
+        if principal is None:
+            limiter.record_failure(client_address())
+            raise ApiError(
+                401,
+                "unauthorized",
+                "unknown or revoked token",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return principal
+    user_id = session.get("user_id")
+    if isinstance(user_id, int):
+        principal = auth.principal_for_user(db, user_id)
+        if principal is not None:
+            if request.method not in SAFE_METHODS:
+                check_csrf(request.headers.get("X-CSRF-Token"))
+            return principal
+        session.clear()
+    raise ApiError(
+        401,
+        "unauthorized",
+        "authentication required: Authorization: Bearer <token>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )

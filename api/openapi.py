@@ -1,0 +1,179 @@
+"""OpenAPI 3.1 generated from the routes and their pydantic models (never written by hand).
+
+Routes register through `operation(...)`, which records the method, path, query model,
+body model and response models; `document()` turns the records into the OpenAPI document
+served at /api/v1/openapi.json.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from flask import Blueprint
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import MAX_ID, ErrorBody
+
+API_PREFIX = "/api/v1"
+BINARY = "application/octet-stream"
+_RULE_PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+
+
+@dataclass
+class Operation:
+    method: str
+    rule: str
+    summary: str
+    responses: dict[int, type[BaseModel] | str]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    public: bool = False
+    tag: str = "jobs"
+    description: str = ""
+    operation_id: str = field(default="")
+    prefix: str = API_PREFIX
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(
+    bp: Blueprint,
+    method: str,
+    rule: str,
+    *,
+    summary: str,
+    responses: dict[int, type[BaseModel] | str],
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    errors: tuple[int, ...] = (),
+    public: bool = False,
+    tag: str = "jobs",
+    prefix: str = API_PREFIX,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a route on `bp` and record it for the OpenAPI document."""
+
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        view.public = public  # type: ignore[attr-defined]  # read by the auth hook
+        auth_errors = () if public else (401, 403, 429)
+        OPERATIONS.append(
+            Operation(
+                method=method.lower(),
+                rule=rule,
+                summary=summary,
+                responses=responses,
+                body=body,
+                query=query,
+                errors=tuple(sorted({*errors, *auth_errors, 503} - set(responses))),
+                public=public,
+                tag=tag,
+                description=(view.__doc__ or "").strip(),
+                operation_id=view.__name__,
+                prefix=prefix,
+            )
+        )
+        bp.add_url_rule(rule, view_func=view, methods=[method])
+        return view
+
+    return register
+
+
+def openapi_path(rule: str, prefix: str = API_PREFIX) -> str:
+    return prefix + _RULE_PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
+
+
+def _path_parameters(rule: str) -> list[dict[str, Any]]:
+    params = []
+    for converter, name in _RULE_PARAM.findall(rule):
+        schema: dict[str, Any] = {"type": "string"}
+        if converter == "int":
+            schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return params
+
+
+def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    params = []
+    for name, prop in schemas["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        param = {
+            "name": name,
+            "in": "query",
+            "required": name in schemas.get("required", ()),
+            "schema": prop,
+        }
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def document() -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
+    for op in OPERATIONS:
+        if op.body is not None:
+            models.append((op.body, "validation"))
+        models += [(m, "serialization") for m in op.responses.values() if not isinstance(m, str)]
+    refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    components = defs.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return refs[(model, mode)]
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        responses: dict[str, Any] = {}
+        for status, model in op.responses.items():
+            content = (
+                {model: {"schema": {"type": "string", "format": "binary"}}}
+                if isinstance(model, str)
+                else {"application/json": {"schema": ref(model, "serialization")}}
+            )
+            responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": content}
+        for status in op.errors:
+            responses[str(status)] = {
+                "description": HTTPStatus(status).phrase,
+                "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}},
+            }
+        entry: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "parameters": _path_parameters(op.rule),
+            "responses": responses,
+        }
+        if op.description:
+            entry["description"] = op.description
+        if op.query is not None:
+            entry["parameters"] += _query_parameters(op.query, op.query.model_json_schema())
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(op.body, "validation")}},
+            }
+        if op.public:
+            entry["security"] = []
+        paths.setdefault(openapi_path(op.rule, op.prefix), {})[op.method] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Seqtrain API",
+            "version": "1",
+            "description": "Submit, watch and fetch PyTorch sequence-model training jobs. "
+            "Authenticate with `Authorization: Bearer <token>` (`seqtrain tokens create NAME`).",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

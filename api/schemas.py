@@ -1,0 +1,154 @@
+"""Response and query models (pydantic): they serialize every response and generate the
+OpenAPI document, so the published contract is the code that answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_ID = 2**63 - 1
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+
+class FieldError(_Out):
+    path: str = Field(
+        description="Dotted path of the offending field or parameter; empty for the body."
+    )
+    message: str
+    type: str | None = None
+
+
+class ErrorDetail(_Out):
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error, not_found.")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorBody(_Out):
+    error: ErrorDetail
+
+
+class JobCreated(_Out):
+    id: int
+    status: Status
+    enqueued: bool = Field(description="False when Redis was unreachable; the job waits in SQL.")
+    url: str
+
+
+class JobSummary(_Out):
+    id: int
+    name: str
+    owner: str | None
+    status: Status
+    task: str
+    model_type: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    epoch: int
+    step: int
+    cancel_requested: bool
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    url: str
+
+
+class JobEventOut(_Out):
+    ts: datetime
+    attempt: int
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    message: str
+
+
+class MetricValue(_Out):
+    value: float
+    step: int
+    epoch: int
+
+
+class JobDetail(JobSummary):
+    spec: dict[str, Any]
+    latest_metrics: dict[str, MetricValue] = Field(description='Keyed "<split>/<name>".')
+    events: list[JobEventOut]
+
+
+class JobList(_Out):
+    jobs: list[JobSummary]
+    next_cursor: int | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class MetricOut(_Out):
+    id: int
+    attempt: int
+    step: int
+    epoch: int
+    split: str
+    name: str
+    value: float
+    ts: datetime
+
+
+class MetricList(_Out):
+    metrics: list[MetricOut]
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null at the end."
+    )
+
+
+class CheckpointOut(_Out):
+    id: int
+    attempt: int
+    step: int
+    epoch: int
+    sha256: str
+    bytes: int
+    metrics: dict[str, float]
+    created_at: datetime
+    download_url: str
+
+
+class CheckpointList(_Out):
+    checkpoints: list[CheckpointOut]
+
+
+class Health(_Out):
+    status: Literal["ok", "degraded"]
+    database: str
+    redis: str
+
+
+# ---------------------------------------------------------------- query parameters
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListJobsQuery(_Query):
+    status: Status | None = Field(None, description="Only jobs in this status.")
+    limit: int = Field(50, ge=1, le=500, description="Page size.")
+    cursor: int | None = Field(
+        None, ge=1, le=MAX_ID, description="`next_cursor` of the previous page."
+    )
+
+
+class MetricsQuery(_Query):
+    split: str | None = Field(None, pattern=r"^[a-z_]{1,16}$", description="train or val.")
+    name: str | None = Field(None, pattern=r"^[a-z0-9_]{1,64}$", description="e.g. loss, accuracy.")
+    after: int | None = Field(
+        None, ge=0, le=MAX_ID, description="`next_after` of the previous page."
+    )
+    limit: int = Field(1000, ge=1, le=10000, description="Page size.")

@@ -1,0 +1,140 @@
+"""Users and API tokens. A token is shown once at creation; only its sha256 is stored.
+
+Tokens look like `st_<43 url-safe characters>` (256 random bits), so a plain sha256 is a
+safe verifier: there is nothing to brute-force that a slow hash would protect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from shared.db import Database
+from shared.models import ApiToken, User, utcnow
+
+TOKEN_PREFIX = "st_"  # noqa: S105 (a prefix, not a secret)
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+
+
+class AuthError(ValueError):
+    """A user or token operation was refused (name taken, unknown user, ...)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: enough to authorize, detached from any session."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    token_id: int | None = None
+
+    def may_see(self, owner_id: int | None) -> bool:
+        return self.is_admin or (owner_id is not None and owner_id == self.user_id)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_user(db: Database, name: str, is_admin: bool = False) -> User:
+    if not USER_NAME.match(name):
+        raise AuthError("a user name is 1-100 characters: letters, digits and _ . @ - (not first)")
+    try:
+        with db.session() as session:
+            user = User(name=name, is_admin=is_admin)
+            session.add(user)
+            session.flush()
+    except IntegrityError:
+        raise AuthError(f"user {name!r} already exists") from None
+    return user
+
+
+def get_user(db: Database, name: str) -> User | None:
+    with db.session() as session:
+        return session.scalars(select(User).where(User.name == name)).first()
+
+
+def list_users(db: Database) -> list[User]:
+    with db.session() as session:
+        return list(session.scalars(select(User).order_by(User.id)))
+
+
+def create_token(db: Database, user_name: str, label: str = "") -> tuple[ApiToken, str]:
+    """A new token for a user: returns the row and the token itself (shown once, never stored)."""
+    user = get_user(db, user_name)
+    if user is None:
+        raise AuthError(f"no user named {user_name!r}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with db.session() as session:
+        row = ApiToken(
+            user_id=user.id, token_hash=hash_token(token), prefix=token[:10], label=label[:100]
+        )
+        session.add(row)
+        session.flush()
+    return row, token
+
+
+def revoke_token(db: Database, token_id: int) -> bool:
+    with db.session() as session:
+        result = session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def list_tokens(db: Database, user_name: str) -> list[ApiToken]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(ApiToken)
+                .join(User, User.id == ApiToken.user_id)
+                .where(User.name == user_name)
+                .order_by(ApiToken.id)
+            )
+        )
+
+
+def authenticate(db: Database, token: str) -> Principal | None:
+    """The principal a bearer token belongs to, or None for an unknown or revoked token."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    with db.session() as session:
+        row = session.execute(
+            select(ApiToken.id, ApiToken.last_used_at, User.id, User.name, User.is_admin)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        ).first()
+        if row is None:
+            return None
+        now = utcnow()
+        # Touch last_used_at at most every few minutes: not a write per request.
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+    return Principal(user_id=row[2], name=row[3], is_admin=row[4], token_id=row[0])
+
+
+def principal_for_user(db: Database, user_id: int) -> Principal | None:
+    """A session's principal (the status page): the user, if it still exists."""
+    with db.session() as session:
+        user = session.get(User, user_id)
+        return None if user is None else Principal(user.id, user.name, user.is_admin)
+
+
+def ensure_admin(db: Database, name: str = "admin") -> tuple[User, str | None]:
+    """The first admin: creates it and a token on first start; (user, token or None if it existed)."""
+    existing = get_user(db, name)
+    if existing is not None:
+        return existing, None
+    user = create_user(db, name, is_admin=True)
+    _, token = create_token(db, name, label="created by seqtrain up")
+    return user, token
