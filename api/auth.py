@@ -73,11 +73,11 @@ class FailureLimiter:
             return max(1, int(remaining)) if count >= self.limit and remaining > 0 else 0
 
     def record_failure(self, client: str) -> None:
+        key = self._key(client)
         try:
-            pipe = self.redis.pipeline()
-            pipe.incr(self._key(client))
-            pipe.expire(self._key(client), self.window, nx=True)
-            pipe.execute()
+            _, ttl = self.redis.pipeline().incr(key).ttl(key).execute()
+            if ttl < 0:  # first failure of a window (EXPIRE ... NX needs Redis 7)
+                self.redis.expire(key, self.window)
         except redis.RedisError:
             started, count = self.local.get(client, (time.monotonic(), 0))
             if time.monotonic() - started > self.window:

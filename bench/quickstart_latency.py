@@ -24,6 +24,8 @@ import yaml
 from cli import services
 from cli.client import Client
 from migrations import upgrade
+from shared.auth import create_token, create_user
+from shared.db import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +45,10 @@ def main() -> None:
             ARTIFACT_ROOT=str(var / "artifacts"),
         )
         upgrade(env["DATABASE_URL"])
+        db = Database(env["DATABASE_URL"])
+        create_user(db, "bench")
+        _, token = create_token(db, "bench")
+        db.dispose()
         port = services.free_port()
         procs = [
             subprocess.Popen(
@@ -64,7 +70,7 @@ def main() -> None:
         ]
         try:
             services.wait_for_port(port, procs[0], "api")
-            client = Client(f"http://127.0.0.1:{port}")
+            client = Client(f"http://127.0.0.1:{port}", token)
             time.sleep(3)  # let the worker connect before timing
             to_running, to_done, server_running, val_acc = [], [], [], []
             for _ in range(args.runs):

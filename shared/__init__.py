@@ -1,6 +1,7 @@
 """Code that both the API and the worker import; never imports either of them.
 
 settings.py  every setting, read from the environment, with its default
+auth.py      users and API tokens (hashed), principals and ownership
 spec.py      the job spec (pydantic): validation, defaults, descriptions, size limits
 models.py    SQLAlchemy ORM tables: jobs, job_events, metrics, checkpoints
 db.py        engine and session factory (SQLite pragmas, PostgreSQL pooling)
@@ -8,7 +9,9 @@ jobs.py      job state machine: create, claim, fenced writes, finish, cancel, qu
 queue.py     the small Celery client the API enqueues with (by task name, ids only)
 storage.py   artifact store (a local or shared directory), content hashes
 statecodec.py  nested state dicts <-> safetensors tensors + JSON (no pickle anywhere)
-text.py      tokenizer and vocabulary
+text.py      word tokenizer and vocabulary (pad and unknown ids reserved)
+tokenization.py  word / char / BPE / WordPiece tokenizers behind one JSON-serializable interface
 datasets.py  dataset references and the built-in datasets shipped in builtin/
+dataset_formats.py  uploaded TSV/CSV/JSONL/text/CoNLL files -> rows, statistics, precise errors
 zoo/         model registry: one nn.Module per architecture, one forward contract
 """

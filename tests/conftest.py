@@ -9,6 +9,7 @@ does) to fail instead of skipping when PostgreSQL is unreachable.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -115,6 +116,8 @@ def settings(base_settings: Settings) -> Settings:
 def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url)
     _truncate(database)
+    # Job ids restart after truncation (SQLite): start each test with an empty store too.
+    shutil.rmtree(settings.artifact_root / "jobs", ignore_errors=True)
     yield database
     database.dispose()
 
