@@ -5,6 +5,7 @@ auth.py     bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownersh
 openapi.py  route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
 schemas.py  response and query models
 jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download), cancel
+datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, delete
 health.py   /healthz (open): database and Redis reachability
 pages.py    /login, /logout, / (the status page), /api/v1/docs
 wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
@@ -50,8 +51,9 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
-    from api import errors, health, jobs, pages
+    from api import datasets, errors, health, jobs, pages
     from api.auth import FailureLimiter
+    from api.openapi import IdConverter
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -74,9 +76,11 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         store=ArtifactStore(settings.artifact_root),
         limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
     )
+    app.url_map.converters["id"] = IdConverter
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(datasets.bp)
     app.register_blueprint(pages.bp)
 
     @app.after_request

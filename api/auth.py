@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import redis
-from flask import g, request, session
+from flask import current_app, g, request, session
 
 from api.errors import ApiError
 from shared import auth
@@ -98,6 +98,17 @@ def guard_failures(limiter: FailureLimiter) -> None:
             f"too many failed sign-ins; retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )
+
+
+def require_principal() -> None:
+    """before_request hook of every /api/v1 blueprint: sets g.principal, or 401/403/429."""
+    from api import services
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and getattr(view, "public", False):
+        return
+    svc = services()
+    g.principal = authenticate_request(svc.db, svc.limiter)
 
 
 def authenticate_request(db: Any, limiter: FailureLimiter) -> Principal:

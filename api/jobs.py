@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, request, send_file, url_for
+from flask import Blueprint, Response, request, send_file, url_for
 from pydantic import BaseModel, ValidationError
 
 from api import services
-from api.auth import authenticate_request, authorize, current_principal
+from api.auth import authorize, current_principal, require_principal
 from api.errors import ApiError, validation_fields
-from api.openapi import API_PREFIX, BINARY, operation
+from api.openapi import API_PREFIX, BINARY, id_rule, operation
 from api.schemas import (
     CheckpointList,
     CheckpointOut,
@@ -23,23 +23,16 @@ from api.schemas import (
     MetricList,
     MetricsQuery,
 )
+from shared import datasets as registry
 from shared import jobs
-from shared.models import Job
+from shared.models import Dataset, Job
 from shared.spec import JobSpec, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
+bp.before_request(require_principal)
 log = logging.getLogger("seqtrain.api")
-JOB = "/jobs/<int(min=1, max=9223372036854775807):job_id>"
+JOB = "/jobs/" + id_rule("job_id")
 Q = TypeVar("Q", bound=BaseModel)
-
-
-@bp.before_request
-def _authenticate() -> None:
-    view = current_app.view_functions.get(request.endpoint or "")
-    if view is not None and getattr(view, "public", False):
-        return
-    svc = services()
-    g.principal = authenticate_request(svc.db, svc.limiter)
 
 
 def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -90,6 +83,35 @@ def summary(job: Job, owner: str | None = None) -> dict[str, Any]:
     return fields
 
 
+def resolve_datasets(spec: JobSpec) -> dict[str, int]:
+    """Pin each dataset the spec names to a version the caller may use: role -> dataset id."""
+    principal, links, errors = current_principal(), {}, []
+    for role, field in (
+        ("train", "dataset"),
+        ("validation", "validation_dataset"),
+        ("test", "test_dataset"),
+    ):
+        reference = getattr(spec.data, field)
+        if reference is None:
+            continue
+        try:
+            resolved = registry.resolve(
+                services().db, reference, principal.user_id, principal.is_admin, f"data.{field}"
+            )
+            registry.check_task(resolved, spec.task, f"data.{field}")
+        except registry.DatasetError as exc:
+            errors.append(
+                {"path": exc.field or f"data.{field}", "message": exc.message, "type": "dataset"}
+            )
+            continue
+        if isinstance(resolved, Dataset):
+            links[role] = resolved.id
+    if errors:
+        paths = ", ".join(e["path"] for e in errors)
+        raise ApiError(422, "validation_error", f"invalid job spec: {paths}", errors)
+    return links
+
+
 @operation(
     bp,
     "POST",
@@ -104,7 +126,10 @@ def submit() -> Response:
     naming every failing field, and nothing is stored."""
     spec = parse_spec(json_body())
     svc, principal = services(), current_principal()
-    job = jobs.create_job(svc.db, spec, owner_id=principal.user_id, actor=principal.name)
+    links = resolve_datasets(spec)
+    job = jobs.create_job(
+        svc.db, spec, owner_id=principal.user_id, actor=principal.name, datasets=links
+    )
     enqueued = True
     try:  # after commit: a worker never receives an id that is not in SQL yet
         svc.queue.enqueue_job(job.id, job.queue)
@@ -214,7 +239,7 @@ def checkpoints(job_id: int) -> Response:
 @operation(
     bp,
     "GET",
-    JOB + "/checkpoints/<int(min=1, max=9223372036854775807):checkpoint_id>/download",
+    JOB + "/checkpoints/" + id_rule("checkpoint_id") + "/download",
     summary="Download a checkpoint (one safetensors file)",
     responses={200: BINARY},
     errors=(404,),

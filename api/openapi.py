@@ -16,11 +16,13 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import BaseConverter
 
 from api.schemas import MAX_ID, ErrorBody
 
 API_PREFIX = "/api/v1"
 BINARY = "application/octet-stream"
+ID_MAX = 2**63 - 1
 _RULE_PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 
 
@@ -29,9 +31,10 @@ class Operation:
     method: str
     rule: str
     summary: str
-    responses: dict[int, type[BaseModel] | str]
+    responses: dict[int, type[BaseModel] | str | None]
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    form: type[BaseModel] | None = None  # multipart/form-data fields besides `file`
     errors: tuple[int, ...] = ()
     public: bool = False
     tag: str = "jobs"
@@ -43,15 +46,36 @@ class Operation:
 OPERATIONS: list[Operation] = []
 
 
+class IdConverter(BaseConverter):
+    """Digits as an id; numbers outside 1..2^63-1 become 0, which no row has (a 404, never a
+    database error or a confusing 405)."""
+
+    regex = r"\d{1,40}"
+    part_isolating = True
+
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        return number if 1 <= number <= ID_MAX else 0
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
+
+
+def id_rule(name: str) -> str:
+    """A Flask rule part for a positive 64-bit id (register IdConverter as "id")."""
+    return f"<id:{name}>"
+
+
 def operation(
     bp: Blueprint,
     method: str,
     rule: str,
     *,
     summary: str,
-    responses: dict[int, type[BaseModel] | str],
+    responses: dict[int, type[BaseModel] | str | None],
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
+    form: type[BaseModel] | None = None,
     errors: tuple[int, ...] = (),
     public: bool = False,
     tag: str = "jobs",
@@ -70,6 +94,7 @@ def operation(
                 responses=responses,
                 body=body,
                 query=query,
+                form=form,
                 errors=tuple(sorted({*errors, *auth_errors, 503} - set(responses))),
                 public=public,
                 tag=tag,
@@ -92,7 +117,7 @@ def _path_parameters(rule: str) -> list[dict[str, Any]]:
     params = []
     for converter, name in _RULE_PARAM.findall(rule):
         schema: dict[str, Any] = {"type": "string"}
-        if converter == "int":
+        if converter == "id":
             schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     return params
@@ -120,7 +145,11 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         if op.body is not None:
             models.append((op.body, "validation"))
-        models += [(m, "serialization") for m in op.responses.values() if not isinstance(m, str)]
+        models += [
+            (m, "serialization")
+            for m in op.responses.values()
+            if m is not None and not isinstance(m, str)
+        ]
     refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components = defs.get("$defs", {})
 
@@ -131,6 +160,9 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         responses: dict[str, Any] = {}
         for status, model in op.responses.items():
+            if model is None:
+                responses[str(status)] = {"description": HTTPStatus(status).phrase}
+                continue
             content = (
                 {model: {"schema": {"type": "string", "format": "binary"}}}
                 if isinstance(model, str)
@@ -157,6 +189,24 @@ def document() -> dict[str, Any]:
             entry["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref(op.body, "validation")}},
+            }
+        if op.form is not None:
+            fields = op.form.model_json_schema()
+            entry["requestBody"] = {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                **fields["properties"],
+                            },
+                            "required": ["file", *fields.get("required", [])],
+                            "additionalProperties": False,
+                        }
+                    }
+                },
             }
         if op.public:
             entry["security"] = []

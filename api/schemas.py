@@ -152,3 +152,33 @@ class MetricsQuery(_Query):
         None, ge=0, le=MAX_ID, description="`next_after` of the previous page."
     )
     limit: int = Field(1000, ge=1, le=10000, description="Page size.")
+
+
+class DatasetOut(_Out):
+    id: int
+    name: str
+    owner: str | None
+    format: str
+    options: dict[str, Any] = Field(description="Parse options given at upload.")
+    sha256: str
+    bytes: int
+    rows: int
+    stats: dict[str, Any] = Field(
+        description="rows, label_counts, tokens_per_row {p50, p95, max, mean}, vocabulary_size; "
+        "CoNLL: sentences, tokens, entities per type, tag_counts."
+    )
+    created_at: datetime
+    reference: str = Field(description="Use this as data.dataset in a job spec.")
+    url: str
+
+
+class DatasetList(_Out):
+    datasets: list[DatasetOut]
+    next_cursor: int | None
+
+
+class ListDatasetsQuery(_Query):
+    limit: int = Field(100, ge=1, le=500, description="Page size.")
+    cursor: int | None = Field(
+        None, ge=1, le=MAX_ID, description="`next_cursor` of the previous page."
+    )

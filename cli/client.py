@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.error
 import urllib.request
 from typing import Any
@@ -27,11 +28,18 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        content_type: str = "",
+    ) -> Any:
+        data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type or "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -44,6 +52,27 @@ class Client:
             except ValueError:
                 parsed = raw.decode("utf-8", "replace")
             raise ApiFailure(exc.code, parsed) from None
+
+    def upload(self, path: str, filename: str, content: bytes, fields: dict[str, str]) -> Any:
+        """POST multipart/form-data: the form fields plus the file as `file`."""
+        boundary = "seqtrain" + secrets.token_hex(16)
+        parts = []
+        for name, value in fields.items():
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+            )
+        safe_name = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{safe_name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
+        body = b"".join(parts) + content + f"\r\n--{boundary}--\r\n".encode()
+        return self.request(
+            "POST", path, raw=body, content_type=f"multipart/form-data; boundary={boundary}"
+        )
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

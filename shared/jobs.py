@@ -23,7 +23,9 @@ from shared.db import Database
 from shared.models import (
     TERMINAL_STATUSES,
     Checkpoint,
+    Dataset,
     Job,
+    JobDataset,
     JobEvent,
     Metric,
     User,
@@ -75,8 +77,17 @@ def _event(
 # ---------------------------------------------------------------- submit and read
 
 
-def create_job(db: Database, spec: JobSpec, owner_id: int | None, actor: str = "api") -> Job:
-    """Insert a queued job and its first event, and commit. Enqueue only after this returns."""
+def create_job(
+    db: Database,
+    spec: JobSpec,
+    owner_id: int | None,
+    actor: str = "api",
+    datasets: dict[str, int] | None = None,
+) -> Job:
+    """Insert a queued job, its dataset links (role -> dataset id) and first event, and commit.
+
+    Enqueue only after this returns.
+    """
     with db.session() as session:
         job = Job(
             owner_id=owner_id,
@@ -91,6 +102,10 @@ def create_job(db: Database, spec: JobSpec, owner_id: int | None, actor: str = "
         )
         session.add(job)
         session.flush()
+        session.add_all(
+            JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
+            for role, dataset_id in (datasets or {}).items()
+        )
         _event(session, job.id, 0, None, "queued", actor, "submitted")
     return job
 
@@ -132,6 +147,17 @@ def list_jobs(
         jobs = list(session.scalars(query))
     next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
     return jobs[:limit], next_cursor
+
+
+def dataset_links(db: Database, job_id: int) -> dict[str, Dataset]:
+    """The dataset versions pinned at submit, by role (train, validation, test)."""
+    with db.session() as session:
+        rows = session.execute(
+            select(JobDataset.role, Dataset)
+            .join(Dataset, Dataset.id == JobDataset.dataset_id)
+            .where(JobDataset.job_id == job_id)
+        )
+        return {role: dataset for role, dataset in rows}
 
 
 def owner_names(db: Database, owner_ids: set[int | None]) -> dict[int | None, str]:

@@ -2,7 +2,9 @@
 
 users         people and scripts; admins see everything
 api_tokens    bearer tokens, stored as sha256 hashes only
+datasets      uploaded files (content-addressed in the artifact store), parse options, statistics
 jobs          one row a job: owner, spec, status, attempt (the fencing token), lease, cancel flag
+job_datasets  which dataset versions a job trains on (resolved at submit: train, validation, test)
 job_events    every status transition: who, when, why
 metrics       (job, attempt, step, epoch, split, name) -> value
 checkpoints   one row per saved checkpoint file in the artifact store
@@ -71,6 +73,41 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    # tsv | csv | jsonl | text | conll
+    format: Mapped[str] = mapped_column(String(16))
+    # Parse options given at upload (columns, encoding, tag scheme); with the bytes they fix the rows.
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Artifact key of the raw file: datasets/<sha256>
+    uri: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_datasets_owner_name", "owner_id", "name", "id"),
+        Index("ix_datasets_owner_sha", "owner_id", "sha256"),
+    )
+
+
+class JobDataset(Base):
+    __tablename__ = "job_datasets"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    # train | validation | test
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
 
 
 class Job(Base):

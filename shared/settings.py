@@ -65,6 +65,8 @@ class Settings:
     auth_failure_limit: int = 20
     # Largest request body accepted by the JSON API, in bytes.
     max_request_bytes: int = 1 << 20
+    # Largest dataset upload, in bytes.
+    max_dataset_bytes: int = 200 << 20
     # Worker identity written into leases and events.
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -104,6 +106,7 @@ class Settings:
             secure_cookies=os.environ.get("SEQTRAIN_SECURE_COOKIES", "") in ("1", "true", "yes"),
             auth_failure_limit=_env_int("SEQTRAIN_AUTH_FAILURE_LIMIT", 20),
             max_request_bytes=_env_int("SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20),
+            max_dataset_bytes=_env_int("SEQTRAIN_MAX_DATASET_BYTES", 200 << 20),
             worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
             or f"{socket.gethostname()}:{os.getpid()}",
         )

@@ -18,8 +18,6 @@ TASKS = ("classification",)
 # Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
 # 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
 MAX_MODEL_PARAMETERS = 100_000_000
-# The special tokens every vocabulary starts with (see shared/text.py).
-NUM_SPECIAL_TOKENS = 2
 # Printable text: no control characters (they break logs, pages and PostgreSQL text columns).
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
@@ -62,59 +60,73 @@ class ModelSpec(_Section):
         return self
 
 
+DATASET_REFERENCE = (
+    "`builtin:<name>`, `dataset:<id>`, or the name of one of your uploads (its newest version). "
+    "Built-in: " + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS) + "."
+)
+
+
+class TokenizerSpec(_Section):
+    kind: Literal["word", "char", "bpe", "wordpiece"] = Field(
+        "word", description="word (whitespace and punctuation), char, or a trained bpe / wordpiece."
+    )
+    vocab_size: int = Field(
+        20000, ge=3, le=1_000_000, description="Largest vocabulary, <pad> and <unk> included."
+    )
+    min_frequency: int = Field(
+        1,
+        ge=1,
+        le=1_000_000,
+        description="Rarer tokens (or merges) are left out of the vocabulary.",
+    )
+    lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
+
+
 class DataSpec(_Section):
     dataset: str = Field(
         "builtin:sentiment",
         min_length=1,
         max_length=200,
         pattern=PRINTABLE,
-        description="Dataset reference. Built-in: "
-        + ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
-        + ".",
+        description="Training data: " + DATASET_REFERENCE,
     )
-    text_field: str = Field(
-        "text",
+    validation_dataset: str | None = Field(
+        None,
         min_length=1,
-        max_length=100,
+        max_length=200,
         pattern=PRINTABLE,
-        description="Column holding the text.",
+        description="Explicit validation data (same forms); null: hold out val_fraction of the training data.",
     )
-    label_field: str = Field(
-        "label",
+    test_dataset: str | None = Field(
+        None,
         min_length=1,
-        max_length=100,
+        max_length=200,
         pattern=PRINTABLE,
-        description="Column holding the label.",
+        description="Test data evaluated once after training (same forms); null: none.",
     )
     max_length: int = Field(
         128, ge=1, le=4096, description="Tokens kept per example (longer texts are truncated)."
     )
     val_fraction: float = Field(
-        0.1, gt=0.0, lt=0.9, description="Fraction of rows held out for validation (seeded split)."
+        0.1,
+        gt=0.0,
+        lt=0.9,
+        description="Fraction of the training rows held out for validation (seeded split) "
+        "when validation_dataset is null.",
     )
-    lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
-    max_vocab_size: int = Field(
-        20000,
-        ge=1,
-        le=1_000_000,
-        description="Most frequent tokens kept in the vocabulary (plus <pad>, <unk>).",
-    )
-    min_frequency: int = Field(
-        1, ge=1, le=1_000_000, description="Tokens seen fewer times map to <unk>."
+    tokenizer: TokenizerSpec = Field(
+        default_factory=TokenizerSpec,
+        description="How text becomes token ids (trained on the training split).",
     )
 
-    @model_validator(mode="after")
-    def _known_dataset(self) -> DataSpec:
-        if self.dataset.startswith("builtin:"):
-            name = self.dataset.removeprefix("builtin:")
-            if name not in BUILTIN_DATASETS:
-                valid = ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
-                raise ValueError(f"unknown built-in dataset {self.dataset!r}; valid: {valid}")
-        else:
-            raise ValueError(
-                "dataset must be a built-in dataset reference such as 'builtin:sentiment'"
-            )
-        return self
+    @field_validator("dataset", "validation_dataset", "test_dataset")
+    @classmethod
+    def _known_builtins(cls, reference: str | None) -> str | None:
+        name = reference.removeprefix("builtin:") if reference else None
+        if reference and reference.startswith("builtin:") and name not in BUILTIN_DATASETS:
+            valid = ", ".join(f"builtin:{n}" for n in BUILTIN_DATASETS)
+            raise ValueError(f"unknown built-in dataset {reference!r}; valid: {valid}")
+        return reference
 
 
 class TrainingSpec(_Section):
@@ -193,12 +205,12 @@ class JobSpec(_Section):
     @classmethod
     def _model_fits(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
         data = info.data.get("data") or DataSpec()
-        params = estimate_parameters(model, data.max_vocab_size + NUM_SPECIAL_TOKENS, 2)
+        params = estimate_parameters(model, data.tokenizer.vocab_size, 2)
         if params > MAX_MODEL_PARAMETERS:
             raise ValueError(
-                f"model would have about {params:,} parameters with a {data.max_vocab_size:,}-token "
+                f"model would have about {params:,} parameters with a {data.tokenizer.vocab_size:,}-token "
                 f"vocabulary; the limit is {MAX_MODEL_PARAMETERS:,} (reduce hidden_size, num_layers, "
-                "embedding_dim, dim_feedforward or data.max_vocab_size)"
+                "embedding_dim, dim_feedforward or data.tokenizer.vocab_size)"
             )
         return model
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path, PurePosixPath
 
 
@@ -26,7 +27,7 @@ class ArtifactStore:
         """A temporary path beside the key's final place; pass it to `commit` when written."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        return final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
 
     def commit(self, staging: Path, key: str) -> tuple[int, str]:
         """fsync and atomically move a staged file into place; returns (bytes, sha256)."""

@@ -117,7 +117,8 @@ def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url)
     _truncate(database)
     # Job ids restart after truncation (SQLite): start each test with an empty store too.
-    shutil.rmtree(settings.artifact_root / "jobs", ignore_errors=True)
+    for folder in ("jobs", "datasets"):
+        shutil.rmtree(settings.artifact_root / folder, ignore_errors=True)
     yield database
     database.dispose()
 

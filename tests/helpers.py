@@ -24,3 +24,19 @@ def tiny_spec(**sections: dict[str, Any]) -> dict[str, Any]:
         else:
             spec[key] = value
     return spec
+
+
+def upload(client, content: bytes, filename: str = "data.tsv", **options: Any):
+    """POST a dataset file as multipart through a Flask test client; returns the response."""
+    import io
+
+    form: dict[str, Any] = {k: str(v) for k, v in options.items()}
+    form["file"] = (io.BytesIO(content), filename)
+    return client.post("/api/v1/datasets", data=form, content_type="multipart/form-data")
+
+
+SMALL_TSV = b"sentence\tlabel\n" + b"".join(
+    f"{adj} film number {i}\t{label}\n".encode()
+    for i in range(40)
+    for adj, label in (("great", "pos"), ("awful", "neg"))
+)

@@ -11,7 +11,7 @@ import yaml
 from werkzeug.serving import make_server
 
 from tests.conftest import ROOT
-from tests.helpers import tiny_spec
+from tests.helpers import SMALL_TSV, tiny_spec, upload
 
 
 @pytest.fixture
@@ -67,11 +67,13 @@ def test_submit_wait_succeeds_and_exits_zero(api_url, settings, worker, tmp_path
     assert job["id"] in [j["id"] for j in listed["jobs"]]
 
 
-def test_submit_wait_exits_nonzero_when_the_job_fails(api_url, settings, worker, tmp_path):
-    path = write_spec(tmp_path, tiny_spec(data={"label_field": "stars"}))
+def test_submit_wait_exits_nonzero_when_the_job_fails(api_url, client, settings, worker, tmp_path):
+    created = upload(client, SMALL_TSV, format="tsv", text_column="sentence", label_column="label")
+    (settings.artifact_root / f"datasets/{created.json['sha256']}").unlink()
+    path = write_spec(tmp_path, tiny_spec(data={"dataset": created.json["reference"]}))
     result = seqtrain("submit", str(path), "--wait", "--queue", settings.default_queue, url=api_url)
     assert result.returncode == 1
-    assert "failed" in result.stdout and "no column 'stars'" in result.stderr
+    assert "failed" in result.stdout and "missing from the artifact store" in result.stderr
 
 
 def test_bad_spec_prints_the_fields(api_url, tmp_path):
@@ -129,3 +131,39 @@ def test_users_and_tokens_commands(settings, db):
     assert authenticate(db, token) is None
     nobody = seqtrain("tokens", "create", "nobody", env=env)
     assert nobody.returncode == 1 and "no user named" in nobody.stderr
+
+
+def test_datasets_upload_list_show_delete(api_url, tmp_path):
+    good = tmp_path / "reviews.tsv"
+    good.write_bytes(SMALL_TSV)
+    result = seqtrain(
+        "datasets",
+        "upload",
+        str(good),
+        "--format",
+        "tsv",
+        "--text-column",
+        "sentence",
+        "--label-column",
+        "label",
+        "--json",
+        url=api_url,
+    )
+    assert result.returncode == 0, result.stderr
+    dataset = json.loads(result.stdout)
+    assert dataset["rows"] == 80 and dataset["name"] == "reviews.tsv"
+    assert "reviews.tsv" in seqtrain("datasets", "list", url=api_url).stdout
+    shown = json.loads(seqtrain("datasets", "show", str(dataset["id"]), url=api_url).stdout)
+    assert shown["stats"]["label_counts"] == {"neg": 40, "pos": 40}
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"sentence\tlabel\nna\xefve\tpos\n")
+    refused = seqtrain(
+        "datasets", "upload", str(bad), "--format", "tsv", "--text-column", "sentence", url=api_url
+    )
+    assert (
+        refused.returncode == 1
+        and "line 2, byte 17" in refused.stderr
+        and "encoding" in refused.stderr
+    )
+    assert seqtrain("datasets", "delete", str(dataset["id"]), url=api_url).returncode == 0
+    assert seqtrain("datasets", "show", str(dataset["id"]), url=api_url).returncode == 1

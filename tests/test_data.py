@@ -1,21 +1,35 @@
+from pathlib import Path
+
 import pytest
 
-from shared.datasets import DatasetError, load_rows, text_label_pairs
-from shared.spec import DataSpec
-from shared.text import PAD_ID
-from worker.data import batch_order, collate, prepare_classification, split_indices
+from shared.datasets import BUILTIN_DATASETS, load
+from shared.spec import DataSpec, TokenizerSpec
+from shared.storage import ArtifactStore
+from shared.text import PAD_ID, UNK_ID
+from worker.data import (
+    DataError,
+    Splits,
+    batch_order,
+    collate,
+    load_splits,
+    prepare_classification,
+    split_indices,
+)
+
+STORE = ArtifactStore(Path("."))
 
 
-def test_builtin_dataset_is_balanced_and_unique():
-    texts, labels = text_label_pairs(load_rows("builtin:sentiment"), "text", "label")
-    assert len(texts) == len(set(texts)) >= 500
-    assert set(labels) == {"positive", "negative"}
+def test_builtin_datasets_parse_and_suit_their_task():
+    sentiment = load(BUILTIN_DATASETS["sentiment"], STORE)
+    texts = [r["text"] for r in sentiment.rows]
+    labels = [r["label"] for r in sentiment.rows]
+    assert len(texts) == len(set(texts)) >= 500 and set(labels) == {"positive", "negative"}
     assert min(labels.count("positive"), labels.count("negative")) > 0.4 * len(labels)
-
-
-def test_missing_column_is_named():
-    with pytest.raises(DatasetError, match="no column 'review'"):
-        text_label_pairs(load_rows("builtin:sentiment"), "review", "label")
+    stories = load(BUILTIN_DATASETS["stories"], STORE)
+    assert stories.text and len(stories.text) > 50_000
+    entities = load(BUILTIN_DATASETS["entities"], STORE)
+    tags = {t for row in entities.rows for t in row["tags"]}
+    assert {"B-PER", "I-PER", "B-LOC", "B-ORG", "O"} <= tags and len(entities.rows) == 600
 
 
 def test_split_is_seeded_and_disjoint():
@@ -24,10 +38,41 @@ def test_split_is_seeded_and_disjoint():
     assert split_indices(100, 0.2, seed=3) == (train, val) != split_indices(100, 0.2, seed=4)
 
 
-def test_vocabulary_comes_from_the_training_split_only():
-    data = prepare_classification(DataSpec(val_fraction=0.5), seed=0)
-    assert len(data.train) + len(data.val) == 800
-    assert data.labels == ["negative", "positive"]
+def test_tokenizer_is_trained_on_the_training_split_only():
+    spec = DataSpec(val_fraction=0.5)
+    splits = load_splits(spec, STORE)
+    data = prepare_classification(spec, 0, splits)
+    assert len(data.train) + len(data.val) == 800 and data.labels == ["negative", "positive"]
+    train_text = {
+        r["text"]
+        for i, r in enumerate(splits.train.rows)
+        if i in set(split_indices(800, 0.5, 0)[0])
+    }
+    vocabulary = set(data.tokenizer.to_dict()["tokens"])
+    val_only = {
+        w for r in splits.train.rows if r["text"] not in train_text for w in r["text"].split()
+    }
+    train_words = {w for t in train_text for w in t.split()}
+    assert not ((val_only - train_words) & vocabulary)
+
+
+def test_explicit_validation_split_and_char_tokenizer():
+    spec = DataSpec(
+        validation_dataset="builtin:sentiment", tokenizer=TokenizerSpec(kind="char", vocab_size=50)
+    )
+    data = prepare_classification(spec, 0, load_splits(spec, STORE))
+    assert len(data.train) == len(data.val) == 800  # no hold-out when validation data is given
+    assert data.tokenizer.kind == "char" and data.tokenizer.vocab_size <= 50
+    assert all(UNK_ID != i != PAD_ID for seq in data.train.ids[:20] for i in seq[:3])
+
+
+def test_unseen_validation_labels_are_refused():
+    sentiment = load(BUILTIN_DATASETS["sentiment"], STORE)
+    odd = type(sentiment)(
+        format="tsv", rows=[{"text": "a b", "label": "neutral"}], columns=["text", "label"]
+    )
+    with pytest.raises(DataError, match="validation labels not seen in training: \\['neutral'\\]"):
+        prepare_classification(DataSpec(), 0, Splits(sentiment, odd))
 
 
 def test_batches_cover_every_example_once_and_bucket_by_length():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import wait_until
-from tests.helpers import tiny_spec
+from tests.conftest import DATASETS, wait_until
+from tests.helpers import SMALL_TSV, tiny_spec, upload
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -117,10 +117,35 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
 
 
 def test_trainer_failure_is_recorded_with_its_reason(client, settings, worker):
-    job_id = submit(client, settings, data={"text_field": "review"})
+    """A dataset whose stored file vanished: the trainer exits 1 and the job says why."""
+    created = upload(client, SMALL_TSV, format="tsv", text_column="sentence", label_column="label")
+    assert created.status_code == 201, created.json
+    (settings.artifact_root / f"datasets/{created.json['sha256']}").unlink()
+    job_id = submit(client, settings, data={"dataset": created.json["reference"]})
     job = wait_for_status(client, job_id, TERMINAL, timeout=60)
     assert job["status"] == "failed"
-    assert "exit code 1" in job["error"] and "no column 'review'" in job["error"]
+    assert "exit code 1" in job["error"] and "missing from the artifact store" in job["error"]
+
+
+def test_uploaded_dataset_with_explicit_validation_trains(client, settings, worker):
+    train = upload(
+        client, SMALL_TSV, name="small", format="tsv", text_column="sentence", label_column="label"
+    )
+    job_id = submit(
+        client,
+        settings,
+        training={"epochs": 8, "lr": 0.02},
+        data={
+            "dataset": "small",
+            "validation_dataset": train.json["reference"],
+            "test_dataset": train.json["reference"],
+            "tokenizer": {"kind": "bpe", "vocab_size": 120},
+        },
+    )
+    job = wait_for_status(client, job_id, TERMINAL)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["latest_metrics"]["val/accuracy"]["value"] > 0.9  # the words decide the label
+    assert "test/accuracy" in job["latest_metrics"]
 
 
 def test_duplicate_delivery_runs_nothing_twice(client, app, settings, worker):
@@ -149,3 +174,33 @@ def test_api_and_celery_processes_never_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sst2_uploaded_and_trained_through_the_service(client, settings, worker, database_url):
+    """The real SST-2 files, uploaded and trained on (one backend: the data is the point)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("runs once, on SQLite; the PostgreSQL path is covered by the other e2e tests")
+    paths = [DATASETS / "sst2/train.tsv", DATASETS / "sst2/dev.tsv"]
+    if not all(p.exists() for p in paths):
+        pytest.skip(
+            f"{paths[0].parent} is not present (the shared data sets sit beside the checkout)"
+        )
+    options = dict(format="tsv", text_column="sentence", label_column="label")
+    train = upload(client, paths[0].read_bytes(), "train.tsv", name="sst2-train", **options).json
+    dev = upload(client, paths[1].read_bytes(), "dev.tsv", name="sst2-dev", **options).json
+    assert (train["rows"], dev["rows"]) == (67_349, 872)
+    job_id = submit(
+        client,
+        settings,
+        data={
+            "dataset": "sst2-train",
+            "validation_dataset": "sst2-dev",
+            "max_length": 48,
+            "tokenizer": {"kind": "word", "vocab_size": 16000},
+        },
+        model={"type": "lstm", "embedding_dim": 32, "hidden_size": 32},
+        training={"epochs": 1, "batch_size": 128, "lr": 0.005, "log_every_steps": 50},
+    )
+    job = wait_for_status(client, job_id, TERMINAL, timeout=240)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["latest_metrics"]["val/accuracy"]["value"] > 0.7

@@ -1,7 +1,14 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.spec import MAX_MODEL_PARAMETERS, JobSpec, ModelSpec, estimate_parameters, parse_spec
+from shared.spec import (
+    MAX_MODEL_PARAMETERS,
+    JobSpec,
+    ModelSpec,
+    TokenizerSpec,
+    estimate_parameters,
+    parse_spec,
+)
 from shared.zoo import REGISTRY, build_model
 from tests.helpers import tiny_spec
 
@@ -15,7 +22,7 @@ def test_only_name_is_required_and_defaults_validate():
 
 
 def test_every_field_has_a_description():
-    sections = [JobSpec] + [
+    sections = [JobSpec, TokenizerSpec] + [
         JobSpec.model_fields[s].annotation
         for s in ("data", "model", "training", "resources", "checkpoint")
     ]
@@ -34,7 +41,7 @@ def test_every_field_has_a_description():
         ({"surprise": True}, ("surprise",)),
         ({"model": {"hidden_size": 8192, "num_layers": 24}}, ("model",)),
         ({"model": {"type": "transformer", "embedding_dim": 30, "nhead": 4}}, ("model",)),
-        ({"data": {"dataset": "builtin:nope"}}, ("data",)),
+        ({"data": {"dataset": "builtin:nope"}}, ("data", "dataset")),
         ({"resources": {"queue": "Bad Queue!"}}, ("resources", "queue")),
     ],
 )
@@ -48,7 +55,9 @@ def test_size_bound_counts_the_vocabulary():
     # A 200-wide LSTM is fine with a small vocabulary, too big with a million tokens x 4096 dims.
     parse_spec(tiny_spec(model={"hidden_size": 200}))
     with pytest.raises(ValidationError, match="parameters"):
-        parse_spec(tiny_spec(model={"embedding_dim": 4096}, data={"max_vocab_size": 1_000_000}))
+        parse_spec(
+            tiny_spec(model={"embedding_dim": 4096}, data={"tokenizer": {"vocab_size": 1_000_000}})
+        )
     assert MAX_MODEL_PARAMETERS == 100_000_000
 
 

@@ -42,7 +42,7 @@ def test_training_improves_and_checkpoints(tmp_path):
     assert "model.embedding.weight" in weights
     state = load_checkpoint(out.saved[-1])
     assert state["epoch"] == 4 and state["labels"] == ["negative", "positive"]
-    assert state["vocab"]["tokens"][:2] == ["<pad>", "<unk>"]
+    assert state["tokenizer"]["tokens"][:2] == ["<pad>", "<unk>"]
 
 
 def test_resume_from_a_checkpoint_ends_with_identical_weights(tmp_path):
@@ -60,3 +60,22 @@ def test_resume_from_a_checkpoint_ends_with_identical_weights(tmp_path):
     assert final_b["step"] == final_a["step"]
     for key, value in final_a["model"].items():
         assert torch.equal(value, final_b["model"][key]), key
+
+
+def test_the_checkpoint_carries_the_trained_tokenizer(tmp_path):
+    from shared.tokenization import tokenizer_from_dict
+    from worker.data import load_splits, prepare_classification
+
+    spec = parse_spec(
+        tiny_spec(training={"epochs": 1}, data={"tokenizer": {"kind": "bpe", "vocab_size": 80}})
+    )
+    out = Collect(tmp_path)
+    train(spec, out.reporter())
+    state = load_checkpoint(out.saved[-1])
+    reloaded = tokenizer_from_dict(state["tokenizer"])
+    trained = prepare_classification(
+        spec.data, spec.training.seed, load_splits(spec.data, None)
+    ).tokenizer
+    for text in ("the plot was not dull !", "frankly , the zebra sang", ""):
+        assert reloaded.encode(text, 32) == trained.encode(text, 32)
+    assert reloaded.kind == "bpe" and reloaded.vocab_size <= 80

@@ -12,12 +12,29 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.datasets import DatasetError, load_rows, text_label_pairs
+from shared import datasets as registry
+from shared.dataset_formats import ParsedDataset
 from shared.spec import DataSpec
-from shared.text import PAD_ID, Vocabulary
+from shared.storage import ArtifactStore
+from shared.text import PAD_ID
+from shared.tokenization import Tokenizer, train_tokenizer
 
 # Examples sorted together when bucketing, in batches: larger pools pad less but shuffle less.
 BUCKET_POOL_BATCHES = 50
+ROLES = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """The data cannot be used for this job; the message says why."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Parsed rows per role; validation/test None when the spec names none."""
+
+    train: ParsedDataset
+    validation: ParsedDataset | None = None
+    test: ParsedDataset | None = None
 
 
 @dataclass(frozen=True)
@@ -31,10 +48,40 @@ class Encoded:
 
 @dataclass(frozen=True)
 class ClassificationData:
-    vocab: Vocabulary
+    tokenizer: Tokenizer
     labels: list[str]
     train: Encoded
     val: Encoded
+    test: Encoded | None
+
+
+def load_splits(
+    data: DataSpec, store: ArtifactStore, linked: dict[str, registry.Resolved] | None = None
+) -> Splits:
+    """Parse each role's dataset: built-ins from the spec, uploads from the job's pinned links."""
+    linked = linked or {}
+    references = {
+        "train": data.dataset,
+        "validation": data.validation_dataset,
+        "test": data.test_dataset,
+    }
+    parsed: dict[str, ParsedDataset | None] = {}
+    for role, reference in references.items():
+        if reference is None:
+            parsed[role] = None
+            continue
+        if reference.startswith("builtin:"):
+            resolved: registry.Resolved = registry.BUILTIN_DATASETS[
+                reference.removeprefix("builtin:")
+            ]
+        elif role in linked:
+            resolved = linked[role]
+        else:
+            raise DataError(f"the {role} dataset {reference!r} was not resolved at submit")
+        parsed[role] = registry.load(resolved, store)
+    train = parsed["train"]
+    assert train is not None
+    return Splits(train, parsed["validation"], parsed["test"])
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -45,33 +92,50 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
 
 
 def prepare_classification(
-    data: DataSpec, seed: int, vocab: Vocabulary | None = None, labels: list[str] | None = None
+    data: DataSpec,
+    seed: int,
+    splits: Splits,
+    tokenizer: Tokenizer | None = None,
+    labels: list[str] | None = None,
 ) -> ClassificationData:
-    """Load, split (seeded), build the vocabulary on the training split only, and encode."""
-    texts, raw_labels = text_label_pairs(load_rows(data.dataset), data.text_field, data.label_field)
-    train_idx, val_idx = split_indices(len(texts), data.val_fraction, seed)
-    if len(train_idx) < 1:
-        raise DatasetError("the training split is empty; lower data.val_fraction")
-    if vocab is None:
-        vocab = Vocabulary.build(
-            (texts[i] for i in train_idx), data.max_vocab_size, data.min_frequency, data.lowercase
+    """Split (seeded) unless validation data is given, train the tokenizer on the training
+    split only (or reuse a checkpoint's), and encode every split."""
+    rows = splits.train.rows
+    if splits.validation is None:
+        train_idx, val_idx = split_indices(len(rows), data.val_fraction, seed)
+        if not train_idx:
+            raise DataError("the training split is empty; lower data.val_fraction")
+        train_rows, val_rows = [rows[i] for i in train_idx], [rows[i] for i in val_idx]
+    else:
+        train_rows, val_rows = rows, splits.validation.rows
+    if tokenizer is None:
+        cfg = data.tokenizer
+        tokenizer = train_tokenizer(
+            cfg.kind,
+            (r["text"] for r in train_rows),
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            lowercase=cfg.lowercase,
         )
     if labels is None:
-        labels = sorted(set(raw_labels))
+        labels = sorted({r["label"] for r in train_rows})
     if len(labels) < 2:
-        raise DatasetError(f"classification needs at least 2 labels, found {len(labels)}")
+        raise DataError(f"classification needs at least 2 labels, found {len(labels)}")
     label_ids = {name: i for i, name in enumerate(labels)}
 
-    def encode(indices: list[int]) -> Encoded:
-        unknown = {raw_labels[i] for i in indices} - label_ids.keys()
+    def encode(split: list[dict[str, str]], name: str) -> Encoded:
+        unknown = {r["label"] for r in split} - label_ids.keys()
         if unknown:
-            raise DatasetError(f"labels not seen in training: {sorted(unknown)[:5]}")
+            raise DataError(f"{name} labels not seen in training: {sorted(unknown)[:5]}")
         return Encoded(
-            [vocab.encode(texts[i], data.max_length) for i in indices],
-            [label_ids[raw_labels[i]] for i in indices],
+            [tokenizer.encode(r["text"], data.max_length) for r in split],
+            [label_ids[r["label"]] for r in split],
         )
 
-    return ClassificationData(vocab, labels, encode(train_idx), encode(val_idx))
+    test = encode(splits.test.rows, "test") if splits.test is not None else None
+    return ClassificationData(
+        tokenizer, labels, encode(train_rows, "train"), encode(val_rows, "validation"), test
+    )
 
 
 def collate(

@@ -30,12 +30,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from shared import jobs
+from shared.dataset_formats import DatasetFormatError
+from shared.datasets import DatasetError
 from shared.db import Database
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.statecodec import flatten, unflatten
 from shared.storage import ArtifactStore
-from shared.text import Vocabulary
+from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
 from worker import data as datalib
 
@@ -111,15 +113,25 @@ def lr_factor(step: int, total_steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(spec: JobSpec, report: Reporter, resume: dict[str, Any] | None = None) -> TrainResult:
+def train(
+    spec: JobSpec,
+    report: Reporter,
+    resume: dict[str, Any] | None = None,
+    splits: datalib.Splits | None = None,
+) -> TrainResult:
+    """Train `spec` on `splits` (default: its built-in datasets), resuming from a checkpoint's state."""
     cfg = spec.training
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    vocab = Vocabulary.from_dict(resume["vocab"]) if resume else None
+    if splits is None:
+        splits = datalib.load_splits(spec.data, ArtifactStore("."))
+    tokenizer = tokenizer_from_dict(resume["tokenizer"]) if resume else None
     labels = resume["labels"] if resume else None
-    dataset = datalib.prepare_classification(spec.data, cfg.seed, vocab, labels)
-    model = build_model(spec.model, len(dataset.vocab), len(dataset.labels), spec.data.max_length)
+    dataset = datalib.prepare_classification(spec.data, cfg.seed, splits, tokenizer, labels)
+    model = build_model(
+        spec.model, dataset.tokenizer.vocab_size, len(dataset.labels), spec.data.max_length
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -137,7 +149,7 @@ def train(spec: JobSpec, report: Reporter, resume: dict[str, Any] | None = None)
 
     print(
         f"training {spec.model.type}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(dataset.vocab):,} tokens, {len(dataset.labels)} labels, "
+        f"{dataset.tokenizer.kind} tokenizer of {dataset.tokenizer.vocab_size:,} ids, {len(dataset.labels)} labels, "
         f"{len(dataset.train)} train / {len(dataset.val)} val examples",
         flush=True,
     )
@@ -207,12 +219,18 @@ def train(spec: JobSpec, report: Reporter, resume: dict[str, Any] | None = None)
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 "epoch": epoch,
                 "step": step,
-                "vocab": dataset.vocab.to_dict(),
+                "tokenizer": dataset.tokenizer.to_dict(),
                 "labels": dataset.labels,
                 "spec": spec.model_dump(mode="json"),
                 "metrics": last,
             }
             report.save(state, epoch, step, last)
+    if dataset.test is not None:
+        test = evaluate(model, dataset.test, cfg.batch_size)
+        last.update({"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+        report.log_metrics([_row(step, epoch, "test", k, v) for k, v in test.items()], epoch, step)
+        report.flush()
+        print(f"test loss {test['loss']:.4f} acc {test['accuracy']:.3f}", flush=True)
     return TrainResult(step=step, epoch=epoch, metrics=last)
 
 
@@ -309,13 +327,16 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     store = ArtifactStore(settings.artifact_root)
     job = jobs.get_job(db, job_id)
     spec = JobSpec.model_validate(job.spec)
+    splits = datalib.load_splits(spec.data, store, jobs.dataset_links(db, job_id))
     resume = None
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):
         resume = load_checkpoint(store.path(latest.uri))
     reporter = ServiceReporter(db, store, job_id, attempt, spec, settings.redis_url)
     try:
-        result = train(spec, Reporter(reporter.log_metrics, reporter.save, reporter.flush), resume)
+        result = train(
+            spec, Reporter(reporter.log_metrics, reporter.save, reporter.flush), resume, splits
+        )
         reporter.flush()
     except jobs.Fenced as exc:
         print(f"stopping: {exc}", file=sys.stderr, flush=True)
@@ -335,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(threads))
     try:
         return run_attempt(args.job_id, args.attempt, Settings.from_env())
-    except TrainingError as exc:
+    except (TrainingError, datalib.DataError, DatasetError, DatasetFormatError) as exc:
+        # Expected failures: the message alone is the reason, no traceback.
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
 
