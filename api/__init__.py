@@ -6,6 +6,7 @@ openapi.py  route registry -> the OpenAPI 3.1 document (generated from the pydan
 schemas.py  response and query models
 jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download), cancel
 datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, delete
+inference.py  /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
 health.py   /healthz (open): database and Redis reachability
 pages.py    /login, /logout, / (the status page), /api/v1/docs
 wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
@@ -51,7 +52,7 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
-    from api import datasets, errors, health, jobs, pages
+    from api import datasets, errors, health, inference, jobs, pages
     from api.auth import FailureLimiter
     from api.openapi import IdConverter
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(datasets.bp)
+    app.register_blueprint(inference.bp)
     app.register_blueprint(pages.bp)
 
     @app.after_request

@@ -26,7 +26,7 @@ from api.schemas import (
 from shared import datasets as registry
 from shared import jobs
 from shared.models import Dataset, Job
-from shared.spec import JobSpec, parse_spec
+from shared.spec import JobSpec, dataset_references, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
@@ -86,12 +86,9 @@ def summary(job: Job, owner: str | None = None) -> dict[str, Any]:
 def resolve_datasets(spec: JobSpec) -> dict[str, int]:
     """Pin each dataset the spec names to a version the caller may use: role -> dataset id."""
     principal, links, errors = current_principal(), {}, []
-    for role, field in (
-        ("train", "dataset"),
-        ("validation", "validation_dataset"),
-        ("test", "test_dataset"),
-    ):
-        reference = getattr(spec.data, field)
+    fields = {"train": "dataset", "validation": "validation_dataset", "test": "test_dataset"}
+    for role, reference in dataset_references(spec).items():
+        field = fields[role]
         if reference is None:
             continue
         try:

@@ -4,9 +4,9 @@ OpenAPI document, so the published contract is the code that answers."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_ID = 2**63 - 1
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -182,3 +182,53 @@ class ListDatasetsQuery(_Query):
     cursor: int | None = Field(
         None, ge=1, le=MAX_ID, description="`next_cursor` of the previous page."
     )
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Annotated[str, Field(max_length=20_000)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Texts to classify (or to tag, split on whitespace).",
+    )
+    tokens: list[list[Annotated[str, Field(min_length=1, max_length=200)]]] | None = Field(
+        None, min_length=1, max_length=256, description="tagging: pre-split sentences."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictRequest:
+        if (self.texts is None) == (self.tokens is None):
+            raise ValueError("give exactly one of texts or tokens")
+        return self
+
+
+class Prediction(_Out):
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    tokens: list[str] | None = None
+    tags: list[str] | None = None
+
+
+class PredictResponse(_Out):
+    checkpoint_id: int
+    predictions: list[Prediction]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=10_000, description="Text to continue.")
+    length: int = Field(200, ge=1, le=2000, description="Tokens to generate.")
+    temperature: float = Field(0.8, gt=0.0, le=5.0, description="Sampling temperature.")
+    top_k: int | None = Field(
+        None, ge=1, le=100_000, description="Sample among the k likeliest tokens."
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed for reproducible samples.")
+
+
+class GenerateResponse(_Out):
+    checkpoint_id: int
+    prompt: str
+    text: str

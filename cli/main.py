@@ -8,6 +8,7 @@ seqtrain api | worker | migrate      the parts one by one (what docker compose r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -426,6 +427,167 @@ def cancel(job_id: int, url: str, token: str | None, as_json: bool) -> None:
         if as_json
         else f"job {job_id}: {job['status']}"
         + (" (cancel requested)" if job["status"] == "running" else "")
+    )
+
+
+# ---------------------------------------------------------------- inference and local runs
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.argument("texts", nargs=-1, required=True)
+@url_option
+@token_option
+@json_option
+def predict(
+    job_id: int, texts: tuple[str, ...], url: str, token: str | None, as_json: bool
+) -> None:
+    """Classify TEXTS (or tag them) with a job's best checkpoint."""
+    answer = _call(
+        make_client(url, token).post, f"/api/v1/jobs/{job_id}/predict", {"texts": list(texts)}
+    )
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    for text, item in zip(texts, answer["predictions"], strict=True):
+        if item.get("label") is not None:
+            click.echo(f"{item['label']:<12} {item['probabilities'][item['label']]:.3f}  {text}")
+        else:
+            click.echo(
+                " ".join(f"{t}/{g}" for t, g in zip(item["tokens"], item["tags"], strict=True))
+            )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--length", default=200, show_default=True, type=int)
+@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--top-k", type=int)
+@click.option("--seed", type=int)
+@url_option
+@token_option
+@json_option
+def generate(
+    job_id: int,
+    prompt: str,
+    length: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Sample text from a language-modelling job's best checkpoint."""
+    body = {
+        "prompt": prompt,
+        "length": length,
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+    }
+    answer = _call(make_client(url, token).post, f"/api/v1/jobs/{job_id}/generate", body)
+    click.echo(json.dumps(answer) if as_json else prompt + answer["text"])
+
+
+def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> Any:
+    if path is None:
+        return None
+    from shared.dataset_formats import DatasetFormatError
+    from shared.datasets import DatasetUpload, parse
+
+    if fmt is None:
+        _fail("--format is required with data files")
+    try:
+        upload = DatasetUpload.model_validate(
+            {"format": fmt, **{k: v for k, v in options.items() if v is not None}}
+        )
+        return parse(Path(path).read_bytes(), upload.format, upload.parse_options())
+    except DatasetFormatError as exc:
+        _fail(f"{path}: {exc}")
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@main.command("train")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--local", is_flag=True, required=True, help="Train in this process, without the queue."
+)
+@click.option("--train-file", help="Training data (default: the spec's built-in dataset).")
+@click.option(
+    "--validation-file", help="Validation data (default: val_fraction of the training data)."
+)
+@click.option("--test-file", help="Test data, evaluated once at the end.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl", "text", "conll"]))
+@click.option("--text-column")
+@click.option("--label-column")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), help="Directory for checkpoints.")
+@json_option
+def train_local(
+    spec_file: str,
+    local: bool,
+    train_file: str | None,
+    validation_file: str | None,
+    test_file: str | None,
+    fmt: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    encoding: str,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Train SPEC_FILE here with the service's trainer code; prints the final metrics."""
+    from pydantic import ValidationError
+
+    from shared.checkpoints import save_checkpoint
+    from shared.spec import parse_spec
+    from worker.data import Splits, load_splits
+    from worker.trainer import Reporter, train
+
+    try:
+        spec = parse_spec(load_spec(spec_file))
+    except ValidationError as exc:
+        _fail(
+            "invalid spec:\n"
+            + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        )
+    options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
+    if train_file:
+        splits = Splits(
+            _local_file(train_file, fmt, options),
+            _local_file(validation_file, fmt, options),
+            _local_file(test_file, fmt, options),
+        )
+    else:
+        splits = load_splits(spec, None)
+    out_dir = Path(output) if output else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(
+        state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
+    ) -> None:
+        if out_dir is not None:
+            save_checkpoint(
+                out_dir / f"step-{step:09d}{'-best' if is_best else ''}.safetensors", state
+            )
+
+    # With --json, stdout carries only the result; the trainer's progress goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
+        result = train(spec, Reporter(lambda rows, epoch, step: None, save), splits=splits)
+    summary = {
+        "step": result.step,
+        "epoch": result.epoch,
+        "stopped_early": result.stopped_early,
+        **result.metrics,
+    }
+    click.echo(
+        json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items())
     )
 
 

@@ -11,7 +11,11 @@ storage.py   artifact store (a local or shared directory), content hashes
 statecodec.py  nested state dicts <-> safetensors tensors + JSON (no pickle anywhere)
 text.py      word tokenizer and vocabulary (pad and unknown ids reserved)
 tokenization.py  word / char / BPE / WordPiece tokenizers behind one JSON-serializable interface
-datasets.py  dataset references and the built-in datasets shipped in builtin/
+datasets.py  dataset registry: uploads, built-in datasets, references from specs
+builtin_data.py  generated built-in datasets (plain text, CoNLL)
 dataset_formats.py  uploaded TSV/CSV/JSONL/text/CoNLL files -> rows, statistics, precise errors
-zoo/         model registry: one nn.Module per architecture, one forward contract
+checkpoints.py  one safetensors file per checkpoint: save / load (no pickle)
+inference.py  predictions and generation from a checkpoint (imports torch; loaded lazily)
+tagging_metrics.py  entity-level precision / recall / F1, the CoNLL way
+zoo/         model registry: encoders per architecture, heads per task, one forward contract
 """

@@ -38,7 +38,17 @@ from shared.storage import ArtifactStore
 _BUILTIN_DIR = Path(__file__).with_name("builtin")
 FORMATS = ("tsv", "csv", "jsonl", "text", "conll")
 # Which formats each task can train on.
-TASK_FORMATS = {"classification": ("tsv", "csv", "jsonl")}
+TASK_FORMATS = {
+    "classification": ("tsv", "csv", "jsonl"),
+    "language_modeling": ("text", "tsv", "csv", "jsonl"),
+    "tagging": ("conll",),
+}
+# The built-in dataset a task trains on when the spec names none.
+DEFAULT_DATASETS = {
+    "classification": "sentiment",
+    "language_modeling": "stories",
+    "tagging": "entities",
+}
 ACTIVE_STATUSES = ("queued", "running")
 
 

@@ -227,6 +227,17 @@ def get_checkpoint(db: Database, job_id: int, checkpoint_id: int) -> Checkpoint 
         return ckpt if ckpt is not None and ckpt.job_id == job_id else None
 
 
+def best_checkpoint(db: Database, job_id: int) -> Checkpoint | None:
+    """The best checkpoint by the task's validation metric, else the latest."""
+    with db.session() as session:
+        return session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.is_best.desc(), Checkpoint.step.desc(), Checkpoint.id.desc())
+            .limit(1)
+        ).first()
+
+
 def latest_checkpoint(db: Database, job_id: int) -> Checkpoint | None:
     with db.session() as session:
         return session.scalars(
@@ -423,9 +434,15 @@ def add_checkpoint(
     size: int,
     metrics: dict[str, float],
     keep_last: int,
+    is_best: bool = False,
 ) -> list[str]:
-    """Record a checkpoint and drop the oldest beyond `keep_last`; returns the dropped URIs."""
+    """Record a checkpoint and drop the oldest beyond `keep_last` (never the best); returns
+    the dropped URIs."""
     with fenced(db, job_id, attempt, epoch=epoch, step=step) as session:
+        if is_best:
+            session.execute(
+                update(Checkpoint).where(Checkpoint.job_id == job_id).values(is_best=False)
+            )
         session.add(
             Checkpoint(
                 job_id=job_id,
@@ -436,6 +453,7 @@ def add_checkpoint(
                 sha256=sha256,
                 bytes=size,
                 metrics=metrics,
+                is_best=is_best,
             )
         )
         session.flush()
@@ -447,6 +465,7 @@ def add_checkpoint(
                 .offset(keep_last)
             )
         )
+        stale = [c for c in stale if not c.is_best]
         for ckpt in stale:
             session.delete(ckpt)
         return [c.uri for c in stale]

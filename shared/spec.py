@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from shared.datasets import BUILTIN_DATASETS
+from shared.datasets import BUILTIN_DATASETS, DEFAULT_DATASETS
 
 MODEL_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
 TASKS = ("classification",)
@@ -51,6 +51,17 @@ class ModelSpec(_Section):
         description="Feed-forward width inside each encoder layer (transformer only).",
     )
 
+    pooling: Literal["last", "mean", "max", "attention"] = Field(
+        "last",
+        description="classification with a recurrent model: how token states become one vector "
+        "(last real state, mean or max over real tokens, or learned attention). Transformers "
+        "always pool with the mean over real tokens.",
+    )
+    crf: bool = Field(
+        True,
+        description="tagging: a CRF over the tag scores (BiLSTM-CRF); false: per-token softmax.",
+    )
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSpec:
         if self.type == "transformer" and self.embedding_dim % self.nhead != 0:
@@ -83,12 +94,13 @@ class TokenizerSpec(_Section):
 
 
 class DataSpec(_Section):
-    dataset: str = Field(
-        "builtin:sentiment",
+    dataset: str | None = Field(
+        None,
         min_length=1,
         max_length=200,
         pattern=PRINTABLE,
-        description="Training data: " + DATASET_REFERENCE,
+        description="Training data: " + DATASET_REFERENCE + " Null: the task's built-in dataset "
+        "(builtin:sentiment, builtin:stories, builtin:entities).",
     )
     validation_dataset: str | None = Field(
         None,
@@ -148,6 +160,35 @@ class TrainingSpec(_Section):
         le=1_000_000,
         description="Write the training loss every this many optimizer steps.",
     )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Stop after this many optimizer steps; null: after `epochs`.",
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine",
+        description="Learning-rate decay after warmup (to 10% of lr for cosine and linear).",
+    )
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Linear warmup steps; null: 5% of all steps, at most 200.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Stop after this many evaluations without improvement of the selection metric; null: never.",
+    )
+    deterministic: bool = Field(
+        False, description="Deterministic kernels (bit-exact reruns and resumes; slower on GPUs)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast precision on CUDA (auto: bf16 where supported). CPUs train in fp32.",
+    )
 
 
 class ResourcesSpec(_Section):
@@ -171,6 +212,12 @@ class ResourcesSpec(_Section):
 
 
 class CheckpointSpec(_Section):
+    every_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Also save every this many optimizer steps; null: epochs only.",
+    )
     every_epochs: int = Field(
         1, ge=1, le=10_000, description="Save a checkpoint every this many epochs (and at the end)."
     )
@@ -187,7 +234,11 @@ class JobSpec(_Section):
         pattern=PRINTABLE,
         description="Human-readable job name (required).",
     )
-    task: Literal["classification"] = Field("classification", description="Training task.")
+    task: Literal["classification", "language_modeling", "tagging"] = Field(
+        "classification",
+        description="classification (text -> label), language_modeling (next token), "
+        "tagging (a tag per token, e.g. named entities).",
+    )
     # data precedes model so that the model's size check can see the vocabulary bound.
     data: DataSpec = Field(default_factory=DataSpec, description="Dataset and preprocessing.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture and sizes.")
@@ -205,7 +256,13 @@ class JobSpec(_Section):
     @classmethod
     def _model_fits(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
         data = info.data.get("data") or DataSpec()
-        params = estimate_parameters(model, data.tokenizer.vocab_size, 2)
+        task = info.data.get("task", "classification")
+        if task == "language_modeling" and model.type == "bilstm":
+            raise ValueError(
+                "a bidirectional model reads the tokens it must predict; use rnn, gru, lstm or "
+                "transformer for language_modeling"
+            )
+        params = estimate_parameters(model, data.tokenizer.vocab_size, 2, task)
         if params > MAX_MODEL_PARAMETERS:
             raise ValueError(
                 f"model would have about {params:,} parameters with a {data.tokenizer.vocab_size:,}-token "
@@ -215,13 +272,28 @@ class JobSpec(_Section):
         return model
 
 
+def dataset_references(spec: JobSpec) -> dict[str, str | None]:
+    """role -> the reference each split trains or evaluates on (the task's built-in by default)."""
+    return {
+        "train": spec.data.dataset or f"builtin:{DEFAULT_DATASETS[spec.task]}",
+        "validation": spec.data.validation_dataset,
+        "test": spec.data.test_dataset,
+    }
+
+
 def parse_spec(payload: Any) -> JobSpec:
     """Validate a decoded JSON/YAML document into a JobSpec (raises pydantic.ValidationError)."""
     return JobSpec.model_validate(payload)
 
 
-def estimate_parameters(model: ModelSpec, vocab_size: int, num_classes: int) -> int:
-    """Exact trainable-parameter count of the zoo's classifier for these sizes (no torch needed)."""
+def estimate_parameters(
+    model: ModelSpec, vocab_size: int, num_classes: int, task: str = "classification"
+) -> int:
+    """Exact trainable-parameter count of the zoo's model for these sizes (no torch needed).
+
+    `num_classes` is the label count (classification), tag count (tagging); unused for
+    language modelling, whose head predicts the vocabulary.
+    """
     emb, hidden, layers = model.embedding_dim, model.hidden_size, model.num_layers
     total = vocab_size * emb  # token embedding
     if model.type == "transformer":
@@ -229,10 +301,18 @@ def estimate_parameters(model: ModelSpec, vocab_size: int, num_classes: int) -> 
         # attention in/out projections 4E^2+4E, feed-forward 2EF+F+E, two LayerNorms 4E
         total += layers * (4 * emb * emb + 2 * emb * ff + 9 * emb + ff)
         total += 2 * emb  # final LayerNorm (pre-norm encoder)
-        return total + emb * num_classes + num_classes
-    gates = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}[model.type]
-    directions = 2 if model.type == "bilstm" else 1
-    for layer in range(layers):
-        inputs = emb if layer == 0 else hidden * directions
-        total += directions * gates * (inputs * hidden + hidden * hidden + 2 * hidden)
-    return total + hidden * directions * num_classes + num_classes
+        width = emb
+    else:
+        gates = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}[model.type]
+        directions = 2 if model.type == "bilstm" else 1
+        for layer in range(layers):
+            inputs = emb if layer == 0 else hidden * directions
+            total += directions * gates * (inputs * hidden + hidden * hidden + 2 * hidden)
+        width = hidden * directions
+    if task == "language_modeling":
+        return total + width * vocab_size + vocab_size
+    if task == "tagging":
+        crf = num_classes * num_classes + 2 * num_classes if model.crf else 0
+        return total + width * num_classes + num_classes + crf
+    attention = width + 1 if model.pooling == "attention" and model.type != "transformer" else 0
+    return total + attention + width * num_classes + num_classes

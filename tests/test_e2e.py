@@ -80,7 +80,10 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
     files = sorted((settings.artifact_root / f"jobs/{job_id}/checkpoints").glob("*.safetensors"))
     assert len(files) == 2
     tensors = load_file(files[-1])
-    assert "model.embedding.weight" in tensors and tensors["model.embedding.weight"].shape[1] == 16
+    assert (
+        "model.encoder.embedding.weight" in tensors
+        and tensors["model.encoder.embedding.weight"].shape[1] == 16
+    )
     download = client.get(newest["download_url"])
     assert download.status_code == 200
     assert (

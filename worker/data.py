@@ -1,27 +1,36 @@
-"""Turn a dataset reference into padded, length-bucketed batches for the trainer.
+"""Datasets -> encoded examples -> padded, length-bucketed batches, for every task.
 
-Batches are padded only to their own longest sequence (dynamic padding), and sequences of
-similar length are batched together (bucketing), so little compute is spent on pads.
+classification  one text -> one label            SequenceExamples (targets: ints)
+tagging         tokens -> one tag per token      SequenceExamples (targets: a tag per piece,
+                                                 IGNORE on all but each word's first piece)
+language_modeling  one token stream              StreamExamples (fixed-context windows, the
+                                                 window grid shifted by a seeded offset per epoch)
+
+Batches are padded only to their own longest sequence, and similar lengths are batched
+together (bucketing), so little compute is spent on pads. Batch order is a pure function of
+(seed, epoch), so a checkpoint's (epoch, batch index) is enough to resume exactly.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from shared import datasets as registry
 from shared.dataset_formats import ParsedDataset
-from shared.spec import DataSpec
+from shared.spec import DataSpec, JobSpec, dataset_references
 from shared.storage import ArtifactStore
 from shared.text import PAD_ID
 from shared.tokenization import Tokenizer, train_tokenizer
 
 # Examples sorted together when bucketing, in batches: larger pools pad less but shuffle less.
 BUCKET_POOL_BATCHES = 50
-ROLES = ("train", "validation", "test")
+IGNORE = -100  # target at positions that carry no label (pads, later pieces of a word)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class DataError(ValueError):
@@ -37,34 +46,68 @@ class Splits:
     test: ParsedDataset | None = None
 
 
+class Examples(Protocol):
+    def __len__(self) -> int: ...
+    def batch_order(self, batch_size: int, seed: int | None) -> list[list[int]]: ...
+    def collate(self, batch: list[int]) -> Batch: ...
+
+
 @dataclass(frozen=True)
-class Encoded:
+class SequenceExamples:
     ids: list[list[int]]
-    targets: list[int]
+    targets: Sequence[int] | Sequence[list[int]]
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def batch_order(self, batch_size: int, seed: int | None) -> list[list[int]]:
+        return batch_order([len(s) for s in self.ids], batch_size, seed)
+
+    def collate(self, batch: list[int]) -> Batch:
+        return collate([self.ids[i] for i in batch], [self.targets[i] for i in batch])
+
 
 @dataclass(frozen=True)
-class ClassificationData:
+class StreamExamples:
+    """Fixed-context language-model windows over one token stream: inputs (T), targets shifted by one."""
+
+    stream: torch.Tensor  # (N,) int64
+    context: int
+
+    def __len__(self) -> int:
+        return max(1, (len(self.stream) - 1) // self.context)
+
+    def batch_order(self, batch_size: int, seed: int | None) -> list[list[int]]:
+        """Window start positions per batch; with a seed, a shifted grid in shuffled order."""
+        offset = 0 if seed is None else random.Random(seed).randrange(self.context)
+        last_start = len(self.stream) - 1 - self.context
+        starts = list(range(offset, max(last_start, 0) + 1, self.context)) or [0]
+        if seed is not None:
+            random.Random(seed + 1).shuffle(starts)
+        return [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+
+    def collate(self, batch: list[int]) -> Batch:
+        span = min(self.context, len(self.stream) - 1)
+        windows = torch.stack([self.stream[s : s + span + 1] for s in batch])  # (B, T + 1)
+        lengths = torch.full((len(batch),), span, dtype=torch.long)
+        return windows[:, :-1].contiguous(), lengths, windows[:, 1:].contiguous()
+
+
+@dataclass(frozen=True)
+class Prepared:
     tokenizer: Tokenizer
-    labels: list[str]
-    train: Encoded
-    val: Encoded
-    test: Encoded | None
+    labels: list[str]  # class names (classification) or tags (tagging); [] for language models
+    train: Examples
+    val: Examples
+    test: Examples | None
 
 
 def load_splits(
-    data: DataSpec, store: ArtifactStore, linked: dict[str, registry.Resolved] | None = None
+    spec: JobSpec, store: ArtifactStore | None, linked: dict[str, registry.Resolved] | None = None
 ) -> Splits:
     """Parse each role's dataset: built-ins from the spec, uploads from the job's pinned links."""
     linked = linked or {}
-    references = {
-        "train": data.dataset,
-        "validation": data.validation_dataset,
-        "test": data.test_dataset,
-    }
+    references = dataset_references(spec)
     parsed: dict[str, ParsedDataset | None] = {}
     for role, reference in references.items():
         if reference is None:
@@ -78,7 +121,7 @@ def load_splits(
             resolved = linked[role]
         else:
             raise DataError(f"the {role} dataset {reference!r} was not resolved at submit")
-        parsed[role] = registry.load(resolved, store)
+        parsed[role] = registry.load(resolved, store or ArtifactStore("."))
     train = parsed["train"]
     assert train is not None
     return Splits(train, parsed["validation"], parsed["test"])
@@ -91,62 +134,133 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def prepare_classification(
+def _rows(splits: Splits, data: DataSpec, seed: int) -> tuple[list[Any], list[Any]]:
+    rows = splits.train.rows
+    if splits.validation is not None:
+        return rows, splits.validation.rows
+    train_idx, val_idx = split_indices(len(rows), data.val_fraction, seed)
+    if not train_idx:
+        raise DataError("the training split is empty; lower data.val_fraction")
+    return [rows[i] for i in train_idx], [rows[i] for i in val_idx]
+
+
+def _tokenizer(data: DataSpec, texts: Any) -> Tokenizer:
+    cfg = data.tokenizer
+    return train_tokenizer(
+        cfg.kind,
+        texts,
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        lowercase=cfg.lowercase,
+    )
+
+
+def _label_ids(labels: list[str], seen: set[str], split: str, what: str) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = seen - index.keys()
+    if unknown:
+        raise DataError(f"{split} {what} not seen in training: {sorted(unknown)[:5]}")
+    return index
+
+
+def prepare(
+    task: str,
     data: DataSpec,
     seed: int,
     splits: Splits,
     tokenizer: Tokenizer | None = None,
     labels: list[str] | None = None,
-) -> ClassificationData:
+) -> Prepared:
     """Split (seeded) unless validation data is given, train the tokenizer on the training
-    split only (or reuse a checkpoint's), and encode every split."""
-    rows = splits.train.rows
-    if splits.validation is None:
-        train_idx, val_idx = split_indices(len(rows), data.val_fraction, seed)
-        if not train_idx:
-            raise DataError("the training split is empty; lower data.val_fraction")
-        train_rows, val_rows = [rows[i] for i in train_idx], [rows[i] for i in val_idx]
-    else:
-        train_rows, val_rows = rows, splits.validation.rows
-    if tokenizer is None:
-        cfg = data.tokenizer
-        tokenizer = train_tokenizer(
-            cfg.kind,
-            (r["text"] for r in train_rows),
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
-            lowercase=cfg.lowercase,
+    split only (or reuse a checkpoint's), and encode every split for `task`."""
+    if task == "language_modeling":
+        return _prepare_lm(data, splits, tokenizer)
+    train_rows, val_rows = _rows(splits, data, seed)
+    test_rows = splits.test.rows if splits.test is not None else None
+    if task == "tagging":
+        tokenizer = tokenizer or _tokenizer(data, (" ".join(r["tokens"]) for r in train_rows))
+        labels = labels or sorted({t for r in train_rows for t in r["tags"]})
+
+        def encode_tagged(rows: list[Any], split: str) -> SequenceExamples:
+            index = _label_ids(labels, {t for r in rows for t in r["tags"]}, split, "tags")
+            ids, targets = [], []
+            for row in rows:
+                pieces, words = tokenizer.encode_words(row["tokens"])
+                pieces, words = pieces[: data.max_length], words[: data.max_length]
+                first = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+                ids.append(pieces)
+                targets.append(
+                    [
+                        index[row["tags"][w]] if f else IGNORE
+                        for w, f in zip(words, first, strict=True)
+                    ]
+                )
+            return SequenceExamples(ids, targets)
+
+        test = encode_tagged(test_rows, "test") if test_rows is not None else None
+        return Prepared(
+            tokenizer,
+            labels,
+            encode_tagged(train_rows, "train"),
+            encode_tagged(val_rows, "validation"),
+            test,
         )
-    if labels is None:
-        labels = sorted({r["label"] for r in train_rows})
+
+    tokenizer = tokenizer or _tokenizer(data, (r["text"] for r in train_rows))
+    labels = labels or sorted({r["label"] for r in train_rows})
     if len(labels) < 2:
         raise DataError(f"classification needs at least 2 labels, found {len(labels)}")
-    label_ids = {name: i for i, name in enumerate(labels)}
 
-    def encode(split: list[dict[str, str]], name: str) -> Encoded:
-        unknown = {r["label"] for r in split} - label_ids.keys()
-        if unknown:
-            raise DataError(f"{name} labels not seen in training: {sorted(unknown)[:5]}")
-        return Encoded(
-            [tokenizer.encode(r["text"], data.max_length) for r in split],
-            [label_ids[r["label"]] for r in split],
+    def encode(rows: list[Any], split: str) -> SequenceExamples:
+        index = _label_ids(labels, {r["label"] for r in rows}, split, "labels")
+        return SequenceExamples(
+            [tokenizer.encode(r["text"], data.max_length) for r in rows],
+            [index[r["label"]] for r in rows],
         )
 
-    test = encode(splits.test.rows, "test") if splits.test is not None else None
-    return ClassificationData(
+    test = encode(test_rows, "test") if test_rows is not None else None
+    return Prepared(
         tokenizer, labels, encode(train_rows, "train"), encode(val_rows, "validation"), test
     )
 
 
-def collate(
-    ids: list[list[int]], targets: list[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence in this batch: tokens (B, T), lengths (B,), targets (B,)."""
+def _prepare_lm(data: DataSpec, splits: Splits, tokenizer: Tokenizer | None) -> Prepared:
+    """The first (1 - val_fraction) of the text trains, the rest validates (no shuffling:
+    neighbouring windows would leak)."""
+    text = splits.train.text or "\n".join(r["text"] for r in splits.train.rows)
+    if splits.validation is not None:
+        train_text = text
+        val_text = splits.validation.text or "\n".join(r["text"] for r in splits.validation.rows)
+    else:
+        cut = int(len(text) * (1 - data.val_fraction))
+        train_text, val_text = text[:cut], text[cut:]
+    tokenizer = tokenizer or _tokenizer(data, [train_text])
+
+    def stream(body: str) -> StreamExamples:
+        ids = torch.tensor(tokenizer.encode(body), dtype=torch.long)
+        if len(ids) < 2:
+            raise DataError("the text is too short for language modelling")
+        return StreamExamples(ids, data.max_length)
+
+    test = None
+    if splits.test is not None:
+        test = stream(splits.test.text or "\n".join(r["text"] for r in splits.test.rows))
+    return Prepared(tokenizer, [], stream(train_text), stream(val_text), test)
+
+
+def collate(ids: list[list[int]], targets: Sequence[Any]) -> Batch:
+    """Right-pad to the longest sequence in this batch: tokens (B, T), lengths (B,), targets."""
     lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
-    tokens = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)
+    width = int(lengths.max())
+    tokens = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
     for row, seq in enumerate(ids):
         tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return tokens, lengths, torch.tensor(targets, dtype=torch.long)
+    if targets and isinstance(targets[0], list):  # per-token targets (tagging)
+        padded = torch.full((len(ids), width), IGNORE, dtype=torch.long)
+        for row, seq in enumerate(targets):
+            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return tokens, lengths, padded
+    return tokens, lengths, torch.tensor(list(targets), dtype=torch.long)
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int | None) -> list[list[int]]:
@@ -167,8 +281,3 @@ def batch_order(lengths: list[int], batch_size: int, seed: int | None) -> list[l
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def iterate(data: Encoded, batch_size: int, seed: int | None) -> Iterator[tuple[torch.Tensor, ...]]:
-    for batch in batch_order([len(s) for s in data.ids], batch_size, seed):
-        yield collate([data.ids[i] for i in batch], [data.targets[i] for i in batch])

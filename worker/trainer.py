@@ -21,27 +21,25 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from shared import jobs
+from shared.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from shared.dataset_formats import DatasetFormatError
 from shared.datasets import DatasetError
 from shared.db import Database
 from shared.settings import Settings
 from shared.spec import JobSpec
-from shared.statecodec import flatten, unflatten
 from shared.storage import ArtifactStore
+from shared.tagging_metrics import entity_scores, token_accuracy
 from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
 from worker import data as datalib
 
-CHECKPOINT_FORMAT = "seqtrain.checkpoint/1"
 EXIT_FENCED = 3
 
 
@@ -49,36 +47,18 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message becomes the job's error."""
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tensors, document = flatten(state)
-    save_file(tensors, str(path), metadata={"seqtrain": document})
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Everything in a checkpoint, from safetensors alone (no pickle)."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    if "seqtrain" not in metadata:
-        raise ValueError(f"{path} is not a Seqtrain checkpoint")
-    state: dict[str, Any] = unflatten(tensors, metadata["seqtrain"])
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
-    return state
-
-
 # ---------------------------------------------------------------- reporting
 
 
 @dataclass
 class Reporter:
-    """Where the loop's results go. The service writes SQL; tests and local runs may collect."""
+    """Where the loop's results go. The service writes SQL; tests and local runs may collect.
+
+    save(state, epoch, step, metrics, is_best)
+    """
 
     log_metrics: Callable[[list[dict[str, Any]], int, int], None]
-    save: Callable[[dict[str, Any], int, int, dict[str, float]], None]
+    save: Callable[..., None]
     flush: Callable[[], None] = lambda: None
 
 
@@ -87,30 +67,127 @@ class TrainResult:
     step: int
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+# ---------------------------------------------------------------- evaluation
+
+# The validation metric that picks the best checkpoint and drives early stopping.
+SELECTION = {
+    "classification": ("accuracy", max),
+    "tagging": ("f1", max),
+    "language_modeling": ("loss", min),
+}
+
+
+def evaluate(
+    task: str,
+    model: nn.Module,
+    examples: datalib.Examples,
+    batch_size: int,
+    labels: list[str],
+    device: torch.device,
+) -> dict[str, float]:
+    model.eval()
+    total_loss, weight, correct = 0.0, 0, 0
+    gold: list[list[str]] = []
+    predicted: list[list[str]] = []
+    with torch.no_grad():
+        for batch in examples.batch_order(batch_size, seed=None):
+            tokens, lengths, targets = (t.to(device) for t in examples.collate(batch))
+            logits, loss = model(tokens, lengths, targets)
+            if task == "classification":
+                n = len(targets)
+                correct += int((logits.argmax(-1) == targets).sum())
+            else:
+                n = int((targets != datalib.IGNORE).sum())
+            total_loss += float(loss) * n
+            weight += n
+            if task == "tagging":
+                paths = model.predict(tokens, lengths)  # type: ignore[operator]
+                for path, target in zip(paths, targets.tolist(), strict=True):
+                    keep = [i for i, t in enumerate(target[: len(path)]) if t != datalib.IGNORE]
+                    gold.append([labels[target[i]] for i in keep])
+                    predicted.append([labels[path[i]] for i in keep])
+    model.train()
+    result = {"loss": total_loss / max(weight, 1)}
+    if task == "classification":
+        result["accuracy"] = correct / max(weight, 1)
+    elif task == "language_modeling":
+        result["perplexity"] = math.exp(min(result["loss"], 50.0))
+    else:
+        scores = entity_scores(gold, predicted)
+        result.update(
+            f1=scores["f1"],
+            precision=scores["precision"],
+            recall=scores["recall"],
+            accuracy=token_accuracy(gold, predicted),
+        )
+    return result
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def evaluate(model: nn.Module, split: datalib.Encoded, batch_size: int) -> dict[str, float]:
-    model.eval()
-    total_loss, correct = 0.0, 0
-    with torch.no_grad():
-        for tokens, lengths, targets in datalib.iterate(split, batch_size, seed=None):
-            logits, loss = model(tokens, lengths, targets)
-            total_loss += float(loss) * len(targets)
-            correct += int((logits.argmax(-1) == targets).sum())
-    model.train()
-    return {"loss": total_loss / len(split), "accuracy": correct / len(split)}
-
-
-def lr_factor(step: int, total_steps: int) -> float:
-    """Linear warmup over the first 5% of steps (at most 200), then cosine decay to 10%."""
-    warmup = max(1, min(200, total_steps // 20))
+def lr_factor(step: int, total_steps: int, warmup: int, kind: str) -> float:
+    """Linear warmup, then cosine or linear decay to 10% (or constant)."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if kind == "linear":
+        return 1.0 - 0.9 * progress
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def pick_device() -> torch.device:
+    # Chosen in the trainer child only: the worker process never touches CUDA.
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return (
+        torch.bfloat16 if precision == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    saved = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            saved["keys"].numpy().astype(np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["gauss"],
+        )
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(
@@ -118,120 +195,194 @@ def train(
     report: Reporter,
     resume: dict[str, Any] | None = None,
     splits: datalib.Splits | None = None,
+    device: torch.device | None = None,
 ) -> TrainResult:
     """Train `spec` on `splits` (default: its built-in datasets), resuming from a checkpoint's state."""
-    cfg = spec.training
+    cfg, task = spec.training, spec.task
     random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    device = device or pick_device()
+    amp = autocast_dtype(cfg.precision, device)
 
-    if splits is None:
-        splits = datalib.load_splits(spec.data, ArtifactStore("."))
+    splits = splits or datalib.load_splits(spec, None)
     tokenizer = tokenizer_from_dict(resume["tokenizer"]) if resume else None
-    labels = resume["labels"] if resume else None
-    dataset = datalib.prepare_classification(spec.data, cfg.seed, splits, tokenizer, labels)
-    model = build_model(
-        spec.model, dataset.tokenizer.vocab_size, len(dataset.labels), spec.data.max_length
+    data = datalib.prepare(
+        task, spec.data, cfg.seed, splits, tokenizer, resume["labels"] if resume else None
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    model = build_model(
+        spec.model, task, data.tokenizer.vocab_size, max(len(data.labels), 2), spec.data.max_length
+    ).to(device)
+    # The fused kernel updates every parameter in one pass: several times faster than the
+    # per-tensor loop on CPUs, where the optimizer step is a large share of a small model's step.
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
+    steps_per_epoch = len(data.train.batch_order(cfg.batch_size, cfg.seed))
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps))
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = (
+        cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(200, total_steps // 20))
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.scheduler)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    metric_name, better = SELECTION[task]
 
-    epoch, step = 0, 0
+    epoch, next_batch, step, best, stale = 0, 0, 0, None, 0
     if resume:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        random.setstate(resume["rng"]["python"])
-        epoch, step = resume["epoch"], resume["step"]
-        print(f"resumed from epoch {epoch} step {step}", flush=True)
+        set_rng_state(resume["rng"])
+        epoch, next_batch, step = resume["epoch"], resume["next_batch"], resume["step"]
+        best, stale = resume["best"], resume["stale"]
+        print(f"resumed at epoch {epoch} batch {next_batch} (step {step})", flush=True)
+
+    def state(next_batch_: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "task": task,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "next_batch": next_batch_,
+            "step": step,
+            "best": best,
+            "stale": stale,
+            "tokenizer": data.tokenizer.to_dict(),
+            "labels": data.labels,
+            "spec": spec.model_dump(mode="json"),
+            "metrics": metrics,
+        }
 
     print(
-        f"training {spec.model.type}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{dataset.tokenizer.kind} tokenizer of {dataset.tokenizer.vocab_size:,} ids, {len(dataset.labels)} labels, "
-        f"{len(dataset.train)} train / {len(dataset.val)} val examples",
+        f"training {spec.model.type} for {task}: {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters on {device}, {data.tokenizer.kind} tokenizer of {data.tokenizer.vocab_size:,} ids, "
+        f"{len(data.labels)} labels, {len(data.train)} train / {len(data.val)} val examples",
         flush=True,
     )
     model.train()
     last: dict[str, float] = {}
-    while epoch < cfg.epochs:
-        epoch_loss, epoch_correct, epoch_seen, epoch_tokens = 0.0, 0, 0, 0
+    stopped_early = False
+    while epoch < cfg.epochs and step < total_steps and not stopped_early:
+        order = data.train.batch_order(cfg.batch_size, cfg.seed + epoch)
+        totals = {"loss": 0.0, "weight": 0, "correct": 0, "samples": 0, "tokens": 0, "slots": 0}
+        window = {
+            "loss": 0.0,
+            "n": 0,
+            "samples": 0,
+            "tokens": 0,
+            "slots": 0,
+            "start": time.perf_counter(),
+        }
         started = time.perf_counter()
-        for tokens, lengths, targets in datalib.iterate(
-            dataset.train, cfg.batch_size, cfg.seed + epoch
-        ):
-            logits, loss = model(tokens, lengths, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (
-                float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-                if cfg.grad_clip > 0
-                else 0.0
+        for index in range(next_batch, len(order)):
+            tokens, lengths, targets = (
+                t.to(device, non_blocking=True) for t in data.train.collate(order[index])
             )
-            optimizer.step()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits, loss = model(tokens, lengths, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = float(
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            )
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss became {loss_value} at step {step}")
-            epoch_loss += loss_value * len(targets)
-            epoch_correct += int((logits.argmax(-1) == targets).sum())
-            epoch_seen += len(targets)
-            epoch_tokens += int(lengths.sum())
+            n = len(targets) if task == "classification" else int((targets != datalib.IGNORE).sum())
+            real, slots = int(lengths.sum()), tokens.numel()
+            for bucket in (totals, window):
+                bucket["loss"] += loss_value * n
+                bucket["samples"] += len(lengths)
+                bucket["tokens"] += real
+                bucket["slots"] += slots
+            totals["weight"] += n
+            window["n"] += n
+            if task == "classification":
+                totals["correct"] += int((logits.argmax(-1) == targets).sum())
             if step % cfg.log_every_steps == 0:
+                seconds = time.perf_counter() - window["start"]
+                values = {
+                    "loss": window["loss"] / max(window["n"], 1),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": window["tokens"] / seconds,
+                    "samples_per_s": window["samples"] / seconds,
+                    "padding_ratio": 1 - window["tokens"] / max(window["slots"], 1),
+                }
                 report.log_metrics(
-                    [
-                        _row(step, epoch, "train", "loss", loss_value),
-                        _row(step, epoch, "train", "grad_norm", grad_norm),
-                        _row(step, epoch, "train", "lr", scheduler.get_last_lr()[0]),
-                    ],
-                    epoch,
-                    step,
+                    [_row(step, epoch, "train", k, v) for k, v in values.items()], epoch, step
                 )
-        epoch += 1
+                window = {
+                    "loss": 0.0,
+                    "n": 0,
+                    "samples": 0,
+                    "tokens": 0,
+                    "slots": 0,
+                    "start": time.perf_counter(),
+                }
+            if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
+                report.save(state(index + 1, last), epoch, step, last, False)
+            if step >= total_steps:
+                break
         seconds = time.perf_counter() - started
-        val = evaluate(model, dataset.val, cfg.batch_size)
+        epoch += 1
+        next_batch = 0
+        val = evaluate(task, model, data.val, cfg.batch_size, data.labels, device)
         last = {
-            "train/loss": epoch_loss / epoch_seen,
-            "train/accuracy": epoch_correct / epoch_seen,
-            "train/samples_per_s": epoch_seen / seconds,
-            "train/tokens_per_s": epoch_tokens / seconds,
-            "val/loss": val["loss"],
-            "val/accuracy": val["accuracy"],
+            "train/loss": totals["loss"] / max(totals["weight"], 1),
+            "train/samples_per_s": totals["samples"] / seconds,
+            "train/tokens_per_s": totals["tokens"] / seconds,
         }
+        if task == "classification":
+            last["train/accuracy"] = totals["correct"] / max(totals["weight"], 1)
+        last.update({f"val/{k}": v for k, v in val.items()})
         report.log_metrics(
             [_row(step, epoch, *key.split("/"), value) for key, value in last.items()], epoch, step
         )
         report.flush()
+        is_best = best is None or better(val[metric_name], best) != best
+        if is_best:
+            best, stale = val[metric_name], 0
+        else:
+            stale += 1
         print(
-            f"epoch {epoch}/{cfg.epochs} step {step}: train loss {last['train/loss']:.4f} "
-            f"acc {last['train/accuracy']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
-            f"| {last['train/samples_per_s']:.0f} samples/s",
+            f"epoch {epoch}/{cfg.epochs} step {step}: train loss {last['train/loss']:.4f} | "
+            + " ".join(f"val {k} {v:.4f}" for k, v in val.items())
+            + f" | {last['train/samples_per_s']:.0f} samples/s",
             flush=True,
         )
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == cfg.epochs:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-                "epoch": epoch,
-                "step": step,
-                "tokenizer": dataset.tokenizer.to_dict(),
-                "labels": dataset.labels,
-                "spec": spec.model_dump(mode="json"),
-                "metrics": last,
-            }
-            report.save(state, epoch, step, last)
-    if dataset.test is not None:
-        test = evaluate(model, dataset.test, cfg.batch_size)
-        last.update({"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+        stopped_early = (
+            cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience
+        )
+        final = epoch == cfg.epochs or step >= total_steps or stopped_early
+        if is_best or final or epoch % spec.checkpoint.every_epochs == 0:
+            report.save(state(0, last), epoch, step, last, is_best)
+        if stopped_early:
+            print(
+                f"early stop: val {metric_name} did not improve for {stale} evaluations", flush=True
+            )
+    if data.test is not None:
+        test = evaluate(task, model, data.test, cfg.batch_size, data.labels, device)
+        last.update({f"test/{k}": v for k, v in test.items()})
         report.log_metrics([_row(step, epoch, "test", k, v) for k, v in test.items()], epoch, step)
         report.flush()
-        print(f"test loss {test['loss']:.4f} acc {test['accuracy']:.3f}", flush=True)
-    return TrainResult(step=step, epoch=epoch, metrics=last)
+        print("test " + " ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
+    return TrainResult(step=step, epoch=epoch, metrics=last, stopped_early=stopped_early)
 
 
 def _row(step: int, epoch: int, split: str, name: str, value: float) -> dict[str, Any]:
@@ -280,8 +431,11 @@ class ServiceReporter:
             except Exception as exc:  # live pages are best-effort; SQL already has the rows
                 print(f"metrics fan-out failed: {exc}", file=sys.stderr, flush=True)
 
-    def save(self, state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float]) -> None:
-        key = f"jobs/{self.job_id}/checkpoints/step-{step:09d}.safetensors"
+    def save(
+        self, state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
+    ) -> None:
+        where = "end" if state["next_batch"] == 0 else f"b{state['next_batch']}"
+        key = f"jobs/{self.job_id}/checkpoints/step-{step:09d}-{where}.safetensors"
         staging = self.store.staging_path(key)
         save_checkpoint(staging, state)
         size, digest = self.store.commit(staging, key)
@@ -296,6 +450,7 @@ class ServiceReporter:
             size=size,
             metrics=metrics,
             keep_last=self.spec.checkpoint.keep_last,
+            is_best=is_best,
         )
         for old in dropped:
             self.store.delete(old)
@@ -327,7 +482,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     store = ArtifactStore(settings.artifact_root)
     job = jobs.get_job(db, job_id)
     spec = JobSpec.model_validate(job.spec)
-    splits = datalib.load_splits(spec.data, store, jobs.dataset_links(db, job_id))
+    splits = datalib.load_splits(spec, store, jobs.dataset_links(db, job_id))
     resume = None
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):

@@ -1,0 +1,131 @@
+"""Predictions and generation from trained jobs, through a real worker; and `seqtrain train --local`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.helpers import tiny_spec
+from tests.test_e2e import TERMINAL, submit, wait_for_status
+
+pytestmark = pytest.mark.e2e
+
+
+def trained(client, settings, **sections):
+    job_id = submit(client, settings, **sections)
+    job = wait_for_status(client, job_id, TERMINAL)
+    assert job["status"] == "succeeded", job["error"]
+    return job_id
+
+
+def test_classification_predictions(client, settings, worker):
+    job_id = trained(client, settings, training={"epochs": 6, "lr": 0.03})
+    response = client.post(
+        f"/api/v1/jobs/{job_id}/predict",
+        json={"texts": ["the film was wonderful .", "the plot was dull and tedious ."]},
+    )
+    assert response.status_code == 200, response.json
+    first, second = response.json["predictions"]
+    assert first["label"] == "positive" and second["label"] == "negative"
+    assert sum(first["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert client.post(f"/api/v1/jobs/{job_id}/generate", json={}).status_code == 409  # not an LM
+    assert client.post(f"/api/v1/jobs/{job_id}/predict", json={"texts": []}).status_code == 422
+
+
+def test_tagging_predictions(client, settings, worker):
+    job_id = trained(
+        client,
+        settings,
+        task="tagging",
+        data={"dataset": "builtin:entities", "tokenizer": {"lowercase": False}},
+        model={"type": "bilstm", "crf": True, "embedding_dim": 32, "hidden_size": 32},
+        training={"epochs": 8, "lr": 0.02, "batch_size": 16},
+    )
+    response = client.post(
+        f"/api/v1/jobs/{job_id}/predict",
+        json={"tokens": [["Ada", "Lovelace", "moved", "to", "Oslo", "."]]},
+    )
+    assert response.status_code == 200, response.json
+    (prediction,) = response.json["predictions"]
+    assert prediction["tags"][:2] == ["B-PER", "I-PER"] and prediction["tags"][4] == "B-LOC"
+
+
+def test_generation(client, settings, worker):
+    job_id = trained(
+        client,
+        settings,
+        task="language_modeling",
+        data={
+            "dataset": "builtin:stories",
+            "max_length": 32,
+            "tokenizer": {"kind": "char", "vocab_size": 60},
+        },
+        model={"type": "gru", "embedding_dim": 32, "hidden_size": 64},
+        training={"epochs": 1, "max_steps": 60, "lr": 0.01},
+    )
+    body = {"prompt": "the baker ", "length": 40, "temperature": 0.5, "top_k": 5, "seed": 1}
+    first = client.post(f"/api/v1/jobs/{job_id}/generate", json=body)
+    assert first.status_code == 200, first.json
+    assert len(first.json["text"]) == 40 and first.json["prompt"] == "the baker "
+    assert (
+        client.post(f"/api/v1/jobs/{job_id}/generate", json=body).json["text"] == first.json["text"]
+    )
+    bad = client.post(f"/api/v1/jobs/{job_id}/generate", json={**body, "temperature": 0})
+    assert bad.status_code == 422 and bad.json["error"]["fields"][0]["path"] == "temperature"
+
+
+def test_predict_needs_a_checkpoint_and_ownership(app, client, accounts, db):
+    from tests.conftest import authed_client
+
+    job_id = client.post(
+        "/api/v1/jobs", json=tiny_spec(resources={"queue": "nobody-listens"})
+    ).json["id"]
+    response = client.post(f"/api/v1/jobs/{job_id}/predict", json={"texts": ["x"]})
+    assert response.status_code == 409 and "no checkpoint" in response.json["error"]["message"]
+    other = authed_client(app, accounts["bob"]).post(
+        f"/api/v1/jobs/{job_id}/predict", json={"texts": ["x"]}
+    )
+    assert other.status_code == 403
+
+
+def test_local_training_prints_json_metrics(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(training={"epochs": 2})))
+    data = tmp_path / "train.tsv"
+    data.write_text(
+        "sentence\tlabel\n" + "".join(f"good {i}\tpos\nbad {i}\tneg\n" for i in range(30))
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "train",
+            str(spec),
+            "--local",
+            "--json",
+            "--train-file",
+            str(data),
+            "--format",
+            "tsv",
+            "--text-column",
+            "sentence",
+            "--label-column",
+            "label",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["epoch"] == 2 and 0 <= metrics["val/accuracy"] <= 1
+    assert "epoch 2/2" in result.stderr  # progress goes to stderr with --json
+    assert list((tmp_path / "out").glob("*.safetensors"))
