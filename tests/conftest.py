@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from cli.services import redis_server_binary, start_redis, wait_for_port
+from cli.services import redis_server_binary, start_redis, stop, wait_for_port, worker_command
 from shared.db import Database
 from shared.models import Base
 from shared.settings import Settings
@@ -204,26 +203,8 @@ def worker(
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "1",
-                "--queues",
-                base_settings.default_queue,
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--hostname",
-                f"pytest-{uuid.uuid4().hex[:6]}@%h",
-            ],
+            worker_command(base_settings.default_queue)
+            + ["--hostname", f"pytest-{uuid.uuid4().hex[:6]}@%h"],
             cwd=ROOT,
             env=worker_env(base_settings),
             stdout=log,
@@ -238,12 +219,7 @@ def worker(
         time.sleep(0.1)
     proc.log_path = log_path  # type: ignore[attr-defined]
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc, timeout=30)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):  # noqa: ANN001, ANN201

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.zoo.encoders import RecurrentEncoder
+
 
 class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int, pooling: str, dropout: float) -> None:
@@ -34,7 +36,8 @@ class Classifier(nn.Module):
     def forward(
         self, tokens: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        states, padding, last = self.encoder(tokens, lengths)
+        wants_states = self.pooling != "last" or not isinstance(self.encoder, RecurrentEncoder)
+        states, padding, last = self.encoder(tokens, lengths, states=wants_states)
         logits = self.head(self.dropout(self.pool(states, padding, last)))  # (B, C)
         loss = F.cross_entropy(logits.float(), targets) if targets is not None else None
         return logits, loss

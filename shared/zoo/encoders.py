@@ -2,7 +2,8 @@
 
 RecurrentEncoder    rnn / gru / lstm / bilstm over packed sequences: pads never enter a state
 TransformerEncoder  sinusoidal positions, pre-norm layers, key-padding mask; causal for LMs
-Both return (states (B, T, D), padding mask (B, T) True at pads) and expose `width` = D.
+Both return (states (B, T, D), padding mask (B, T) True at pads, last state or None) and
+expose `width` = D.
 """
 
 from __future__ import annotations
@@ -55,21 +56,24 @@ class RecurrentEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, tokens: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(states (B, T, D), padding (B, T), last state per direction (B, D))."""
+        self, tokens: torch.Tensor, lengths: torch.Tensor, states: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(states (B, T, D) or None when not wanted, padding (B, T), last state per direction (B, D))."""
         batch, seq_len = tokens.shape
         x = self.dropout(self.embedding(tokens))  # (B, T, E)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, hidden = self.rnn(packed)
-        states, _ = pad_packed_sequence(out, batch_first=True, total_length=seq_len)  # (B, T, D)
+        # Unpacking copies every state; a classifier reading only the last state skips it.
+        padded = (
+            pad_packed_sequence(out, batch_first=True, total_length=seq_len)[0] if states else None
+        )
         if isinstance(hidden, tuple):  # LSTM: (h_n, c_n)
             hidden = hidden[0]
         # h_n: (layers * directions, B, H): the last layer's final state of each direction,
         # read at each sequence's true end (forward) and start (backward).
         last = hidden.view(self.num_layers, self.directions, batch, self.hidden_size)[-1]
         last = last.transpose(0, 1).reshape(batch, self.width)  # (B, D)
-        return states, padding_mask(lengths.to(tokens.device), seq_len), last
+        return padded, padding_mask(lengths.to(tokens.device), seq_len), last
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
@@ -119,7 +123,7 @@ class TransformerEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, tokens: torch.Tensor, lengths: torch.Tensor
+        self, tokens: torch.Tensor, lengths: torch.Tensor, states: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, None]:
         seq_len = tokens.size(1)
         x = self.embedding(tokens) * math.sqrt(self.width) + self.positions[:seq_len]  # (B, T, C)
@@ -128,7 +132,7 @@ class TransformerEncoder(nn.Module):
             # Each position attends to itself and the past; right padding is never attended
             # by a real position, so no key-padding mask is needed.
             mask = nn.Transformer.generate_square_subsequent_mask(seq_len, device=tokens.device)
-            states = self.layers(self.dropout(x), mask=mask, is_causal=True)
+            hidden = self.layers(self.dropout(x), mask=mask, is_causal=True)
         else:
-            states = self.layers(self.dropout(x), src_key_padding_mask=padding)
-        return states, padding, None
+            hidden = self.layers(self.dropout(x), src_key_padding_mask=padding)
+        return hidden, padding, None
