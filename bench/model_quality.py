@@ -1,7 +1,7 @@
 """Model quality through the service: upload the real data sets, submit the example specs,
 wait, and print one JSON line per experiment plus a summary line (wall times in seconds).
 
-    .venv/bin/python bench/model_quality.py sst2 shakespeare conll
+    .venv/bin/python -m bench.model_quality sst2 shakespeare conll
 
 sst2         examples/sst2.yaml         dev accuracy (target >= 0.83)
 shakespeare  examples/shakespeare.yaml  char-level validation loss, nats/char (target <= 1.60 in 20 min)

@@ -103,6 +103,11 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.width, self.causal = d_model, causal
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=PAD_ID)
+        # std 1/sqrt(d): after the sqrt(d) scale below, tokens and positions have the same
+        # magnitude. (The default std 1 would scale tokens to ~sqrt(d) and drown the positions.)
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()
         # Not a parameter and not saved: recomputed from the sizes.
         self.positions: torch.Tensor
         self.register_buffer(
