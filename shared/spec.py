@@ -262,6 +262,8 @@ class JobSpec(_Section):
                 "a bidirectional model reads the tokens it must predict; use rnn, gru, lstm or "
                 "transformer for language_modeling"
             )
+        if task == "tagging" and data.tokenizer.kind != "word":
+            raise ValueError("tagging reads pre-split tokens whole: use data.tokenizer.kind = word")
         params = estimate_parameters(model, data.tokenizer.vocab_size, 2, task)
         if params > MAX_MODEL_PARAMETERS:
             raise ValueError(

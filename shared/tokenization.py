@@ -83,9 +83,37 @@ class WordTokenizer(Tokenizer):
 
     kind = "word"
 
-    def __init__(self, vocab: Vocabulary) -> None:
+    def __init__(self, vocab: Vocabulary, whole_tokens: bool = False) -> None:
         self.vocab = vocab
+        # Whole tokens: pre-split input (CoNLL) maps one token to one id, never split further,
+        # so a tagger's positions are exactly the words.
+        self.whole_tokens = whole_tokens
         self._index = {token: i for i, token in enumerate(vocab.tokens)}
+
+    @classmethod
+    def train_whole(
+        cls,
+        token_lists: Iterable[Sequence[str]],
+        vocab_size: int,
+        min_frequency: int,
+        lowercase: bool,
+    ) -> WordTokenizer:
+        """A vocabulary of whole pre-split tokens (most frequent first, ties alphabetical)."""
+        counts: Counter[str] = Counter(
+            t.lower() if lowercase else t for tokens in token_lists for t in tokens
+        )
+        ranked = sorted(
+            (t for t, n in counts.items() if n >= min_frequency), key=lambda t: (-counts[t], t)
+        )
+        keep = ranked[: vocab_size - len(SPECIAL_TOKENS)]
+        return cls(Vocabulary((*SPECIAL_TOKENS, *keep), lowercase), whole_tokens=True)
+
+    def encode_words(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+        if not self.whole_tokens:
+            return super().encode_words(tokens)
+        lower = self.vocab.lowercase
+        ids = [self._index.get(t.lower() if lower else t, UNK_ID) for t in tokens]
+        return ids, list(range(len(tokens)))
 
     @classmethod
     def train(
@@ -105,7 +133,7 @@ class WordTokenizer(Tokenizer):
         return " ".join(self.vocab.decode(ids))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **self.vocab.to_dict()}
+        return {"kind": self.kind, "whole_tokens": self.whole_tokens, **self.vocab.to_dict()}
 
 
 class CharTokenizer(Tokenizer):
@@ -295,7 +323,7 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     shared.text.Vocabulary's (checkpoints written before this module) and loads as "word"."""
     kind = data.get("kind", "word")
     if kind == "word":
-        return WordTokenizer(Vocabulary.from_dict(data))
+        return WordTokenizer(Vocabulary.from_dict(data), bool(data.get("whole_tokens", False)))
     if kind == "char":
         return CharTokenizer(data["tokens"], bool(data["lowercase"]))
     if kind in ("bpe", "wordpiece"):

@@ -25,7 +25,7 @@ from shared.dataset_formats import ParsedDataset
 from shared.spec import DataSpec, JobSpec, dataset_references
 from shared.storage import ArtifactStore
 from shared.text import PAD_ID
-from shared.tokenization import Tokenizer, train_tokenizer
+from shared.tokenization import Tokenizer, WordTokenizer, train_tokenizer
 
 # Examples sorted together when bucketing, in batches: larger pools pad less but shuffle less.
 BUCKET_POOL_BATCHES = 50
@@ -178,7 +178,10 @@ def prepare(
     train_rows, val_rows = _rows(splits, data, seed)
     test_rows = splits.test.rows if splits.test is not None else None
     if task == "tagging":
-        tokenizer = tokenizer or _tokenizer(data, (" ".join(r["tokens"]) for r in train_rows))
+        cfg = data.tokenizer
+        tokenizer = tokenizer or WordTokenizer.train_whole(
+            (r["tokens"] for r in train_rows), cfg.vocab_size, cfg.min_frequency, cfg.lowercase
+        )
         labels = labels or sorted({t for r in train_rows for t in r["tags"]})
 
         def encode_tagged(rows: list[Any], split: str) -> SequenceExamples:
