@@ -78,6 +78,22 @@ class Tokenizer(ABC):
         return ids, word_index
 
 
+# Unknown whole tokens keep their shape: a capitalised word the vocabulary never saw is
+# still most likely a name. Rare training words (below min_frequency) map to these too, so
+# the model learns what each shape means.
+SHAPE_TOKENS = ("<unk:Aa>", "<unk:AA>", "<unk:aa>", "<unk:00>", "<unk:-->")
+
+
+def word_shape(token: str) -> str:
+    if any(c.isdigit() for c in token):
+        return "<unk:00>"
+    if token[:1].isupper():
+        return "<unk:AA>" if token.isupper() and len(token) > 1 else "<unk:Aa>"
+    if token[:1].islower():
+        return "<unk:aa>"
+    return "<unk:-->"
+
+
 class WordTokenizer(Tokenizer):
     """Words and punctuation marks (shared.text.tokenize); decode joins them with spaces."""
 
@@ -105,14 +121,19 @@ class WordTokenizer(Tokenizer):
         ranked = sorted(
             (t for t, n in counts.items() if n >= min_frequency), key=lambda t: (-counts[t], t)
         )
-        keep = ranked[: vocab_size - len(SPECIAL_TOKENS)]
-        return cls(Vocabulary((*SPECIAL_TOKENS, *keep), lowercase), whole_tokens=True)
+        keep = ranked[: vocab_size - len(SPECIAL_TOKENS) - len(SHAPE_TOKENS)]
+        return cls(
+            Vocabulary((*SPECIAL_TOKENS, *SHAPE_TOKENS, *keep), lowercase), whole_tokens=True
+        )
 
     def encode_words(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
         if not self.whole_tokens:
             return super().encode_words(tokens)
         lower = self.vocab.lowercase
-        ids = [self._index.get(t.lower() if lower else t, UNK_ID) for t in tokens]
+        ids = [
+            self._index.get(t.lower() if lower else t) or self._index.get(word_shape(t), UNK_ID)
+            for t in tokens
+        ]
         return ids, list(range(len(tokens)))
 
     @classmethod

@@ -219,3 +219,15 @@ def test_bpe_on_tiny_shakespeare():
     again = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
     for line in lines:
         assert again.encode(line) == tok.encode(line)
+
+
+def test_whole_token_vocabulary_keeps_the_shape_of_unknown_words():
+    from shared.tokenization import SHAPE_TOKENS, WordTokenizer
+
+    tok = WordTokenizer.train_whole([["Paris", "is", "big"], ["Paris", "is", "old"]], 50, 2, False)
+    ids, index = tok.encode_words(["Paris", "is", "Oslo", "NATO", "2026", "huge", "--"])
+    shapes = [tok.vocab.tokens[i] for i in ids[2:]]
+    assert shapes == ["<unk:Aa>", "<unk:AA>", "<unk:00>", "<unk:aa>", "<unk:-->"]
+    assert index == list(range(7)) and set(SHAPE_TOKENS) <= set(tok.vocab.tokens)
+    again = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert again.encode_words(["Paris", "Oslo"]) == tok.encode_words(["Paris", "Oslo"])
