@@ -92,7 +92,11 @@ class Predictor:
         with self.lock:
             ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.encode("\n")[0]]
             new = self.model.generate(ids, length, temperature, top_k, generator)  # type: ignore[operator]
-        return self.tokenizer.decode(new)
+        text = self.tokenizer.decode(new)
+        # Words are joined by spaces, so the continuation of a word-level prompt starts with one.
+        if self.tokenizer.kind == "word" and prompt and not prompt[-1].isspace():
+            text = " " + text
+        return text
 
 
 @functools.lru_cache(maxsize=4)
