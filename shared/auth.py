@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared.db import Database
+from shared.db import Database, affected_rows
 from shared.models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "st_"  # noqa: S105 (a prefix, not a secret)
@@ -89,7 +89,7 @@ def revoke_token(db: Database, token_id: int) -> bool:
             .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-        return bool(getattr(result, "rowcount", 0))
+        return bool(affected_rows(result))
 
 
 def list_tokens(db: Database, user_name: str) -> list[ApiToken]:

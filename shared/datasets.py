@@ -23,7 +23,6 @@ from sqlalchemy import exists, select
 
 from shared import builtin_data
 from shared.dataset_formats import (
-    DatasetFormatError,
     ParsedDataset,
     parse_conll,
     parse_delimited,
@@ -355,6 +354,3 @@ def check_task(resolved: Resolved, task: str, field: str) -> None:
         raise DatasetError(f"{name} is a {fmt} dataset; {task} needs {' / '.join(formats)}", field)
     if task == "classification" and not resolved.options.get("label_column"):
         raise DatasetError(f"{name} has no label column; upload it with label_column", field)
-
-
-__all__ = ["DatasetFormatError", "DatasetError", "DatasetInUse", "DatasetUpload", "Resolved"]

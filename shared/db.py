@@ -47,6 +47,11 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def affected_rows(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE (the outcome of every conditional transition)."""
+    return int(result.rowcount)
+
+
 class Database:
     """An engine plus its session factory."""
 

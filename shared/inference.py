@@ -16,19 +16,16 @@ from torch import nn
 
 from shared.checkpoints import load_checkpoint
 from shared.spec import JobSpec
-from shared.text import PAD_ID
 from shared.tokenization import Tokenizer, tokenizer_from_dict
 from shared.zoo import build_model
+from shared.zoo.encoders import pad_right
 
 BATCH = 64
 
 
 def _pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    tokens = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return tokens, lengths
+    """tokens (B, T), lengths (B,): the model's inputs."""
+    return pad_right(sequences), torch.tensor([len(s) for s in sequences], dtype=torch.long)
 
 
 @dataclass

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Result, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import Database
+from shared.db import Database, affected_rows
 from shared.models import (
     TERMINAL_STATUSES,
     Checkpoint,
@@ -32,11 +32,6 @@ from shared.models import (
     utcnow,
 )
 from shared.spec import JobSpec
-
-
-def _affected(result: Result[Any]) -> int:
-    """Rows matched by an UPDATE (the outcome of every conditional transition)."""
-    return cast(CursorResult[Any], result).rowcount
 
 
 class JobNotFound(LookupError):
@@ -259,7 +254,7 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
             raise JobNotFound(job_id)
         if job.status in TERMINAL_STATUSES:
             raise InvalidTransition(f"job {job_id} is already {job.status}")
-        done = _affected(
+        done = affected_rows(
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued")
@@ -324,7 +319,7 @@ def fenced(db: Database, job_id: int, attempt: int, **progress: int) -> Iterator
     else can interleave with the writes made inside the block.
     """
     with db.session() as session:
-        owned = _affected(
+        owned = affected_rows(
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
@@ -339,7 +334,7 @@ def fenced(db: Database, job_id: int, attempt: int, **progress: int) -> Iterator
 def renew_lease(db: Database, job_id: int, attempt: int, lease_seconds: float) -> bool:
     with db.session() as session:
         return bool(
-            _affected(
+            affected_rows(
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
@@ -366,7 +361,7 @@ def finish(db: Database, job_id: int, attempt: int, status: str, message: str, a
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status}")
     with db.session() as session:
-        done = _affected(
+        done = affected_rows(
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
@@ -390,7 +385,7 @@ def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -
     A job whose cancel was requested is cancelled instead of requeued.
     """
     with db.session() as session:
-        done = _affected(
+        done = affected_rows(
             session.execute(
                 update(Job)
                 .where(

@@ -24,8 +24,8 @@ from shared import datasets as registry
 from shared.dataset_formats import ParsedDataset
 from shared.spec import DataSpec, JobSpec, dataset_references
 from shared.storage import ArtifactStore
-from shared.text import PAD_ID
 from shared.tokenization import Tokenizer, WordTokenizer, train_tokenizer
+from shared.zoo.encoders import pad_right
 
 # Examples sorted together when bucketing, in batches: larger pools pad less but shuffle less.
 BUCKET_POOL_BATCHES = 50
@@ -254,15 +254,9 @@ def _prepare_lm(data: DataSpec, splits: Splits, tokenizer: Tokenizer | None) -> 
 def collate(ids: list[list[int]], targets: Sequence[Any]) -> Batch:
     """Right-pad to the longest sequence in this batch: tokens (B, T), lengths (B,), targets."""
     lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
-    width = int(lengths.max())
-    tokens = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    tokens = pad_right(ids)
     if targets and isinstance(targets[0], list):  # per-token targets (tagging)
-        padded = torch.full((len(ids), width), IGNORE, dtype=torch.long)
-        for row, seq in enumerate(targets):
-            padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return tokens, lengths, padded
+        return tokens, lengths, pad_right(list(targets), IGNORE)
     return tokens, lengths, torch.tensor(list(targets), dtype=torch.long)
 
 

@@ -23,6 +23,15 @@ _CELLS: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
 }
 
 
+def pad_right(sequences: list[list[int]], value: int = PAD_ID) -> torch.Tensor:
+    """(B, T) int64, each sequence followed by `value` up to the longest one."""
+    width = max(len(seq) for seq in sequences)
+    padded = torch.full((len(sequences), width), value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return padded
+
+
 def padding_mask(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """(B, T) True where a position is padding."""
     steps = torch.arange(seq_len, device=lengths.device)

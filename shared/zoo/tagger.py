@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.zoo.crf import CRF
+from shared.zoo.encoders import padding_mask
 
 IGNORE = -100  # target value at padding positions
 
@@ -41,11 +42,6 @@ class Tagger(nn.Module):
         """Tag ids per sequence, as long as each sequence (Viterbi with a CRF)."""
         emissions, _ = self(tokens, lengths)
         if self.crf is not None:
-            return self.crf.decode(emissions, ~padding_of(lengths, tokens.size(1)))
+            return self.crf.decode(emissions, ~padding_mask(lengths, tokens.size(1)))
         best = emissions.argmax(-1).tolist()
         return [row[:n] for row, n in zip(best, lengths.tolist(), strict=True)]
-
-
-def padding_of(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
-    steps = torch.arange(seq_len, device=lengths.device)
-    return steps.unsqueeze(0) >= lengths.unsqueeze(1)
