@@ -8,6 +8,7 @@ job_datasets  which dataset versions a job trains on (resolved at submit: train,
 job_events    every status transition: who, when, why
 metrics       (job, attempt, step, epoch, split, name) -> value
 checkpoints   one row per saved checkpoint file in the artifact store
+workers       live Celery workers: devices, queues, heartbeat, current job
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ class Job(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Devices one attempt needs (resources.devices); routes the job to a big-enough worker.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The submit-time size estimate: parameters and peak training memory per device.
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A client's Idempotency-Key: a retried POST with the same key returns this job.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # When the job's id was last put on Redis; the reconciler re-enqueues lost messages.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -144,6 +153,7 @@ class Job(Base):
         Index("ix_jobs_owner_id", "owner_id", "id"),
         Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ux_jobs_owner_idempotency_key", "owner_id", "idempotency_key", unique=True),
     )
 
 
@@ -192,3 +202,29 @@ class Checkpoint(Base):
     # The best by the task's validation metric so far; kept whatever keep_last says.
     is_best: Mapped[bool] = mapped_column(default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Worker(Base):
+    """One Celery worker process, registered at start and kept alive by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    # SEQTRAIN_WORKER_NAME, host:pid by default.
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    # Celery queues it consumes.
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    # cpu | cuda
+    device_kind: Mapped[str] = mapped_column(String(16))
+    # Devices one job may use on it (GPUs, or CPU processes for gloo DDP).
+    device_count: Mapped[int] = mapped_column(Integer)
+    # One dict a device: name, memory_bytes (probed outside the Celery process).
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # up | draining | stopped
+    state: Mapped[str] = mapped_column(String(16), default="up")
+    current_job_id: Mapped[int | None] = mapped_column(BigId)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_workers_heartbeat", "heartbeat_at"),)

@@ -67,6 +67,17 @@ class Settings:
     max_request_bytes: int = 1 << 20
     # Largest dataset upload, in bytes.
     max_dataset_bytes: int = 200 << 20
+    # Devices a worker offers one job: CPU processes for gloo DDP; GPUs are probed instead.
+    worker_devices: int = 1
+    # Seconds between reconciler passes (lost queue messages, expired leases).
+    reconcile_seconds: float = 5.0
+    # A queued job whose message is on no Redis list this many seconds after its enqueue
+    # is enqueued again.
+    enqueue_grace_seconds: float = 10.0
+    # A worker silent for this many seconds is shown as lost.
+    worker_stale_seconds: float = 30.0
+    # Run the reconciler loop inside each worker (off: run `seqtrain reconcile` instead).
+    worker_reconciler: bool = True
     # Worker identity written into leases and events.
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -107,6 +118,12 @@ class Settings:
             auth_failure_limit=_env_int("SEQTRAIN_AUTH_FAILURE_LIMIT", 20),
             max_request_bytes=_env_int("SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20),
             max_dataset_bytes=_env_int("SEQTRAIN_MAX_DATASET_BYTES", 200 << 20),
+            worker_devices=_env_int("SEQTRAIN_WORKER_DEVICES", 1),
+            reconcile_seconds=_env_float("SEQTRAIN_RECONCILE_SECONDS", 5.0),
+            enqueue_grace_seconds=_env_float("SEQTRAIN_ENQUEUE_GRACE_SECONDS", 10.0),
+            worker_stale_seconds=_env_float("SEQTRAIN_WORKER_STALE_SECONDS", 30.0),
+            worker_reconciler=os.environ.get("SEQTRAIN_WORKER_RECONCILER", "1")
+            not in ("0", "false", "no"),
             worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
             or f"{socket.gethostname()}:{os.getpid()}",
         )
