@@ -109,24 +109,72 @@ def resolve_datasets(spec: JobSpec) -> dict[str, int]:
     return links
 
 
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header: 1-200 printable ASCII characters, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(c) < 127 for c in key):
+        raise ApiError(
+            400,
+            "bad_header",
+            "Idempotency-Key must be 1-200 printable ASCII characters without spaces",
+            fields=[{"path": "Idempotency-Key", "message": "invalid", "type": "header"}],
+        )
+    return key
+
+
+def replayed(job: Job, spec: JobSpec) -> Response:
+    """The answer to a retried POST: the job the key created first, if the spec is the same."""
+    if job.spec != spec.model_dump(mode="json"):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key was already used for job {job.id} with a different spec",
+            fields=[
+                {
+                    "path": "Idempotency-Key",
+                    "message": "reused with a different spec",
+                    "type": "header",
+                }
+            ],
+        )
+    location = url_for(".show", job_id=job.id)
+    body = JobCreated(id=job.id, status=job.status, enqueued=True, url=location)
+    return reply(body, 200, {"Location": location, "Idempotent-Replayed": "true"})
+
+
 @operation(
     bp,
     "POST",
     "/jobs",
     summary="Submit a training job",
     body=JobSpec,
-    responses={201: JobCreated},
+    responses={201: JobCreated, 200: JobCreated},
     errors=(400, 413, 415, 422),
 )
 def submit() -> Response:
     """Validates the spec, stores the job (`queued`) and enqueues its id. A bad spec is a 422
-    naming every failing field, and nothing is stored."""
+    naming every failing field, and nothing is stored. With an `Idempotency-Key` header, a
+    retried POST answers 200 with the job the key created first (`Idempotent-Replayed`)."""
+    key = idempotency_key()
     spec = parse_spec(json_body())
     svc, principal = services(), current_principal()
     links = resolve_datasets(spec)
-    job = jobs.create_job(
-        svc.db, spec, owner_id=principal.user_id, actor=principal.name, datasets=links
-    )
+    try:
+        job = jobs.create_job(
+            svc.db,
+            spec,
+            owner_id=principal.user_id,
+            actor=principal.name,
+            datasets=links,
+            idempotency_key=key,
+        )
+    except jobs.IdempotentReplay as replay:
+        return replayed(replay.job, spec)
     enqueued = True
     try:  # after commit: a worker never receives an id that is not in SQL yet
         svc.queue.enqueue_job(job.id, job.queue)

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.db import Database, affected_rows
@@ -42,6 +43,14 @@ class JobNotFound(LookupError):
 
 class InvalidTransition(Exception):
     """The job is not in a state that allows the requested change."""
+
+
+class IdempotentReplay(Exception):
+    """The owner already submitted a job with this Idempotency-Key."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"idempotency key already used by job {job.id}")
+        self.job = job
 
 
 class Fenced(Exception):
@@ -78,11 +87,45 @@ def create_job(
     owner_id: int | None,
     actor: str = "api",
     datasets: dict[str, int] | None = None,
+    idempotency_key: str | None = None,
+    estimate: dict[str, Any] | None = None,
 ) -> Job:
     """Insert a queued job, its dataset links (role -> dataset id) and first event, and commit.
 
-    Enqueue only after this returns.
+    Enqueue only after this returns. With an `idempotency_key` the owner already used,
+    nothing is inserted and `IdempotentReplay` carries the earlier job.
     """
+    if idempotency_key is not None:
+        earlier = _job_by_key(db, owner_id, idempotency_key)
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
+    try:
+        return _insert_job(db, spec, owner_id, actor, datasets, idempotency_key, estimate)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        earlier = _job_by_key(db, owner_id, idempotency_key)
+        if earlier is None:
+            raise
+        raise IdempotentReplay(earlier) from None
+
+
+def _job_by_key(db: Database, owner_id: int | None, key: str) -> Job | None:
+    with db.session() as session:
+        return session.scalars(
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key)
+        ).first()
+
+
+def _insert_job(
+    db: Database,
+    spec: JobSpec,
+    owner_id: int | None,
+    actor: str,
+    datasets: dict[str, int] | None,
+    idempotency_key: str | None,
+    estimate: dict[str, Any] | None,
+) -> Job:
     with db.session() as session:
         job = Job(
             owner_id=owner_id,
@@ -94,6 +137,11 @@ def create_job(
             status="queued",
             attempt=0,
             max_attempts=spec.resources.max_attempts,
+            devices=spec.resources.devices,
+            estimate=estimate,
+            idempotency_key=idempotency_key,
+            # The API enqueues right after the commit; the reconciler counts from here.
+            enqueued_at=utcnow(),
         )
         session.add(job)
         session.flush()

@@ -6,8 +6,13 @@ The API enqueues with `enqueue_job(job_id, queue)` and never imports the worker'
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.settings import Settings
@@ -57,4 +62,72 @@ class JobQueue:
 
     def enqueue_job(self, job_id: int, queue: str) -> None:
         # retry=False: fail fast when Redis is down; the job stays queued in SQL.
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=False)
+        # The task id names the job, so the reconciler can tell which jobs have a message.
+        self.app.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=queue,
+            retry=False,
+            task_id=f"{TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}",
+        )
+
+
+TASK_ID_PREFIX = "job-"
+# Celery's Redis transport keeps delivered, unacknowledged messages here (kombu defaults).
+UNACKED_HASH = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+
+def redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def job_id_of(message: bytes | str) -> int | None:
+    """The job id in a raw Celery message on Redis (from its task id), or None."""
+    try:
+        payload = json.loads(message)
+        task_id = payload["headers"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(task_id, str) or not task_id.startswith(TASK_ID_PREFIX):
+        return None
+    head = task_id[len(TASK_ID_PREFIX) :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting on each queue (not counting ones a worker holds)."""
+    names = sorted(set(queues))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
+
+
+def job_ids_with_messages(
+    client: redis.Redis, queues: Iterable[str], unacked_max_age: float
+) -> set[int]:
+    """Jobs that have a message waiting on one of `queues`, or held by a worker for less
+    than `unacked_max_age` seconds. A message held longer by a worker that never claimed
+    its job belongs to a worker that died; it does not count."""
+    found: set[int] = set()
+    for name in sorted(set(queues)):
+        for raw in client.lrange(name, 0, -1):
+            job_id = job_id_of(raw)
+            if job_id is not None:
+                found.add(job_id)
+    cutoff = time.time() - unacked_max_age
+    fresh: list[Any] = list(client.zrangebyscore(UNACKED_INDEX, cutoff, "+inf"))
+    if fresh:
+        held: list[Any] = list(client.hmget(UNACKED_HASH, fresh))
+        for entry in held:
+            if entry is None:
+                continue
+            try:
+                message = json.loads(entry)[0]
+            except (ValueError, IndexError, TypeError):
+                continue
+            job_id = job_id_of(json.dumps(message))
+            if job_id is not None:
+                found.add(job_id)
+    return found
