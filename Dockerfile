@@ -1,8 +1,10 @@
-# One image for the API, the workers and the migration job.
-#   CPU:  docker build --build-arg TORCH_INDEX_URL=<CPU wheel index> -t seqtrain .
-#   CUDA: docker build -t seqtrain:cuda .      (PyPI's torch wheels for Linux carry CUDA)
+# One image for the API, the workers, the reconciler and the migration job.
+#   CUDA: docker build -t seqtrain:cuda .                           (the default)
+#   CPU:  docker build --build-arg TORCH_VARIANT=cpu -t seqtrain:cpu .   (a much smaller image)
+# TORCH_INDEX_URL overrides the wheel index either variant installs torch from.
 FROM python:3.11-slim
 
+ARG TORCH_VARIANT=cuda
 ARG TORCH_INDEX_URL=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -10,7 +12,14 @@ ENV PYTHONUNBUFFERED=1 \
     SEQTRAIN_VAR_DIR=/var/lib/seqtrain
 
 WORKDIR /app
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi
+# torch first, in its own layer: it is most of the image and changes least often.
+# PyPI's Linux wheels carry CUDA; the CPU wheels come from PyTorch's CPU index.
+RUN case "$TORCH_VARIANT" in \
+      cpu)  index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
+      cuda) index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+      *) echo "TORCH_VARIANT must be cpu or cuda, got '$TORCH_VARIANT'" >&2; exit 1 ;; \
+    esac \
+    && pip install --index-url "$index" torch==2.13.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY api ./api
 COPY worker ./worker
