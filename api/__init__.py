@@ -8,6 +8,7 @@ jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download
 datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, delete
 inference.py  /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
 health.py   /healthz (open): database and Redis reachability
+metrics.py  /metrics for Prometheus (loopback, or SEQTRAIN_METRICS_TOKEN)
 pages.py    /login, /logout, / (the status page), /api/v1/docs
 wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
 """
@@ -52,7 +53,7 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
-    from api import datasets, errors, health, inference, jobs, pages
+    from api import datasets, errors, health, inference, jobs, metrics, pages
     from api.auth import FailureLimiter
     from api.openapi import IdConverter
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(datasets.bp)
     app.register_blueprint(inference.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
