@@ -160,6 +160,12 @@ def note_event(db: Database, job_id: int, actor: str, message: str) -> None:
         _event(session, job_id, attempt, None, None, actor, message)
 
 
+def note_attempt(db: Database, job_id: int, attempt: int, message: str) -> None:
+    """An event by a running attempt, fenced like its other writes."""
+    with fenced(db, job_id, attempt) as session:
+        _event(session, job_id, attempt, None, None, f"attempt {attempt}", message)
+
+
 def get_job(db: Database, job_id: int) -> Job:
     with db.session() as session:
         job = session.get(Job, job_id)
@@ -442,7 +448,9 @@ def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -
                     Job.status == "running",
                     Job.cancel_requested.is_(False),
                 )
-                .values(status="queued", lease_owner=None, lease_expires_at=None)
+                .values(
+                    status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=utcnow()
+                )
             )
         )
         if done:
@@ -512,3 +520,184 @@ def add_checkpoint(
         for ckpt in stale:
             session.delete(ckpt)
         return [c.uri for c in stale]
+
+
+# ---------------------------------------------------------------- recovery (the reconciler)
+
+
+def expired_leases(db: Database, limit: int = 100) -> list[tuple[int, int]]:
+    """(job id, attempt) of running jobs whose lease has run out: their worker is gone."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.attempt)
+            .where(Job.status == "running", Job.lease_expires_at < utcnow())
+            .order_by(Job.id)
+            .limit(limit)
+        ).all()
+    return [(row.id, row.attempt) for row in rows]
+
+
+def recover_expired(db: Database, job_id: int, attempt: int, actor: str) -> str | None:
+    """Take back a running attempt whose lease expired: requeue it (the next attempt resumes
+    from the last checkpoint), fail it when it has used its `max_attempts`, or cancel it when
+    a cancel was requested. Returns the new status, or None when the attempt was not expired
+    (it renewed its lease, finished, or was already recovered)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != "running" or job.attempt != attempt:
+            return None
+        owner = job.lease_owner or "unknown"
+        if job.cancel_requested:
+            status, message = "cancelled", "cancelled by user (its worker was lost)"
+        elif attempt >= job.max_attempts:
+            status = "failed"
+            message = (
+                f"worker {owner} lost (lease expired) on attempt {attempt} of "
+                f"{job.max_attempts}; giving up"
+            )
+        else:
+            status = "queued"
+            message = (
+                f"worker {owner} lost (lease expired) on attempt {attempt} of "
+                f"{job.max_attempts}; requeued to resume from the last checkpoint"
+            )
+        values: dict[str, Any] = {"status": status, "lease_owner": None, "lease_expires_at": None}
+        if status == "queued":
+            values["enqueued_at"] = utcnow()
+        else:
+            values.update(finished_at=utcnow(), error=message)
+        done = affected_rows(
+            session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.attempt == attempt,
+                    Job.status == "running",
+                    Job.lease_expires_at < utcnow(),
+                )
+                .values(**values)
+            )
+        )
+        if not done:
+            return None
+        _event(session, job_id, attempt, "running", status, actor, message)
+        return status
+
+
+def queued_awaiting_message(
+    db: Database, older_than_seconds: float, limit: int = 1000
+) -> list[tuple[int, str]]:
+    """(job id, queue) of queued jobs enqueued more than `older_than_seconds` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    with db.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.queue)
+            .where(
+                Job.status == "queued",
+                (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff),
+            )
+            .order_by(Job.id)
+            .limit(limit)
+        ).all()
+    return [(row.id, row.queue) for row in rows]
+
+
+def mark_enqueued(db: Database, job_id: int) -> None:
+    with db.session() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=utcnow())
+        )
+
+
+def requeue_or_fail(db: Database, job_id: int, attempt: int, reason: str, actor: str) -> str:
+    """After an attempt crashed: requeue it to resume (attempts left) or fail it with the
+    reason. Returns the status it ended in (queued | failed | cancelled | fenced)."""
+    job = get_job(db, job_id)
+    if job.status != "running" or job.attempt != attempt:
+        return "fenced"
+    if attempt >= job.max_attempts:
+        message = f"{reason}\n(attempt {attempt} of {job.max_attempts}; giving up)"
+        return "failed" if finish(db, job_id, attempt, "failed", message, actor) else "fenced"
+    message = f"{reason}\n(attempt {attempt} of {job.max_attempts}; requeued to resume)"
+    if requeue(db, job_id, attempt, message, actor):
+        return "queued"
+    return "cancelled"
+
+
+# ---------------------------------------------------------------- read-only views (status pages)
+
+JOB_SORTS = {
+    "newest": (Job.id.desc(),),
+    "oldest": (Job.id.asc(),),
+    "name": (Job.name.asc(), Job.id.desc()),
+    "status": (Job.status.asc(), Job.id.desc()),
+    "updated": (Job.updated_at.desc(), Job.id.desc()),
+}
+
+
+def search_jobs(
+    db: Database,
+    *,
+    owner_id: int | None = None,
+    status: str | None = None,
+    name_contains: str | None = None,
+    sort: str = "newest",
+    offset: int = 0,
+    limit: int = 20,
+) -> tuple[list[Job], int]:
+    """One page of jobs and the total that match: by owner (None: everyone's), status and a
+    case-insensitive substring of the name, ordered by one of JOB_SORTS."""
+    where = []
+    if owner_id is not None:
+        where.append(Job.owner_id == owner_id)
+    if status is not None:
+        where.append(Job.status == status)
+    if name_contains:
+        where.append(func.lower(Job.name).contains(name_contains.lower(), autoescape=True))
+    with db.session() as session:
+        total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+        page = session.scalars(
+            select(Job).where(*where).order_by(*JOB_SORTS[sort]).offset(offset).limit(limit)
+        )
+        return list(page), total
+
+
+def latest_metrics_for(
+    db: Database, job_ids: Sequence[int]
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """`latest_metrics` for several jobs in one query: job id -> {"<split>/<name>": {...}}."""
+    if not job_ids:
+        return {}
+    newest = (
+        select(func.max(Metric.id))
+        .where(Metric.job_id.in_(job_ids))
+        .group_by(Metric.job_id, Metric.split, Metric.name)
+        .scalar_subquery()
+    )
+    found: dict[int, dict[str, dict[str, Any]]] = {job_id: {} for job_id in job_ids}
+    with db.session() as session:
+        for m in session.scalars(select(Metric).where(Metric.id.in_(newest))):
+            found[m.job_id][f"{m.split}/{m.name}"] = {
+                "value": m.value,
+                "step": m.step,
+                "epoch": m.epoch,
+            }
+    return found
+
+
+def events_after(db: Database, job_id: int, after_id: int | None = None) -> list[JobEvent]:
+    """A job's events in order, only those newer than `after_id` when given."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+    if after_id is not None:
+        query = query.where(JobEvent.id > after_id)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def job_owners(db: Database, job_ids: set[int]) -> dict[int, int | None]:
+    """job id -> owner id for the given ids (missing jobs are left out)."""
+    if not job_ids:
+        return {}
+    with db.session() as session:
+        rows = session.execute(select(Job.id, Job.owner_id).where(Job.id.in_(job_ids)))
+        return {job_id: owner_id for job_id, owner_id in rows}

@@ -120,14 +120,15 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
 
 
 def test_trainer_failure_is_recorded_with_its_reason(client, settings, worker):
-    """A dataset whose stored file vanished: the trainer exits 1 and the job says why."""
+    """A dataset whose stored file vanished: the trainer fails at once (no retry) and the
+    job's error is the trainer's own account."""
     created = upload(client, SMALL_TSV, format="tsv", text_column="sentence", label_column="label")
     assert created.status_code == 201, created.json
     (settings.artifact_root / f"datasets/{created.json['sha256']}").unlink()
     job_id = submit(client, settings, data={"dataset": created.json["reference"]})
     job = wait_for_status(client, job_id, TERMINAL, timeout=60)
-    assert job["status"] == "failed"
-    assert "exit code 1" in job["error"] and "missing from the artifact store" in job["error"]
+    assert job["status"] == "failed" and job["attempt"] == 1
+    assert job["error"].startswith("dataset ") and "missing from the artifact store" in job["error"]
 
 
 def test_uploaded_dataset_with_explicit_validation_trains(client, settings, worker):

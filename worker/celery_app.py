@@ -8,13 +8,16 @@ process; prefork works too (the engine is disposed after each fork).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
 from shared.db import Database
 from shared.queue import make_celery
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.agent import WorkerAgent
 
 settings = Settings.from_env()
 app = make_celery(settings, "seqtrain-worker")
@@ -23,6 +26,7 @@ app.conf.update(imports=["worker.tasks"])
 # Set when the worker begins a warm shutdown; supervisors then stop and requeue their job.
 shutting_down = threading.Event()
 _db: Database | None = None
+_agent: WorkerAgent | None = None
 
 
 def database() -> Database:
@@ -39,6 +43,28 @@ def _after_fork(**_: Any) -> None:
         _db.after_fork()
 
 
+@signals.worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    # Imported here: the agent's modules are not needed by code that only imports the app.
+    from worker.agent import WorkerAgent
+
+    global _agent
+    try:
+        queues = sorted(sender.app.amqp.queues.consume_from)
+    except AttributeError:
+        queues = [settings.default_queue]
+    _agent = WorkerAgent(database(), settings, queues)
+    _agent.start()
+
+
 @signals.worker_shutting_down.connect
-def _on_shutdown(**_: Any) -> None:
+def _on_shutting_down(**_: Any) -> None:
     shutting_down.set()
+    if _agent is not None:
+        _agent.draining = True
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    if _agent is not None:
+        _agent.shutdown()

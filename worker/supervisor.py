@@ -10,14 +10,18 @@ stops the child with SIGTERM, then SIGKILL of the whole process group.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.exc import OperationalError
 
 from shared import jobs
 from shared.db import Database
@@ -25,13 +29,23 @@ from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ArtifactStore
 
-EXIT_FENCED = 3  # worker.trainer.EXIT_FENCED; not imported: the supervisor never imports torch
+# The trainer's exit codes (worker.trainer; not imported: the supervisor never imports torch).
+EXIT_FENCED = 3  # another attempt owns the job
+EXIT_FAILED = 4  # a failure retrying cannot fix (bad data, NaN loss, out of memory)
+EXIT_DRAINED = 5  # stopped on request after saving a checkpoint
+EXIT_RETRY = 75  # the database or the artifact store failed: another attempt may succeed
 LOG_TAIL_LINES = 20
+log = logging.getLogger(__name__)
+# How long a draining trainer may take to save its checkpoint before it is stopped.
+DRAIN_GRACE_SECONDS = 60.0
+# How long the supervisor keeps retrying its final write while the database is down.
+FINAL_WRITE_SECONDS = 300.0
 
 
 @dataclass
 class Outcome:
-    status: str  # succeeded | failed | cancelled | requeued | fenced
+    # succeeded | failed | cancelled | requeued | fenced (and retry, before it is recorded)
+    status: str
     message: str
     returncode: int | None
 
@@ -119,21 +133,69 @@ def supervise(
         os.killpg(proc.pid, signal.SIGKILL)
 
     if reason is None:
-        if returncode == 0:
-            reason = Outcome("succeeded", "training finished", returncode)
-        elif returncode == EXIT_FENCED:
-            reason = Outcome("fenced", "another attempt owns the job", returncode)
-        else:
-            how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-            reason = Outcome("failed", f"trainer {how}:\n{tail(log_path)}".rstrip(), returncode)
+        reason = classify_exit(returncode, log_path)
     reason.returncode = returncode
+    return _with_retries(lambda: _record(db, job_id, attempt, reason, actor))
+
+
+def classify_exit(returncode: int, log_path: Path) -> Outcome:
+    """What a trainer's exit means when nobody asked it to stop."""
+    if returncode == 0:
+        return Outcome("succeeded", "training finished", returncode)
+    if returncode == EXIT_FENCED:
+        return Outcome("fenced", "another attempt owns the job", returncode)
+    if returncode == EXIT_DRAINED:
+        return Outcome("requeued", "trainer stopped after a checkpoint; requeued", returncode)
+    if returncode == EXIT_FAILED:
+        return Outcome("failed", error_line(log_path) or tail(log_path), returncode)
+    if returncode < 0:  # killed from outside (the kernel's OOM killer, an operator): retry
+        detail = tail(log_path, 5)
+        what = " (SIGKILL: out of memory, or killed by an operator)" if returncode == -9 else ""
+        message = f"trainer killed by signal {-returncode}{what}" + (
+            f":\n{detail}" if detail else ""
+        )
+        return Outcome("retry", message, returncode)
+    if returncode == EXIT_RETRY:
+        return Outcome("retry", error_line(log_path) or tail(log_path), returncode)
+    return Outcome(
+        "failed", f"trainer crashed (exit code {returncode}):\n{tail(log_path)}", returncode
+    )
+
+
+def error_line(log_path: Path) -> str:
+    """The trainer's last `error: ...` line (its own account of a failure), without the prefix."""
+    for line in reversed(tail(log_path, 200).splitlines()):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    return ""
+
+
+def _record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str) -> Outcome:
     if reason.status in ("succeeded", "failed", "cancelled"):
         jobs.finish(db, job_id, attempt, reason.status, reason.message, actor)
-    elif reason.status == "requeued" and not jobs.requeue(
-        db, job_id, attempt, reason.message, actor
-    ):
-        reason = Outcome("cancelled", "cancelled by user", returncode)
+    elif reason.status == "requeued":
+        if not jobs.requeue(db, job_id, attempt, reason.message, actor):
+            return Outcome("cancelled", "cancelled by user", reason.returncode)
+    elif reason.status == "retry":
+        ended = jobs.requeue_or_fail(db, job_id, attempt, reason.message, actor)
+        status = {"queued": "requeued"}.get(ended, ended)
+        return Outcome(status, reason.message, reason.returncode)
     return reason
+
+
+def _with_retries(write: Callable[[], Outcome]) -> Outcome:
+    """Run the final status write, waiting out a database outage for a while. If it never
+    comes back, the lease expires and the reconciler recovers the job."""
+    deadline = time.monotonic() + FINAL_WRITE_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _watch(
@@ -148,14 +210,23 @@ def _watch(
 ) -> tuple[int, Outcome | None]:
     """Wait for the trainer, polling cancel, lease, deadline and shutdown; stop it if needed."""
     next_heartbeat = time.monotonic() + settings.heartbeat_seconds
+    next_outage_note = 0.0
     reason: Outcome | None = None
     while True:
         try:
             return proc.wait(timeout=settings.cancel_poll_seconds), None
         except subprocess.TimeoutExpired:
             pass
-        owned, cancel = jobs.poll_running(db, job_id, attempt)
         now = time.monotonic()
+        try:
+            owned, cancel = jobs.poll_running(db, job_id, attempt)
+        except OperationalError as exc:
+            # The database is down: training goes on (the trainer buffers its metrics);
+            # the lease is renewed once it is back.
+            if now >= next_outage_note:
+                log.warning("job %s: database unreachable: %s", job_id, exc.orig)
+                next_outage_note = now + 10
+            continue
         if not owned:
             reason = Outcome("fenced", "another attempt owns the job", None)
         elif cancel:
@@ -167,10 +238,25 @@ def _watch(
                 None,
             )
         elif shutting_down is not None and shutting_down.is_set():
-            reason = Outcome("requeued", "worker shutting down; job requeued", None)
+            return drain(proc, settings), Outcome(
+                "requeued", "worker shutting down; job checkpointed and requeued", None
+            )
         elif now >= next_heartbeat:
-            jobs.renew_lease(db, job_id, attempt, settings.lease_seconds)
-            next_heartbeat = now + settings.heartbeat_seconds
+            with contextlib.suppress(OperationalError):
+                jobs.renew_lease(db, job_id, attempt, settings.lease_seconds)
+                next_heartbeat = now + settings.heartbeat_seconds
         if reason is not None:
             stop_group(proc, settings.kill_grace_seconds)
             return proc.returncode, reason
+
+
+def drain(proc: subprocess.Popen[bytes], settings: Settings) -> int:
+    """Ask the trainer to save a checkpoint at its next step and exit (SIGUSR1); stop it if
+    it takes longer than the drain grace."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGUSR1)
+    try:
+        return proc.wait(timeout=DRAIN_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        stop_group(proc, settings.kill_grace_seconds)
+        return proc.returncode

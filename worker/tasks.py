@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from shared import jobs
+from shared import jobs, workers
 from shared.queue import RUN_JOB_TASK, JobQueue
 from worker.celery_app import app, database, settings, shutting_down
 from worker.supervisor import supervise
@@ -20,7 +20,11 @@ def run_job_now(job_id: int) -> str:
         log.info("job %s: not claimable (already taken, finished or cancelled)", job_id)
         return "skipped"
     log.info("job %s: attempt %s started", job_id, attempt)
-    outcome = supervise(db, settings, job_id, attempt, shutting_down)
+    _set_current_job(job_id)
+    try:
+        outcome = supervise(db, settings, job_id, attempt, shutting_down)
+    finally:
+        _set_current_job(None)
     log.info(
         "job %s: attempt %s %s (%s)",
         job_id,
@@ -29,9 +33,18 @@ def run_job_now(job_id: int) -> str:
         outcome.message.splitlines()[0],
     )
     if outcome.status == "requeued":
-        job = jobs.get_job(db, job_id)
-        JobQueue(settings).enqueue_job(job_id, job.queue)
+        try:
+            JobQueue(settings).enqueue_job(job_id, jobs.get_job(db, job_id).queue)
+        except Exception as exc:  # the reconciler enqueues it once Redis is back
+            log.warning("job %s: enqueue after requeue failed: %s", job_id, exc)
     return outcome.status
+
+
+def _set_current_job(job_id: int | None) -> None:
+    try:
+        workers.set_current_job(database(), settings.worker_name, job_id)
+    except Exception as exc:  # shown on the workers page only; never stops a job
+        log.warning("could not record the current job: %s", exc)
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)

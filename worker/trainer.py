@@ -3,9 +3,17 @@
     python -m worker.trainer --job-id 12 --attempt 1
 
 It reads the job's spec from SQL, trains, writes metrics (batched, fenced by the attempt)
-and checkpoints (one safetensors file each) and exits 0 on success. Exit code 3 means this
-attempt was fenced out (another attempt owns the job). Any other failure exits non-zero
-with a traceback on stderr, which the supervisor stores as the job's error.
+and checkpoints (one safetensors file each). Its exit code tells the supervisor what to do:
+
+    0   succeeded
+    3   fenced out: another attempt owns the job; nothing more was written
+    4   failed for a reason retrying cannot fix (bad data, NaN loss, out of memory);
+        the last `error: ...` line on stderr is the reason
+    5   drained: SIGUSR1 asked it to stop; it saved a checkpoint at the current step
+    75  the database or artifact store failed: a new attempt resumes from the checkpoint
+    1   crashed (a bug): the traceback's last lines become the job's error
+
+A SIGTERM (cancel, timeout) stops it at once.
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from sqlalchemy.exc import OperationalError
 from torch import nn
 
 from shared import jobs
@@ -40,11 +50,26 @@ from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
 from worker import data as datalib
 
+T = TypeVar("T")
+
 EXIT_FENCED = 3
+EXIT_FAILED = 4
+EXIT_DRAINED = 5
+EXIT_RETRY = 75
+# Seconds the trainer keeps retrying a metrics or checkpoint write while the database is down.
+DB_RETRY_SECONDS = 120.0
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message becomes the job's error."""
+
+
+class Drained(Exception):
+    """A stop was requested; a checkpoint at the current step has been saved."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} after saving a checkpoint")
+        self.step = step
 
 
 # ---------------------------------------------------------------- reporting
@@ -60,6 +85,8 @@ class Reporter:
     log_metrics: Callable[[list[dict[str, Any]], int, int], None]
     save: Callable[..., None]
     flush: Callable[[], None] = lambda: None
+    # True once the trainer should checkpoint and stop (the worker is draining).
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -335,8 +362,14 @@ def train(
                     "slots": 0,
                     "start": time.perf_counter(),
                 }
-            if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0:
+            saved = bool(spec.checkpoint.every_steps) and step % spec.checkpoint.every_steps == 0
+            if saved:
                 report.save(state(index + 1, last), epoch, step, last, False)
+            if report.stop_requested():
+                if not saved:
+                    report.save(state(index + 1, last), epoch, step, last, False)
+                report.flush()
+                raise Drained(step)
             if step >= total_steps:
                 break
         seconds = time.perf_counter() - started
@@ -416,14 +449,36 @@ class ServiceReporter:
         self.pending.extend(rows)
         self.progress = (epoch, step)
         if time.monotonic() - self.last_flush >= self.FLUSH_SECONDS:
-            self.flush()
+            self.try_flush()
 
-    def flush(self) -> None:
+    def try_flush(self) -> None:
+        """Flush, or keep the rows for the next flush while the database is down."""
+        try:
+            self.flush(wait=False)
+        except OperationalError as exc:
+            self.last_flush = time.monotonic()
+            print(
+                f"database unreachable; {len(self.pending)} metric rows kept for later "
+                f"({type(exc.orig).__name__})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def flush(self, wait: bool = True) -> None:
+        """Write the pending rows; with `wait`, ride out a database outage of up to
+        DB_RETRY_SECONDS (epoch ends, checkpoints and the end of training must not lose rows)."""
         if not self.pending:
             return
-        rows, self.pending = self.pending, []
         epoch, step = self.progress
-        jobs.write_metrics(self.db, self.job_id, self.attempt, rows, epoch=epoch, step=step)
+        rows = self.pending
+        write = lambda: jobs.write_metrics(  # noqa: E731
+            self.db, self.job_id, self.attempt, rows, epoch=epoch, step=step
+        )
+        if wait:
+            with_db_retries(write)
+        else:
+            write()
+        self.pending = []
         self.last_flush = time.monotonic()
         if self.redis is not None:
             try:
@@ -439,22 +494,43 @@ class ServiceReporter:
         staging = self.store.staging_path(key)
         save_checkpoint(staging, state)
         size, digest = self.store.commit(staging, key)
-        dropped = jobs.add_checkpoint(
-            self.db,
-            self.job_id,
-            self.attempt,
-            step=step,
-            epoch=epoch,
-            uri=key,
-            sha256=digest,
-            size=size,
-            metrics=metrics,
-            keep_last=self.spec.checkpoint.keep_last,
-            is_best=is_best,
+        dropped = with_db_retries(
+            lambda: jobs.add_checkpoint(
+                self.db,
+                self.job_id,
+                self.attempt,
+                step=step,
+                epoch=epoch,
+                uri=key,
+                sha256=digest,
+                size=size,
+                metrics=metrics,
+                keep_last=self.spec.checkpoint.keep_last,
+                is_best=is_best,
+            )
         )
         for old in dropped:
             self.store.delete(old)
         print(f"checkpoint {key} ({size:,} bytes)", flush=True)
+
+
+def with_db_retries(write: Callable[[], T]) -> T:
+    """Run a database write, retrying with backoff while the database is unreachable."""
+    deadline = time.monotonic() + DB_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return write()
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            print(
+                f"database unreachable ({type(exc.orig).__name__}); retrying in {delay:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _redis_or_none(url: str) -> Any:
@@ -487,17 +563,35 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):
         resume = load_checkpoint(store.path(latest.uri))
-    reporter = ServiceReporter(db, store, job_id, attempt, spec, settings.redis_url)
-    try:
-        result = train(
-            spec, Reporter(reporter.log_metrics, reporter.save, reporter.flush), resume, splits
+        jobs.note_attempt(
+            db,
+            job_id,
+            attempt,
+            f"resuming from checkpoint at step {latest.step} (epoch {latest.epoch})",
         )
+    reporter = ServiceReporter(db, store, job_id, attempt, spec, settings.redis_url)
+    report = Reporter(
+        reporter.log_metrics, reporter.save, reporter.flush, stop_requested=_STOP.is_set
+    )
+    try:
+        result = train(spec, report, resume, splits)
         reporter.flush()
     except jobs.Fenced as exc:
         print(f"stopping: {exc}", file=sys.stderr, flush=True)
         return EXIT_FENCED
+    except Drained as exc:
+        print(f"drained: {exc}", flush=True)
+        return EXIT_DRAINED
     print(f"done: step {result.step}, {json.dumps(result.metrics)}", flush=True)
     return 0
+
+
+# Set by SIGUSR1: the worker is draining; checkpoint at the next step and exit.
+_STOP = threading.Event()
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    _STOP.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
+    signal.signal(signal.SIGUSR1, _on_stop_signal)
     threads = os.environ.get("SEQTRAIN_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -514,7 +609,19 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, datalib.DataError, DatasetError, DatasetFormatError) as exc:
         # Expected failures: the message alone is the reason, no traceback.
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return EXIT_FAILED
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"error: out of memory ({first}); lower training.batch_size or data.max_length, "
+            "or use a smaller model",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAILED
+    except OperationalError as exc:
+        print(f"error: database unreachable: {exc.orig}", file=sys.stderr, flush=True)
+        return EXIT_RETRY
 
 
 if __name__ == "__main__":
