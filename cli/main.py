@@ -116,6 +116,38 @@ def worker(queues: str, concurrency: int) -> None:
 
 
 @main.command()
+@click.option("--once", is_flag=True, help="Run one pass, print what it did as JSON, and exit.")
+def reconcile(once: bool) -> None:
+    """Recover jobs: requeue those whose worker died, enqueue again those Redis lost.
+
+    Every worker runs this loop too (unless SEQTRAIN_WORKER_RECONCILER=0); running it alone
+    suits deployments that keep it off the workers. Passes never overlap across processes.
+    """
+    import logging
+    import threading
+
+    from shared.settings import Settings
+    from worker.reconciler import Reconciler
+
+    settings = Settings.from_env()
+    reconciler = Reconciler(_database(), settings, actor=f"reconciler@{settings.worker_name}")
+    if once:
+        done = reconciler.run_once(force=True)
+        click.echo(
+            json.dumps(
+                {"requeued": done.requeued, "failed": done.failed, "enqueued": done.enqueued}
+            )
+        )
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"reconciling every {settings.reconcile_seconds:g} s", err=True)
+    reconciler.run_forever(stop)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(
