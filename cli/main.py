@@ -1,8 +1,8 @@
 """seqtrain: run the service, submit and watch jobs.
 
 seqtrain up                          API + worker + Redis + SQLite, no configuration
-seqtrain submit examples/quickstart.yaml --wait
-seqtrain jobs | show ID | cancel ID
+seqtrain submit examples/quickstart.yaml --wait | --follow
+seqtrain jobs | show ID | logs ID [-f] | cancel ID | retry ID
 seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
 """
 
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,14 @@ def main() -> None:
 
 
 @main.command()
-def migrate() -> None:
+@json_option
+def migrate(as_json: bool) -> None:
     """Apply database migrations (alembic upgrade head) to DATABASE_URL."""
     from migrations import upgrade
     from shared.settings import Settings
 
     upgrade(Settings.from_env().database_url)
-    click.echo("database is at the latest revision")
+    click.echo(json.dumps({"migrated": True}) if as_json else "database is at the latest revision")
 
 
 @main.command()
@@ -251,7 +253,8 @@ def users() -> None:
 @users.command("create")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May see and manage every user's jobs.")
-def users_create(name: str, admin: bool) -> None:
+@json_option
+def users_create(name: str, admin: bool, as_json: bool) -> None:
     """Create a user."""
     from shared.auth import AuthError, create_user
 
@@ -259,6 +262,9 @@ def users_create(name: str, admin: bool) -> None:
         user = create_user(_database(), name, is_admin=admin)
     except AuthError as exc:
         _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"id": user.id, "name": user.name, "is_admin": user.is_admin}))
+        return
     click.echo(f"user {user.name} created (id {user.id}{', admin' if admin else ''})")
 
 
@@ -283,37 +289,64 @@ def tokens() -> None:
 @tokens.command("create")
 @click.argument("user")
 @click.option("--label", default="", help="A note to tell tokens apart.")
-def tokens_create(user: str, label: str) -> None:
+@json_option
+def tokens_create(user: str, label: str, as_json: bool) -> None:
     """Create a token for USER and print it (shown once; only a hash is stored)."""
     from shared.auth import AuthError, create_token
 
     try:
-        _, token = create_token(_database(), user, label)
+        row, token = create_token(_database(), user, label)
     except AuthError as exc:
         _fail(str(exc))
-    click.echo(token)
+    click.echo(
+        json.dumps({"id": row.id, "user": user, "label": label, "token": token})
+        if as_json
+        else token
+    )
 
 
 @tokens.command("list")
 @click.argument("user")
-def tokens_list(user: str) -> None:
+@json_option
+def tokens_list(user: str, as_json: bool) -> None:
     """List USER's tokens (prefixes only)."""
     from shared.auth import list_tokens
 
-    for row in list_tokens(_database(), user):
+    rows = list_tokens(_database(), user)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "prefix": r.prefix,
+                        "label": r.label,
+                        "created_at": r.created_at.isoformat(),
+                        "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return
+    for row in rows:
         state = "revoked" if row.revoked_at else "active"
         click.echo(f"{row.id:>4}  {row.prefix}...  {state:<8} {row.label}")
 
 
 @tokens.command("revoke")
 @click.argument("token_id", type=int)
-def tokens_revoke(token_id: int) -> None:
+@json_option
+def tokens_revoke(token_id: int, as_json: bool) -> None:
     """Revoke a token by id (see `tokens list`)."""
     from shared.auth import revoke_token
 
     if not revoke_token(_database(), token_id):
         _fail(f"no active token with id {token_id}")
-    click.echo(f"token {token_id} revoked")
+    click.echo(
+        json.dumps({"id": token_id, "revoked": True}) if as_json else f"token {token_id} revoked"
+    )
 
 
 # ---------------------------------------------------------------- using the service
@@ -347,11 +380,126 @@ def wait_for(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> d
         time.sleep(poll)
 
 
+def job_progress(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """What --follow shows: epoch, step, loss, the fraction done and the seconds left. The
+    planned steps come from `max_steps`, or from the steps per epoch once an epoch ended."""
+    training = job["spec"].get("training", {})
+    epochs, max_steps = training.get("epochs") or 0, training.get("max_steps")
+    latest = job["latest_metrics"]
+    planned = [float(max_steps)] if max_steps else []
+    epoch_end = latest.get("val/loss") or latest.get("train/samples_per_s")
+    if epoch_end and epoch_end["epoch"] > 0 and epochs:
+        planned.append(epoch_end["step"] / epoch_end["epoch"] * epochs)
+    fraction = None
+    if job["status"] == "succeeded":
+        fraction = 1.0
+    elif planned and min(planned) > 0:
+        fraction = min(1.0, job["step"] / min(planned))
+    eta = None
+    if job["status"] == "running" and job["started_at"] and fraction and 0 < fraction < 1:
+        started = datetime.fromisoformat(job["started_at"])
+        elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
+        eta = max(0.0, elapsed * (1 - fraction) / fraction)
+    return {
+        "id": job["id"],
+        "status": job["status"],
+        "attempt": job["attempt"],
+        "epoch": job["epoch"],
+        "epochs": epochs or None,
+        "step": job["step"],
+        "loss": latest.get("train/loss", {}).get("value"),
+        "progress": fraction,
+        "eta_seconds": eta,
+    }
+
+
+def progress_line(p: dict[str, Any], width: int = 24) -> str:
+    if p["progress"] is None:
+        bar = "[" + "?" * width + "]     "
+    else:
+        done = int(round(p["progress"] * width))
+        bar = f"[{'#' * done}{'-' * (width - done)}] {p['progress'] * 100:3.0f}%"
+    epochs = f"/{p['epochs']}" if p["epochs"] else ""
+    loss = f"  loss {p['loss']:.4f}" if p["loss"] is not None else ""
+    eta = ""
+    if p["eta_seconds"] is not None:
+        minutes, seconds = divmod(int(p["eta_seconds"]), 60)
+        eta = f"  ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+    return (
+        f"job {p['id']} {p['status']:<9} {bar}  epoch {p['epoch']}{epochs}  "
+        f"step {p['step']}{loss}{eta}"
+    )
+
+
+def follow(client: Client, job_id: int, as_json: bool, poll: float = 0.5) -> dict[str, Any]:
+    """Poll the job until it ends, showing a progress bar (redrawn in place on a terminal,
+    a line per change otherwise; with --json a JSON line per change)."""
+    tty = not as_json and sys.stdout.isatty()
+    last: tuple[Any, ...] | None = None
+    while True:
+        job = _call(client.get, f"/api/v1/jobs/{job_id}")
+        p = job_progress(job)
+        key = (p["status"], p["attempt"], p["epoch"], p["step"])
+        if as_json and key != last:
+            click.echo(json.dumps({"progress": p}))
+        elif tty:
+            click.echo("\r" + progress_line(p).ljust(100), nl=False)
+        elif key != last:
+            click.echo(progress_line(p))
+        last = key
+        if job["status"] in TERMINAL:
+            if tty:
+                click.echo()
+            return dict(job)
+        time.sleep(poll)
+
+
+def finish_watch(job: dict[str, Any], as_json: bool) -> None:
+    """Print a watched job's end (its JSON with --json) and exit 0 only if it succeeded."""
+    if as_json:
+        click.echo(json.dumps(job))
+    else:
+        metrics = {
+            k: round(v["value"], 4)
+            for k, v in job["latest_metrics"].items()
+            if k.startswith("val/")
+        }
+        click.echo(f"job {job['id']} {job['status']} {json.dumps(metrics)}")
+        if job["error"]:
+            click.echo(job["error"], err=True)
+    sys.exit(0 if job["status"] == "succeeded" else 1)
+
+
+def watch(
+    client: Client, created: dict[str, Any], wait: bool, follow_: bool, as_json: bool
+) -> None:
+    """After a submit or retry: print the new job, or watch it to its end."""
+    if not (wait or follow_):
+        click.echo(json.dumps(created) if as_json else f"job {created['id']} {created['status']}")
+        return
+    if not as_json:
+        click.echo(f"job {created['id']} submitted")
+    job = (follow if follow_ else wait_for)(client, created["id"], as_json)
+    finish_watch(job, as_json)
+
+
+wait_option = click.option(
+    "--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless it succeeds."
+)
+follow_option = click.option(
+    "--follow",
+    "follow_",
+    is_flag=True,
+    help="Like --wait, with a live progress bar (epoch, step, loss, ETA).",
+)
+
+
 @main.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Override the spec's name.")
 @click.option("--queue", help="Override the spec's resources.queue.")
-@click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 unless it succeeds.")
+@wait_option
+@follow_option
 @url_option
 @token_option
 @json_option
@@ -360,6 +508,7 @@ def submit(
     name: str | None,
     queue: str | None,
     wait: bool,
+    follow_: bool,
     url: str,
     token: str | None,
     as_json: bool,
@@ -373,25 +522,71 @@ def submit(
     if queue is not None:
         spec.setdefault("resources", {})["queue"] = queue
     client = make_client(url, token)
-    created = _call(client.post, "/api/v1/jobs", spec)
-    if not wait:
-        click.echo(json.dumps(created) if as_json else f"job {created['id']} {created['status']}")
-        return
-    if not as_json:
-        click.echo(f"job {created['id']} submitted")
-    job = wait_for(client, created["id"], as_json)
-    if as_json:
-        click.echo(json.dumps(job))
-    else:
-        metrics = {
-            k: round(v["value"], 4)
-            for k, v in job["latest_metrics"].items()
-            if k.startswith("val/")
-        }
-        click.echo(f"job {job['id']} {job['status']} {json.dumps(metrics)}")
-        if job["error"]:
-            click.echo(job["error"], err=True)
-    sys.exit(0 if job["status"] == "succeeded" else 1)
+    watch(client, _call(client.post, "/api/v1/jobs", spec), wait, follow_, as_json)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@wait_option
+@follow_option
+@url_option
+@token_option
+@json_option
+def retry(
+    job_id: int, wait: bool, follow_: bool, url: str, token: str | None, as_json: bool
+) -> None:
+    """Run a finished job again: a new job with the same spec and dataset versions."""
+    client = make_client(url, token)
+    watch(client, _call(client.post, f"/api/v1/jobs/{job_id}/retry"), wait, follow_, as_json)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--attempt", type=int, help="Attempt whose log to print (default: the latest).")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing until the job ends.")
+@click.option("--poll", default=0.5, show_default=True, type=float, help="Seconds between reads.")
+@url_option
+@token_option
+@json_option
+def logs(
+    job_id: int,
+    attempt: int | None,
+    follow_: bool,
+    poll: float,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Print a job's trainer output (stdout and stderr). With -f, follow it across attempts
+    until the job ends. --json prints the API's chunks, one JSON object a line."""
+    client = make_client(url, token)
+    pinned, offset = attempt, 0
+    while True:
+        query = f"?offset={offset}" + (f"&attempt={pinned}" if pinned else "")
+        chunk = _call(client.get, f"/api/v1/jobs/{job_id}/logs{query}")
+        if as_json:
+            click.echo(json.dumps(chunk))
+        elif chunk["text"]:
+            click.echo(chunk["text"], nl=False)
+        if pinned is None and chunk["attempt"] > 0:
+            pinned = chunk["attempt"]  # stay on this attempt until it ends
+        if chunk["text"] and chunk["next_offset"] > offset:
+            offset = chunk["next_offset"]
+            continue  # more may be waiting: read on before sleeping
+        if not follow_:
+            return
+        if chunk["complete"]:
+            if attempt is not None:
+                return  # the attempt asked for has ended
+            job = _call(client.get, f"/api/v1/jobs/{job_id}")
+            if job["status"] in TERMINAL:
+                return
+            if job["attempt"] > chunk["attempt"]:  # requeued: follow the next attempt
+                pinned, offset = chunk["attempt"] + 1, 0
+                if not as_json:
+                    click.echo(f"--- attempt {pinned} ---", err=True)
+                continue
+        time.sleep(poll)
 
 
 @main.command("jobs")
@@ -707,21 +902,26 @@ def datasets_list(url: str, token: str | None, as_json: bool) -> None:
 @click.argument("dataset_id", type=int)
 @url_option
 @token_option
-def datasets_show(dataset_id: int, url: str, token: str | None) -> None:
-    """Show a dataset and its statistics (JSON)."""
-    click.echo(
-        json.dumps(_call(make_client(url, token).get, f"/api/v1/datasets/{dataset_id}"), indent=2)
-    )
+@json_option
+def datasets_show(dataset_id: int, url: str, token: str | None, as_json: bool) -> None:
+    """Show a dataset and its statistics (JSON; one line with --json)."""
+    dataset = _call(make_client(url, token).get, f"/api/v1/datasets/{dataset_id}")
+    click.echo(json.dumps(dataset) if as_json else json.dumps(dataset, indent=2))
 
 
 @datasets.command("delete")
 @click.argument("dataset_id", type=int)
 @url_option
 @token_option
-def datasets_delete(dataset_id: int, url: str, token: str | None) -> None:
+@json_option
+def datasets_delete(dataset_id: int, url: str, token: str | None, as_json: bool) -> None:
     """Delete a dataset (refused while a queued or running job uses it)."""
     _call(make_client(url, token).delete, f"/api/v1/datasets/{dataset_id}")
-    click.echo(f"dataset {dataset_id} deleted")
+    click.echo(
+        json.dumps({"id": dataset_id, "deleted": True})
+        if as_json
+        else f"dataset {dataset_id} deleted"
+    )
 
 
 if __name__ == "__main__":
