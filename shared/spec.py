@@ -193,7 +193,18 @@ class TrainingSpec(_Section):
 
 class ResourcesSpec(_Section):
     devices: int = Field(
-        1, ge=1, le=1, description="Devices the job trains on (one per job in this version)."
+        1,
+        ge=1,
+        le=64,
+        description="Devices per node the job trains on (GPUs, or CPU processes); more than one "
+        "trains with DistributedDataParallel, each device taking `training.batch_size` examples.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Workers (one per node) the job trains on together; all are reserved "
+        "before any rank starts.",
     )
     queue: str = Field(
         "default",

@@ -278,3 +278,24 @@ def batch_order(lengths: list[int], batch_size: int, seed: int | None) -> list[l
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's part of one global batch: every world_size-th example, from `rank`.
+
+    The global batch was cut from a length-sorted pool, so each shard keeps its lengths (and
+    its padding); striding gives every rank a similar mix, so no rank waits on the others.
+    A rank whose share is empty (a last batch smaller than the world) gets the first example,
+    which the trainer weighs zero, so every rank still joins the gradient all-reduce.
+    """
+    return batch[rank::world_size] or batch[:1]
+
+
+def rebatch(batches: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The examples of `batches`, in order, cut into batches of `batch_size`.
+
+    Resuming mid-epoch with another global batch size (a different number of devices):
+    the rest of the saved epoch order is re-cut, so no example is seen twice in the epoch.
+    """
+    flat = [i for batch in batches for i in batch]
+    return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]

@@ -34,8 +34,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from sqlalchemy.exc import OperationalError
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel
 
 from shared import jobs
 from shared.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -115,12 +118,15 @@ def evaluate(
     labels: list[str],
     device: torch.device,
 ) -> dict[str, float]:
+    """The task's metrics on `examples`. With several ranks each evaluates its share of the
+    batches and the sums are reduced; tagging (entity F1 needs every path) runs whole on each."""
     model.eval()
     total_loss, weight, correct = 0.0, 0, 0
     gold: list[list[str]] = []
     predicted: list[list[str]] = []
+    rank, world = rank_and_world() if task != "tagging" else (0, 1)
     with torch.no_grad():
-        for batch in examples.batch_order(batch_size, seed=None):
+        for batch in examples.batch_order(batch_size, seed=None)[rank::world]:
             tokens, lengths, targets = (t.to(device) for t in examples.collate(batch))
             logits, loss = model(tokens, lengths, targets)
             if task == "classification":
@@ -137,6 +143,12 @@ def evaluate(
                     gold.append([labels[target[i]] for i in keep])
                     predicted.append([labels[path[i]] for i in keep])
     model.train()
+    sums = (
+        all_reduce_sums({"loss": total_loss, "weight": weight, "correct": correct}, device)
+        if world > 1
+        else {"loss": total_loss, "weight": weight, "correct": correct}
+    )
+    total_loss, weight, correct = sums["loss"], int(sums["weight"]), int(sums["correct"])
     result = {"loss": total_loss / max(weight, 1)}
     if task == "classification":
         result["accuracy"] = correct / max(weight, 1)
@@ -169,8 +181,58 @@ def lr_factor(step: int, total_steps: int, warmup: int, kind: str) -> float:
 
 
 def pick_device() -> torch.device:
-    # Chosen in the trainer child only: the worker process never touches CUDA.
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    # Chosen in the trainer child only: the worker process never touches CUDA. Under
+    # torchrun each rank takes the GPU of its LOCAL_RANK.
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless a process group is up (torchrun, or a test)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> bool:
+    """Join the process group torchrun describes in RANK / WORLD_SIZE / MASTER_ADDR (NCCL on
+    GPUs, gloo on CPUs); False for a single-process run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    device = pick_device()
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum each value over the ranks (a no-op for one process)."""
+    if rank_and_world()[1] == 1:
+        return values
+    keys = sorted(values)
+    # float64: counts and sums of tens of millions of tokens stay exact.
+    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return dict(zip(keys, summed.tolist(), strict=True))
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any (a no-op for one process)."""
+    if rank_and_world()[1] == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _silent(report: Reporter) -> Reporter:
+    """What ranks other than 0 report: nothing (rank 0 alone writes metrics and checkpoints)."""
+    return Reporter(lambda *a: None, lambda *a, **k: None, stop_requested=report.stop_requested)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -234,6 +296,14 @@ def train(
         torch.use_deterministic_algorithms(True)
     device = device or pick_device()
     amp = autocast_dtype(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 matmuls autocast leaves
+        torch.backends.cudnn.allow_tf32 = True
+    # Each rank takes `batch_size` examples of every global batch of batch_size * world.
+    rank, world = rank_and_world()
+    global_batch = cfg.batch_size * world
+    if rank != 0:
+        report = _silent(report)
 
     splits = splits or datalib.load_splits(spec, None)
     tokenizer = tokenizer_from_dict(resume["tokenizer"]) if resume else None
@@ -243,12 +313,19 @@ def train(
     model = build_model(
         spec.model, task, data.tokenizer.vocab_size, max(len(data.labels), 2), spec.data.max_length
     ).to(device)
+    # Every rank built the same weights from the same seed (DDP also broadcasts rank 0's);
+    # from here each rank draws its own dropout masks.
+    if rank != 0:
+        torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    # `ddp` runs the training forward (gradients averaged over the ranks on backward);
+    # `model` is the same module, for evaluation and state dicts.
+    ddp: nn.Module = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     # The fused kernel updates every parameter in one pass: several times faster than the
     # per-tensor loop on CPUs, where the optimizer step is a large share of a small model's step.
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
     )
-    steps_per_epoch = len(data.train.batch_order(cfg.batch_size, cfg.seed))
+    steps_per_epoch = len(data.train.batch_order(global_batch, cfg.seed))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -269,6 +346,9 @@ def train(
         set_rng_state(resume["rng"])
         epoch, next_batch, step = resume["epoch"], resume["next_batch"], resume["step"]
         best, stale = resume["best"], resume["stale"]
+        saved_batch = int(resume.get("global_batch", cfg.batch_size))
+        if rank != 0:  # rank 0's RNG state was restored on every rank: draw apart again
+            torch.manual_seed(cfg.seed + 1_000_003 * rank + step)
         print(f"resumed at epoch {epoch} batch {next_batch} (step {step})", flush=True)
 
     def state(next_batch_: int, metrics: dict[str, float]) -> dict[str, Any]:
@@ -282,6 +362,8 @@ def train(
             "epoch": epoch,
             "next_batch": next_batch_,
             "step": step,
+            "global_batch": global_batch,
+            "world_size": world,
             "best": best,
             "stale": stale,
             "tokenizer": data.tokenizer.to_dict(),
@@ -300,7 +382,11 @@ def train(
     last: dict[str, float] = {}
     stopped_early = False
     while epoch < cfg.epochs and step < total_steps and not stopped_early:
-        order = data.train.batch_order(cfg.batch_size, cfg.seed + epoch)
+        order = data.train.batch_order(global_batch, cfg.seed + epoch)
+        if resume and next_batch and saved_batch != global_batch:
+            # Saved by a run with another number of devices: re-cut the rest of its epoch.
+            saved_order = data.train.batch_order(saved_batch, cfg.seed + epoch)
+            order, next_batch = datalib.rebatch(saved_order[next_batch:], global_batch), 0
         totals = {"loss": 0.0, "weight": 0, "correct": 0, "samples": 0, "tokens": 0, "slots": 0}
         window = {
             "loss": 0.0,
@@ -312,13 +398,26 @@ def train(
         }
         started = time.perf_counter()
         for index in range(next_batch, len(order)):
-            tokens, lengths, targets = (
-                t.to(device, non_blocking=True) for t in data.train.collate(order[index])
+            batch = order[index]
+            # A rank past the end of a short last batch trains on a stand-in weighed zero.
+            stand_in = world > 1 and rank >= len(batch)
+            tokens, lengths, targets = to_device(
+                data.train.collate(datalib.shard(batch, rank, world) if world > 1 else batch),
+                device,
             )
+            n = len(targets) if task == "classification" else int((targets != datalib.IGNORE).sum())
+            n = 0 if stand_in else n
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits, loss = model(tokens, lengths, targets)
+                logits, loss = ddp(tokens, lengths, targets)
+            objective = loss
+            if world > 1:
+                # DDP averages the ranks' gradients. Weighing each rank's mean loss by its share
+                # of the global batch's targets makes that average the gradient of the global
+                # batch's mean loss: the same step as one process with the whole batch.
+                targets_in_batch = all_reduce_sums({"n": n}, device)["n"]
+                objective = loss * (n * world / max(targets_in_batch, 1.0))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.unscale_(optimizer)
             grad_norm = float(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -330,26 +429,28 @@ def train(
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss became {loss_value} at step {step}")
-            n = len(targets) if task == "classification" else int((targets != datalib.IGNORE).sum())
-            real, slots = int(lengths.sum()), tokens.numel()
+            real, slots = (0, 0) if stand_in else (int(lengths.sum()), tokens.numel())
             for bucket in (totals, window):
                 bucket["loss"] += loss_value * n
-                bucket["samples"] += len(lengths)
+                bucket["samples"] += 0 if stand_in else len(lengths)
                 bucket["tokens"] += real
                 bucket["slots"] += slots
             totals["weight"] += n
             window["n"] += n
-            if task == "classification":
+            if task == "classification" and not stand_in:
                 totals["correct"] += int((logits.argmax(-1) == targets).sum())
             if step % cfg.log_every_steps == 0:
                 seconds = time.perf_counter() - window["start"]
+                seen = all_reduce_sums(
+                    {k: window[k] for k in ("loss", "n", "samples", "tokens", "slots")}, device
+                )
                 values = {
-                    "loss": window["loss"] / max(window["n"], 1),
+                    "loss": seen["loss"] / max(seen["n"], 1),
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
-                    "tokens_per_s": window["tokens"] / seconds,
-                    "samples_per_s": window["samples"] / seconds,
-                    "padding_ratio": 1 - window["tokens"] / max(window["slots"], 1),
+                    "tokens_per_s": seen["tokens"] / seconds,
+                    "samples_per_s": seen["samples"] / seconds,
+                    "padding_ratio": 1 - seen["tokens"] / max(seen["slots"], 1),
                 }
                 report.log_metrics(
                     [_row(step, epoch, "train", k, v) for k, v in values.items()], epoch, step
@@ -365,7 +466,7 @@ def train(
             saved = bool(spec.checkpoint.every_steps) and step % spec.checkpoint.every_steps == 0
             if saved:
                 report.save(state(index + 1, last), epoch, step, last, False)
-            if report.stop_requested():
+            if any_rank(report.stop_requested(), device):  # every rank stops at the same step
                 if not saved:
                     report.save(state(index + 1, last), epoch, step, last, False)
                 report.flush()
@@ -375,6 +476,7 @@ def train(
         seconds = time.perf_counter() - started
         epoch += 1
         next_batch = 0
+        totals.update(all_reduce_sums(totals, device))
         val = evaluate(task, model, data.val, cfg.batch_size, data.labels, device)
         last = {
             "train/loss": totals["loss"] / max(totals["weight"], 1),
@@ -416,6 +518,14 @@ def train(
         report.flush()
         print("test " + " ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
     return TrainResult(step=step, epoch=epoch, metrics=last, stopped_early=stopped_early)
+
+
+def to_device(batch: datalib.Batch, device: torch.device) -> datalib.Batch:
+    """Copy a CPU batch to the device; to a GPU from pinned memory, without blocking the host."""
+    if device.type != "cuda":
+        return batch
+    tokens, lengths, targets = (t.pin_memory().to(device, non_blocking=True) for t in batch)
+    return tokens, lengths, targets
 
 
 def _row(step: int, epoch: int, split: str, name: str, value: float) -> dict[str, Any]:
@@ -549,6 +659,8 @@ def _die_with_parent() -> None:
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # a rank: its parent is the launcher (worker.launch), which dies with the supervisor
     if os.getppid() != int(expected):  # the parent died before prctl took effect
         sys.exit(1)
 
@@ -563,12 +675,13 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):
         resume = load_checkpoint(store.path(latest.uri))
-        jobs.note_attempt(
-            db,
-            job_id,
-            attempt,
-            f"resuming from checkpoint at step {latest.step} (epoch {latest.epoch})",
-        )
+        if rank_and_world()[0] == 0:
+            jobs.note_attempt(
+                db,
+                job_id,
+                attempt,
+                f"resuming from checkpoint at step {latest.step} (epoch {latest.epoch})",
+            )
     reporter = ServiceReporter(db, store, job_id, attempt, spec, settings.redis_url)
     report = Reporter(
         reporter.log_metrics, reporter.save, reporter.flush, stop_requested=_STOP.is_set
@@ -594,6 +707,24 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     _STOP.set()
 
 
+# Under worker.launch each rank leaves its pid and exit code here (the launcher forwards
+# SIGUSR1 to rank 0 and exits with the code of the rank that failed first).
+RANK_DIR_ENV = "SEQTRAIN_RANK_DIR"
+
+
+def _rank_file(suffix: str) -> str | None:
+    folder = os.environ.get(RANK_DIR_ENV)
+    return os.path.join(folder, f"rank-{os.environ.get('RANK', '0')}.{suffix}") if folder else None
+
+
+def _write_rank_file(suffix: str, value: int) -> None:
+    path = _rank_file(suffix)
+    if path is not None:
+        with open(path, "w") as handle:
+            handle.write(str(value))
+
+
+@record  # under torchrun: a failing rank's traceback reaches the launcher's log
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.trainer")
     parser.add_argument("--job-id", type=int, required=True)
@@ -601,10 +732,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGUSR1, _on_stop_signal)
+    _write_rank_file("pid", os.getpid())
     threads = os.environ.get("SEQTRAIN_TORCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     try:
+        init_distributed()
         return run_attempt(args.job_id, args.attempt, Settings.from_env())
     except (TrainingError, datalib.DataError, DatasetError, DatasetFormatError) as exc:
         # Expected failures: the message alone is the reason, no traceback.
@@ -625,4 +758,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    _write_rank_file("exit", code)
+    if dist.is_initialized() and code == 0:
+        dist.destroy_process_group()
+    sys.exit(code)
