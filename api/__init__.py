@@ -9,7 +9,8 @@ datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, 
 inference.py  /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
 health.py   /healthz (open): database and Redis reachability
 metrics.py  /metrics for Prometheus (loopback, or SEQTRAIN_METRICS_TOKEN)
-pages.py    /login, /logout, / (the status page), /api/v1/docs
+live.py     what the status pages poll and stream: jobs board, logs, events, SSE, retry, workers
+pages.py    /login, /logout, the status pages (jobs, job, workers, submit), /api/v1/docs
 wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
 """
 
@@ -53,7 +54,7 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
-    from api import datasets, errors, health, inference, jobs, metrics, pages
+    from api import datasets, errors, health, inference, jobs, live, metrics, pages
     from api.auth import FailureLimiter
     from api.openapi import IdConverter
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(jobs.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(inference.bp)
+    app.register_blueprint(live.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
 

@@ -232,3 +232,115 @@ class GenerateResponse(_Out):
     checkpoint_id: int
     prompt: str
     text: str
+
+
+# ---------------------------------------------------------------- status pages (api/live.py)
+
+JobSort = Literal["newest", "oldest", "name", "status", "updated"]
+
+
+class BoardQuery(_Query):
+    status: Status | None = Field(None, description="Only jobs in this status.")
+    q: str | None = Field(
+        None, max_length=200, description="Case-insensitive substring of the job's name."
+    )
+    sort: JobSort = Field("newest", description="Order of the rows.")
+    page: int = Field(1, ge=1, le=1_000_000, description="Page number, from 1.")
+    per_page: int = Field(20, ge=1, le=100, description="Rows per page.")
+
+
+class JobRow(JobSummary):
+    progress: float | None = Field(
+        description="Fraction of the planned steps done (0-1); null before it can be told."
+    )
+    eta_seconds: float | None = Field(description="Seconds left at the current pace (running).")
+    latest_loss: float | None = Field(description="Newest training loss.")
+    metric_name: str | None = Field(description="The task's validation metric, e.g. accuracy.")
+    metric_value: float | None
+    tokens_per_s: float | None = Field(description="Newest training throughput.")
+
+
+class JobBoard(_Out):
+    jobs: list[JobRow]
+    total: int = Field(description="Jobs matching the filters, on every page.")
+    page: int
+    pages: int
+
+
+class LogsQuery(_Query):
+    attempt: int | None = Field(
+        None, ge=1, le=1_000_000, description="Attempt whose log to read; default the latest."
+    )
+    offset: int = Field(0, ge=0, le=MAX_ID, description="Byte offset to read from.")
+
+
+class LogChunk(_Out):
+    attempt: int = Field(description="The attempt read (0 when the job never started).")
+    attempts: list[int] = Field(description="Attempts that have a log.")
+    offset: int
+    next_offset: int = Field(description="Pass as `offset` to follow the log.")
+    text: str = Field(description="At most 64 KiB of the log from `offset` (UTF-8).")
+    complete: bool = Field(
+        description="The attempt has ended and `next_offset` is the end of its log."
+    )
+
+
+class EventsQuery(_Query):
+    after: int | None = Field(
+        None, ge=0, le=MAX_ID, description="Only events with a larger id (the last one seen)."
+    )
+
+
+class TimelineEvent(_Out):
+    id: int
+    ts: datetime
+    attempt: int
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    message: str
+
+
+class EventList(_Out):
+    events: list[TimelineEvent]
+
+
+class JobProgress(_Out):
+    """The `status` event of GET /jobs/<id>/stream."""
+
+    id: int
+    status: Status
+    attempt: int
+    max_attempts: int
+    epoch: int
+    step: int
+    cancel_requested: bool
+    error: str | None
+    progress: float | None
+    eta_seconds: float | None
+    updated_at: datetime
+
+
+class WorkerOut(_Out):
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    device_kind: str
+    device_count: int
+    devices: list[dict[str, Any]]
+    state: str = Field(description="up, draining or stopped.")
+    current_job_id: int | None = Field(
+        description="The job it trains; null when idle or when the job is another user's."
+    )
+    busy: bool = Field(description="It is training a job (yours or not).")
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_seconds: float
+
+
+class WorkerList(_Out):
+    workers: list[WorkerOut]
+    queues: dict[str, int] | None = Field(
+        description="Messages waiting per queue; null when Redis does not answer."
+    )

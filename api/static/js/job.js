@@ -1,0 +1,367 @@
+// One job: status, progress and charts live from GET /api/v1/jobs/<id>/stream (server-sent
+// events fed by the trainer's Redis channel), the history from /metrics, the timeline from
+// /events, the log followed through /logs, checkpoints, and the cancel / retry / predict actions.
+"use strict";
+
+(function () {
+  const { api, el, number, duration, percent, time } = window.Seqtrain;
+  const root = document.getElementById("job");
+  const jobId = root.dataset.jobId;
+  const task = root.dataset.task;
+  const base = "/api/v1/jobs/" + jobId;
+  const METRIC = { classification: "accuracy", tagging: "f1", language_modeling: "perplexity" }[task];
+  const ACTIVE = ["queued", "running"];
+  const LOG_KEEP_CHARS = 200000;
+
+  const $ = (id) => document.getElementById(id);
+  let hasCheckpoint = false;
+  const state = {
+    status: $("job-status").textContent.trim(),
+    lastMetricId: 0,
+    lastEventId: 0,
+    log: { attempt: null, shown: null, offset: 0, timer: null },
+    stream: null,
+  };
+
+  // ------------------------------------------------------------ charts (uPlot, x = step)
+
+  // One Map step -> value a series; a later value for a step replaces an earlier one.
+  const series = { trainLoss: new Map(), valLoss: new Map(), metric: new Map() };
+
+  function makeChart(node, labels, colors) {
+    const opts = {
+      width: Math.max(240, node.clientWidth),
+      height: 220,
+      scales: { x: { time: false } },
+      axes: [{ label: "step" }, {}],
+      series: [{ label: "step" }].concat(labels.map((label, i) => ({
+        label, stroke: colors[i], width: 2, spanGaps: true, points: { show: true, size: 4 },
+      }))),
+      legend: { show: true },
+    };
+    return new window.uPlot(opts, [[], ...labels.map(() => [])], node);
+  }
+
+  const lossNode = $("loss-chart");
+  const metricNode = $("metric-chart");
+  $("metric-caption").textContent = "Validation " + METRIC + " by step";
+  const lossChart = makeChart(lossNode, ["train loss", "validation loss"], ["#2f6fde", "#d9822b"]);
+  const metricChart = makeChart(metricNode, ["validation " + METRIC], ["#2e9e5b"]);
+
+  function aligned(maps) {
+    const steps = Array.from(new Set(maps.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
+    return [steps, ...maps.map((m) => steps.map((s) => (m.has(s) ? m.get(s) : null)))];
+  }
+
+  let drawPending = false;
+  function redraw() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => {
+      drawPending = false;
+      lossChart.setData(aligned([series.trainLoss, series.valLoss]));
+      metricChart.setData(aligned([series.metric]));
+      lossNode.dataset.points = String(series.trainLoss.size + series.valLoss.size);
+      metricNode.dataset.points = String(series.metric.size);
+    });
+  }
+
+  function addMetrics(rows) {
+    for (const row of rows) {
+      if (row.split === "train" && row.name === "loss") series.trainLoss.set(row.step, row.value);
+      else if (row.split === "val" && row.name === "loss") series.valLoss.set(row.step, row.value);
+      else if (row.split === "val" && row.name === METRIC) series.metric.set(row.step, row.value);
+      else if (row.split === "train" && row.name === "tokens_per_s") $("fact-tokens").textContent = number(row.value, 3);
+    }
+    redraw();
+  }
+
+  async function loadMetrics() {
+    for (;;) {
+      const page = await api(base + "/metrics?limit=10000&after=" + state.lastMetricId);
+      if (page.metrics.length) state.lastMetricId = page.metrics[page.metrics.length - 1].id;
+      addMetrics(page.metrics);
+      if (page.next_after === null) return;
+    }
+  }
+
+  window.addEventListener("resize", () => {
+    for (const [chart, node] of [[lossChart, lossNode], [metricChart, metricNode]]) {
+      chart.setSize({ width: Math.max(240, node.clientWidth), height: 220 });
+    }
+  });
+
+  // ------------------------------------------------------------ status, progress, timeline
+
+  function showProgress(job) {
+    const bar = $("job-progress");
+    if (job.progress === null) bar.removeAttribute("value");
+    else bar.value = job.progress;
+    let label = percent(job.progress);
+    if (job.status === "running" && job.eta_seconds !== null) label += " · about " + duration(job.eta_seconds) + " left";
+    $("progress-label").textContent = label;
+  }
+
+  function showStatus(job) {
+    const badge = $("job-status");
+    badge.textContent = job.status;
+    badge.className = "status status-" + job.status;
+    $("fact-attempt").textContent = job.attempt + (job.max_attempts ? " of " + job.max_attempts : "");
+    $("fact-step").textContent = job.epoch + " · " + job.step;
+    const active = ACTIVE.includes(job.status);
+    $("cancel-button").hidden = !active;
+    $("cancel-button").disabled = Boolean(job.cancel_requested);
+    $("retry-button").hidden = active;
+    const error = $("job-error");
+    error.hidden = !job.error;
+    error.textContent = job.error || "";
+    showProgress(job);
+    const changed = job.status !== state.status;
+    state.status = job.status;
+    return changed;
+  }
+
+  async function loadDetail() {
+    const job = await api(base);
+    if (job.started_at) {
+      const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+      $("fact-runtime").textContent = duration((end - Date.parse(job.started_at)) / 1000);
+    }
+    showPredict();
+  }
+
+  async function loadEvents() {
+    const data = await api(base + "/events?after=" + state.lastEventId);
+    const list = $("timeline");
+    for (const event of data.events) {
+      state.lastEventId = event.id;
+      const change = event.to_status
+        ? el("span", {}, event.from_status ? event.from_status + " → " : "", el("span", { className: "status status-" + event.to_status }, event.to_status))
+        : el("span", { className: "muted" }, "note");
+      list.append(el(
+        "li",
+        { dataset: { to: event.to_status || "" } },
+        el("time", { dateTime: event.ts, className: "muted small" }, time(event.ts)), " ",
+        change, " ",
+        el("span", { className: "pre-line" }, event.message),
+        el("span", { className: "muted small" }, " · " + event.actor + (event.attempt ? ", attempt " + event.attempt : "")),
+      ));
+    }
+  }
+
+  async function loadCheckpoints() {
+    const data = await api(base + "/checkpoints");
+    const rows = data.checkpoints.map((c) => el(
+      "tr", {},
+      el("td", { className: "num" }, String(c.step)),
+      el("td", { className: "num" }, String(c.epoch)),
+      el("td", { className: "num" }, (c.bytes / 1024).toFixed(0) + " KiB"),
+      el("td", { className: "wide" }, el("code", { title: c.sha256 }, c.sha256.slice(0, 12) + "…")),
+      el("td", {}, el("a", { href: c.download_url, download: "" }, "download")),
+    ));
+    document.querySelector("#checkpoints tbody").replaceChildren(...rows);
+    $("checkpoints-empty").hidden = rows.length > 0;
+    hasCheckpoint = rows.length > 0;
+    showPredict();
+  }
+
+  // ------------------------------------------------------------ the stream
+
+  function openStream() {
+    if (state.stream) state.stream.close();
+    const stream = new EventSource(base + "/stream");
+    state.stream = stream;
+    // Every (re)connect: fill what was written while no stream was open.
+    stream.addEventListener("open", () => { loadMetrics().catch(() => {}); });
+    stream.addEventListener("metrics", (event) => {
+      addMetrics(JSON.parse(event.data));
+    });
+    stream.addEventListener("status", (event) => {
+      const job = JSON.parse(event.data);
+      if (showStatus(job)) onStatusChange();
+      else loadMetrics().catch(() => {});
+    });
+    stream.addEventListener("end", () => {
+      stream.close();
+      state.stream = null;
+      onStatusChange();
+    });
+  }
+
+  function onStatusChange() {
+    loadEvents().catch(() => {});
+    loadCheckpoints().catch(() => {});
+    loadMetrics().catch(() => {});
+    loadDetail().catch(() => {});
+    followLog();
+  }
+
+  // ------------------------------------------------------------ logs
+
+  const logNode = $("log");
+  const attemptSelect = $("log-attempt");
+
+  function appendLog(text) {
+    if (!text) return;
+    const atBottom = logNode.scrollTop + logNode.clientHeight >= logNode.scrollHeight - 4;
+    let content = logNode.textContent + text;
+    if (content.length > LOG_KEEP_CHARS) content = content.slice(content.length - LOG_KEEP_CHARS);
+    logNode.textContent = content;
+    if (atBottom) logNode.scrollTop = logNode.scrollHeight;
+  }
+
+  function showAttempts(attempts) {
+    const have = new Set(Array.from(attemptSelect.options).map((o) => o.value));
+    for (const n of attempts) {
+      if (!have.has(String(n))) attemptSelect.append(el("option", { value: String(n) }, "attempt " + n));
+    }
+  }
+
+  async function pollLog() {
+    clearTimeout(state.log.timer);
+    const want = state.log.attempt;
+    let url = base + "/logs?offset=" + state.log.offset;
+    if (want !== null) url += "&attempt=" + want;
+    else if (state.log.shown !== null) url += "&attempt=" + state.log.shown;
+    let chunk;
+    try {
+      chunk = await api(url);
+    } catch (error) {
+      $("log-note").textContent = "Could not read the log: " + error.message;
+      state.log.timer = setTimeout(pollLog, 3000);
+      return;
+    }
+    if (want !== state.log.attempt) return; // the attempt was switched meanwhile
+    showAttempts(chunk.attempts);
+    if (state.log.shown === null) state.log.shown = chunk.attempt;
+    appendLog(chunk.text);
+    state.log.offset = chunk.next_offset;
+    const latest = chunk.attempts.length ? Math.max(...chunk.attempts) : chunk.attempt;
+    if (want === null && chunk.complete && latest > state.log.shown) {
+      // Following the latest attempt, and a newer one started: switch to it.
+      state.log.shown = latest;
+      state.log.offset = 0;
+      appendLog("\n— attempt " + latest + " —\n");
+      state.log.timer = setTimeout(pollLog, 0);
+      return;
+    }
+    $("log-note").textContent = chunk.attempt === 0
+      ? "No output yet: the job has not started."
+      : "Attempt " + chunk.attempt + ", " + chunk.next_offset.toLocaleString("en") + " bytes"
+        + (chunk.complete ? " (ended)" : " (following)");
+    const finished = chunk.complete && !ACTIVE.includes(state.status);
+    if (!finished) state.log.timer = setTimeout(pollLog, chunk.text.length >= 65536 ? 0 : 1000);
+  }
+
+  function followLog() {
+    if (state.log.timer === null || !ACTIVE.includes(state.status)) pollLog();
+  }
+
+  attemptSelect.addEventListener("change", () => {
+    state.log.attempt = attemptSelect.value ? Number(attemptSelect.value) : null;
+    state.log.shown = state.log.attempt;
+    state.log.offset = 0;
+    logNode.textContent = "";
+    pollLog();
+  });
+
+  // ------------------------------------------------------------ actions
+
+  const actionNote = $("action-note");
+
+  $("cancel-button").addEventListener("click", async () => {
+    $("cancel-button").disabled = true;
+    actionNote.textContent = "Cancelling…";
+    try {
+      const job = await api(base + "/cancel", { method: "POST" });
+      actionNote.textContent = job.status === "cancelled" ? "Cancelled." : "Cancel requested; stopping the trainer.";
+      if (showStatus(job)) onStatusChange();
+      if (!state.stream) openStream();
+    } catch (error) {
+      actionNote.textContent = "Could not cancel: " + error.message;
+      $("cancel-button").disabled = false;
+    }
+  });
+
+  $("retry-button").addEventListener("click", async () => {
+    $("retry-button").disabled = true;
+    actionNote.textContent = "Submitting a new job…";
+    try {
+      const created = await api(base + "/retry", { method: "POST" });
+      window.location.assign("/jobs/" + created.id);
+    } catch (error) {
+      actionNote.textContent = "Could not retry: " + error.message;
+      $("retry-button").disabled = false;
+    }
+  });
+
+  // ------------------------------------------------------------ predictions / generation
+
+  const predictBox = $("predict-box");
+
+  function showPredict() {
+    predictBox.hidden = !(hasCheckpoint && !ACTIVE.includes(state.status));
+  }
+
+  if (task === "language_modeling") {
+    $("predict-title").textContent = "Generate text";
+    $("predict-label").textContent = "Prompt";
+    $("generate-options").hidden = false;
+  } else {
+    $("predict-title").textContent = task === "tagging" ? "Tag sentences" : "Classify texts";
+  }
+
+  function predictionTable(predictions) {
+    if (task === "tagging") {
+      return el("div", {}, ...predictions.map((p) => el(
+        "p", { className: "tagged" },
+        ...p.tokens.map((token, i) => el("span", { className: "tag-pair" }, token, el("sub", {}, p.tags[i]))),
+      )));
+    }
+    return el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "text"), el("th", {}, "label"), el("th", {}, "probability"))),
+      el("tbody", {}, ...predictions.map((p, i) => el("tr", {},
+        el("td", {}, predictionTable.texts[i] || ""),
+        el("td", {}, p.label),
+        el("td", { className: "num" }, number(p.probabilities ? p.probabilities[p.label] : null, 3)),
+      ))));
+  }
+
+  $("predict-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("predict-input").value;
+    const errorNode = $("predict-error");
+    errorNode.hidden = true;
+    $("predict-button").disabled = true;
+    try {
+      if (task === "language_modeling") {
+        const result = await api(base + "/generate", {
+          method: "POST",
+          body: { prompt: input, length: Number($("generate-length").value), temperature: Number($("generate-temperature").value) },
+        });
+        $("predict-output").replaceChildren(el("pre", { className: "generated" }, el("strong", {}, result.prompt), result.text));
+      } else {
+        const texts = input.split("\n").map((t) => t.trim()).filter(Boolean);
+        predictionTable.texts = texts;
+        const result = await api(base + "/predict", { method: "POST", body: { texts } });
+        $("predict-output").replaceChildren(predictionTable(result.predictions));
+      }
+    } catch (error) {
+      errorNode.textContent = error.fields && error.fields.length
+        ? error.fields.map((f) => (f.path ? f.path + ": " : "") + f.message).join("; ")
+        : error.message;
+      errorNode.hidden = false;
+    } finally {
+      $("predict-button").disabled = false;
+    }
+  });
+
+  // ------------------------------------------------------------ start
+
+  loadDetail().catch(() => {});
+  loadEvents().catch(() => {});
+  loadCheckpoints().catch(() => {});
+  loadMetrics().catch(() => {});
+  pollLog();
+  openStream();
+})();
