@@ -26,6 +26,7 @@ from api.schemas import (
 from shared import datasets as registry
 from shared import jobs
 from shared.models import Dataset, Job
+from shared.routing import PlacementError, check_placement
 from shared.spec import JobSpec, dataset_references, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
@@ -164,6 +165,11 @@ def submit() -> Response:
     spec = parse_spec(json_body())
     svc, principal = services(), current_principal()
     links = resolve_datasets(spec)
+    try:  # a job no registered worker could ever hold is refused, with the numbers
+        estimate = check_placement(svc.db, spec, svc.settings)
+    except PlacementError as exc:
+        fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
+        raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
     try:
         job = jobs.create_job(
             svc.db,
@@ -172,6 +178,7 @@ def submit() -> Response:
             actor=principal.name,
             datasets=links,
             idempotency_key=key,
+            estimate=estimate,
         )
     except jobs.IdempotentReplay as replay:
         return replayed(replay.job, spec)
@@ -231,6 +238,8 @@ def show(job_id: int) -> Response:
         spec=job.spec,
         latest_metrics=jobs.latest_metrics(db, job_id),
         events=jobs.job_events(db, job_id),
+        devices=job.devices,
+        estimate=job.estimate,
     )
     return reply(JobDetail.model_validate(detail))
 

@@ -81,6 +81,12 @@ class JobDetail(JobSummary):
     spec: dict[str, Any]
     latest_metrics: dict[str, MetricValue] = Field(description='Keyed "<split>/<name>".')
     events: list[JobEventOut]
+    devices: int = Field(1, description="Devices per node one attempt trains on.")
+    estimate: dict[str, Any] | None = Field(
+        None,
+        description="Submit-time estimate: parameters and peak training bytes per device "
+        "(weights, gradients, optimizer, activations, runtime overhead) and the placement.",
+    )
 
 
 class JobList(_Out):

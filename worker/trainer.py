@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    code = main() or 0
     _write_rank_file("exit", code)
     if dist.is_initialized() and code == 0:
         dist.destroy_process_group()

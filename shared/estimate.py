@@ -1,0 +1,121 @@
+"""Will it fit: parameters and peak training memory per device, from the spec alone.
+
+Pure Python, so the API can answer at submit without importing torch. The parameter count
+is exact (shared.spec.estimate_parameters; tests/test_estimate.py checks it against the
+model built on the `meta` device). The peak is what one training step holds at its
+worst, measured on CPU as the largest sum of live tensor bytes (tests check it within 30%):
+
+    weights 4P + gradients 4P + AdamW state 8P          (fp32; P parameters)
+    + activations kept for backward: batch_size x max_length x (bytes per token)
+    (+ 2P for the bf16 weight copies autocast keeps on a GPU)
+
+The bytes a token keeps are per architecture, fitted to measurements and shaped like
+the layers (E embedding width, H hidden size, F feed-forward width, h heads, T max length,
+V vocabulary). A GPU run under bf16 autocast keeps roughly 0.6 of the fp32 activations,
+and its fused attention never stores the T x T scores. The estimate assumes the
+vocabulary reaches data.tokenizer.vocab_size (character vocabularies: at most
+CHAR_VOCAB_BOUND), and every batch is padded to max_length: an upper bound for real batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.spec import JobSpec, estimate_parameters
+
+FLOAT = 4  # bytes of an fp32 value
+# A character tokenizer's vocabulary is the distinct characters of the text: far below the
+# default vocab_size bound for almost every corpus.
+CHAR_VOCAB_BOUND = 512
+# Per process, beside the tensors: the CUDA context and kernels on a GPU; the torch
+# libraries and Python on a CPU.
+OVERHEAD_BYTES = {"cuda": 1 << 30, "cpu": 600 << 20}
+# bf16 autocast stores most activations at half width; norms and softmax stay fp32.
+AUTOCAST_ACTIVATION_FACTOR = 0.6
+# Floats each token keeps per recurrent layer and direction: a multiple of the hidden size,
+# plus the layer's input (measured: the CPU kernels keep gates and states of every step).
+RECURRENT_FLOATS_PER_HIDDEN = {"rnn": 3.5, "gru": 13.0, "lstm": 17.0, "bilstm": 17.0}
+
+
+def vocabulary_bound(spec: JobSpec) -> int:
+    tokenizer = spec.data.tokenizer
+    if tokenizer.kind == "char":
+        return min(tokenizer.vocab_size, CHAR_VOCAB_BOUND)
+    return tokenizer.vocab_size
+
+
+def activation_bytes_per_token(spec: JobSpec, vocab: int, num_classes: int, gpu: bool) -> float:
+    """Bytes one token of a training batch keeps for backward (fp32, before any autocast)."""
+    model, task = spec.model, spec.task
+    emb, hidden, ff, heads = (
+        model.embedding_dim,
+        model.hidden_size,
+        model.dim_feedforward,
+        model.nhead,
+    )
+    length = spec.data.max_length
+    # Embedding output, its dropout and the dropout's mask (1 byte a value).
+    floats = 2.0 * emb
+    masks = 1.0 * emb
+    if model.type == "transformer":
+        # Per layer: norms, q/k/v, attention output and projection, residuals (13 E), the
+        # feed-forward and its activation and dropout (3 F), and on a CPU the attention
+        # scores, their softmax and dropout (3 h T). Then positions and the final norm.
+        scores = 0 if gpu else 3 * heads * length
+        floats += model.num_layers * (13 * emb + 3 * ff + scores) + 2 * emb
+        width = emb
+    else:
+        directions = 2 if model.type == "bilstm" else 1
+        per_hidden = RECURRENT_FLOATS_PER_HIDDEN[model.type]
+        for layer in range(model.num_layers):
+            inputs = emb if layer == 0 else hidden * directions
+            floats += directions * (per_hidden * hidden + inputs)
+            if layer > 0:  # dropout between layers: output and mask
+                floats += hidden * directions
+                masks += hidden * directions
+        width = hidden * directions
+    if task == "language_modeling":
+        # The states, the logits, their log-softmax and, in backward, the logits' gradient.
+        floats += width + 3 * vocab
+    elif task == "tagging":
+        floats += 2 * width + 3 * num_classes  # states, dropout, emissions
+        masks += width
+    elif model.type == "transformer" or model.pooling != "last":
+        floats += 2 * width  # the states a pooling reads, and its products
+    return floats * FLOAT + masks
+
+
+def estimate_training(
+    spec: JobSpec, device_kind: str = "cpu", num_classes: int = 2
+) -> dict[str, Any]:
+    """Parameters and peak training bytes per device for `spec` on a `device_kind` device."""
+    vocab = vocabulary_bound(spec)
+    parameters = estimate_parameters(spec.model, vocab, num_classes, spec.task)
+    gpu = device_kind == "cuda"
+    autocast = gpu and spec.training.precision != "fp32"
+    tokens = spec.training.batch_size * spec.data.max_length
+    activations = tokens * activation_bytes_per_token(spec, vocab, num_classes, gpu)
+    if autocast:
+        activations *= AUTOCAST_ACTIVATION_FACTOR
+    weights, gradients, optimizer = FLOAT * parameters, FLOAT * parameters, 2 * FLOAT * parameters
+    casts = 2 * parameters if autocast else 0
+    peak = weights + gradients + optimizer + casts + int(activations)
+    overhead = OVERHEAD_BYTES["cuda" if gpu else "cpu"]
+    return {
+        "parameters": parameters,
+        "device_kind": device_kind,
+        "vocabulary_bound": vocab,
+        "batch_size_per_device": spec.training.batch_size,
+        "max_length": spec.data.max_length,
+        "weights_bytes": weights,
+        "gradients_bytes": gradients,
+        "optimizer_bytes": optimizer,
+        "activations_bytes": int(activations) + casts,
+        "peak_tensor_bytes": peak,
+        "overhead_bytes": overhead,
+        "per_device_bytes": peak + overhead,
+    }
+
+
+def gib(size: float) -> str:
+    return f"{size / (1 << 30):.2f} GiB"
