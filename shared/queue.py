@@ -110,8 +110,9 @@ def job_ids_with_messages(
     """Jobs that have a message waiting on one of `queues`, or held by a worker for less
     than `unacked_max_age` seconds. A message held longer by a worker that never claimed
     its job belongs to a worker that died; it does not count."""
+    names = set(queues)
     found: set[int] = set()
-    for name in sorted(set(queues)):
+    for name in sorted(names):
         for raw in client.lrange(name, 0, -1):
             job_id = job_id_of(raw)
             if job_id is not None:
@@ -124,8 +125,10 @@ def job_ids_with_messages(
             if entry is None:
                 continue
             try:
-                message = json.loads(entry)[0]
-            except (ValueError, IndexError, TypeError):
+                message, _exchange, routing_key = json.loads(entry)
+            except (ValueError, TypeError):
+                continue
+            if routing_key not in names:
                 continue
             job_id = job_id_of(json.dumps(message))
             if job_id is not None:

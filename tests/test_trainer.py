@@ -154,3 +154,20 @@ def test_early_stopping_keeps_the_best(tmp_path):
     out = Collect(tmp_path)
     result = train(spec, out.reporter())
     assert result.stopped_early and result.epoch < 30
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_the_step(tmp_path):
+    """Weights that turn non-finite (here: a corrupted checkpoint) fail fast with the step."""
+    from worker.trainer import TrainingError
+
+    torch.set_num_threads(1)
+    spec = parse_spec(tiny_spec(training={"epochs": 2, "max_steps": 30}))
+    out = Collect(tmp_path)
+    train(parse_spec(tiny_spec(training={"epochs": 1})), out.reporter())
+    state = load_checkpoint(out.saved[-1])
+    resumed_at = state["step"]
+    for name, tensor in state["model"].items():
+        if name.endswith("weight"):
+            tensor.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=rf"loss became nan at step {resumed_at + 1}$"):
+        train(spec, Collect(tmp_path).reporter(), resume=state)
