@@ -167,3 +167,107 @@ def test_datasets_upload_list_show_delete(api_url, tmp_path):
     )
     assert seqtrain("datasets", "delete", str(dataset["id"]), url=api_url).returncode == 0
     assert seqtrain("datasets", "show", str(dataset["id"]), url=api_url).returncode == 1
+
+
+def test_submit_follow_prints_progress_then_the_result(api_url, settings, worker, tmp_path):
+    path = write_spec(tmp_path, tiny_spec(training={"epochs": 2, "log_every_steps": 1}))
+    result = seqtrain(
+        "submit", str(path), "--follow", "--queue", settings.default_queue, url=api_url
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    bars = [line for line in lines if line.startswith("job ") and "epoch" in line]
+    assert bars and "step" in bars[-1] and "loss" in bars[-1]
+    assert "[########################] 100%" in bars[-1] and "epoch 2/2" in bars[-1]
+    assert lines[-1].startswith("job ") and " succeeded " in lines[-1]
+
+    as_json = seqtrain(
+        "submit", str(path), "--follow", "--json", "--queue", settings.default_queue, url=api_url
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    snapshots = [r["progress"] for r in records[:-1]]
+    assert snapshots and all({"epoch", "step", "loss", "eta_seconds"} <= set(p) for p in snapshots)
+    assert records[-1]["status"] == "succeeded"
+
+
+def test_job_progress_tells_fraction_and_eta():
+    from datetime import UTC, datetime, timedelta
+
+    from cli.main import job_progress, progress_line
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    job = {
+        "id": 7,
+        "status": "running",
+        "attempt": 1,
+        "epoch": 1,
+        "step": 15,
+        "started_at": (now - timedelta(seconds=30)).isoformat(),
+        "spec": {"training": {"epochs": 4}},
+        "latest_metrics": {
+            "train/loss": {"value": 0.25, "step": 15, "epoch": 1},
+            "val/loss": {"value": 0.3, "step": 10, "epoch": 1},  # 10 steps an epoch
+        },
+    }
+    p = job_progress(job, now)
+    assert p["progress"] == 15 / 40 and p["eta_seconds"] == 50.0 and p["loss"] == 0.25
+    line = progress_line(p)
+    assert "epoch 1/4" in line and "step 15" in line and "ETA 0:00:50" in line and "38%" in line
+    job["latest_metrics"] = {}  # the first epoch has not told the pace yet
+    assert job_progress(job, now)["progress"] is None and "?" in progress_line(
+        job_progress(job, now)
+    )
+
+
+def test_logs_and_retry(api_url, settings, worker, tmp_path):
+    path = write_spec(tmp_path, tiny_spec(training={"epochs": 1}))
+    first = seqtrain(
+        "submit", str(path), "--wait", "--json", "--queue", settings.default_queue, url=api_url
+    )
+    assert first.returncode == 0, first.stderr
+    job_id = json.loads(first.stdout.splitlines()[-1])["id"]
+
+    printed = seqtrain("logs", str(job_id), url=api_url)
+    assert printed.returncode == 0, printed.stderr
+    assert "done: step" in printed.stdout
+    chunks = [
+        json.loads(line)
+        for line in seqtrain("logs", str(job_id), "--json", url=api_url).stdout.splitlines()
+    ]
+    assert chunks[0]["attempt"] == 1 and chunks[0]["attempts"] == [1]
+    assert "".join(c["text"] for c in chunks) == printed.stdout and chunks[-1]["complete"]
+    assert seqtrain("logs", str(job_id), "--attempt", "2", url=api_url).returncode == 1
+
+    again = seqtrain("retry", str(job_id), "--json", url=api_url)
+    assert again.returncode == 0, again.stderr
+    created = json.loads(again.stdout)
+    assert created["id"] != job_id and created["status"] == "queued"
+    # -f follows the new job's log from before it starts until it ends.
+    followed = seqtrain("logs", str(created["id"]), "-f", "--poll", "0.1", url=api_url)
+    assert followed.returncode == 0, followed.stderr
+    assert "done: step" in followed.stdout
+    waited = seqtrain("retry", str(created["id"]), "--wait", url=api_url)
+    assert waited.returncode == 0 and " succeeded " in waited.stdout
+
+
+def test_retry_refuses_an_unfinished_job(api_url, tmp_path):
+    path = write_spec(tmp_path, tiny_spec(resources={"queue": "nobody-listens"}))
+    created = json.loads(seqtrain("submit", str(path), "--json", url=api_url).stdout)
+    refused = seqtrain("retry", str(created["id"]), url=api_url)
+    assert refused.returncode == 1 and "HTTP 409" in refused.stderr
+
+
+def test_admin_commands_speak_json(settings, db):
+    env = dict(os.environ, DATABASE_URL=settings.database_url)
+    user = json.loads(seqtrain("users", "create", "dora", "--json", env=env).stdout)
+    assert user["name"] == "dora" and user["is_admin"] is False
+    token = json.loads(seqtrain("tokens", "create", "dora", "--json", env=env).stdout)
+    assert token["token"].startswith("st_") and token["user"] == "dora"
+    listed = json.loads(seqtrain("tokens", "list", "dora", "--json", env=env).stdout)
+    assert [t["id"] for t in listed] == [token["id"]] and listed[0]["revoked_at"] is None
+    assert token["token"] not in json.dumps(listed)
+    revoked = seqtrain("tokens", "revoke", str(token["id"]), "--json", env=env)
+    assert json.loads(revoked.stdout) == {"id": token["id"], "revoked": True}
+    users = json.loads(seqtrain("users", "list", "--json", env=env).stdout)
+    assert "dora" in [u["name"] for u in users]
