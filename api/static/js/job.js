@@ -134,6 +134,7 @@
     const data = await api(base + "/events?after=" + state.lastEventId);
     const list = $("timeline");
     for (const event of data.events) {
+      if (event.id <= state.lastEventId) continue; // two reads may overlap
       state.lastEventId = event.id;
       const change = event.to_status
         ? el("span", {}, event.from_status ? event.from_status + " → " : "", el("span", { className: "status status-" + event.to_status }, event.to_status))
@@ -217,12 +218,14 @@
     }
   }
 
-  async function pollLog() {
+  // state.log.attempt: the attempt chosen in the select, or null to follow the latest;
+  // state.log.shown: the attempt whose text the log box holds (null before any started).
+  async function readLog() {
     clearTimeout(state.log.timer);
     const want = state.log.attempt;
+    const reading = want !== null ? want : state.log.shown;
     let url = base + "/logs?offset=" + state.log.offset;
-    if (want !== null) url += "&attempt=" + want;
-    else if (state.log.shown !== null) url += "&attempt=" + state.log.shown;
+    if (reading) url += "&attempt=" + reading;
     let chunk;
     try {
       chunk = await api(url);
@@ -233,11 +236,11 @@
     }
     if (want !== state.log.attempt) return; // the attempt was switched meanwhile
     showAttempts(chunk.attempts);
-    if (state.log.shown === null) state.log.shown = chunk.attempt;
+    if (chunk.attempt > 0 && state.log.shown === null) state.log.shown = chunk.attempt;
     appendLog(chunk.text);
     state.log.offset = chunk.next_offset;
-    const latest = chunk.attempts.length ? Math.max(...chunk.attempts) : chunk.attempt;
-    if (want === null && chunk.complete && latest > state.log.shown) {
+    const latest = chunk.attempts.length ? Math.max(...chunk.attempts) : 0;
+    if (want === null && chunk.complete && state.log.shown !== null && latest > state.log.shown) {
       // Following the latest attempt, and a newer one started: switch to it.
       state.log.shown = latest;
       state.log.offset = 0;
@@ -250,11 +253,31 @@
       : "Attempt " + chunk.attempt + ", " + chunk.next_offset.toLocaleString("en") + " bytes"
         + (chunk.complete ? " (ended)" : " (following)");
     const finished = chunk.complete && !ACTIVE.includes(state.status);
-    if (!finished) state.log.timer = setTimeout(pollLog, chunk.text.length >= 65536 ? 0 : 1000);
+    state.log.timer = finished ? null : setTimeout(pollLog, chunk.text.length >= 65536 ? 0 : 1000);
+  }
+
+  // One read at a time, so no chunk is appended twice; a call meanwhile reads again after.
+  let logBusy = false;
+  let logAgain = false;
+  async function pollLog() {
+    if (logBusy) {
+      logAgain = true;
+      return;
+    }
+    logBusy = true;
+    try {
+      await readLog();
+    } finally {
+      logBusy = false;
+      if (logAgain) {
+        logAgain = false;
+        pollLog();
+      }
+    }
   }
 
   function followLog() {
-    if (state.log.timer === null || !ACTIVE.includes(state.status)) pollLog();
+    pollLog();
   }
 
   attemptSelect.addEventListener("change", () => {
