@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -44,6 +45,11 @@ class Reconciler:
         self.db, self.settings, self.actor = db, settings, actor
         self.redis = redis_client(settings.redis_url)
         self.queue = JobQueue(settings)
+        # Monotonic time of the last pass that reached the database, and until when expired
+        # leases are left alone: after a database outage (or at start) supervisors that were
+        # cut off too get one lease period to renew before their jobs are taken back.
+        self.last_ok: float | None = None
+        self.leases_from = 0.0
 
     def _lock(self) -> bool:
         """One pass at a time across all workers; the lock lapses by itself."""
@@ -51,6 +57,7 @@ class Reconciler:
         return bool(self.redis.set(LOCK_KEY, self.actor, nx=True, px=ttl_ms))
 
     def run_once(self, *, force: bool = False) -> Pass:
+        """One pass. `force` skips the cross-worker lock and the post-outage lease grace."""
         done = Pass()
         try:
             if not force and not self._lock():
@@ -60,7 +67,14 @@ class Reconciler:
             # Without Redis nothing can be enqueued; leases can still be recovered in SQL and
             # their jobs are enqueued on a later pass.
             log.warning("reconciler: Redis unreachable (%s)", exc)
-        for job_id, attempt in jobs.expired_leases(self.db):
+        now = time.monotonic()
+        expired = jobs.expired_leases(self.db)
+        if not force and (self.last_ok is None or now - self.last_ok > self.settings.lease_seconds):
+            self.leases_from = now + self.settings.lease_seconds
+        self.last_ok = now
+        if now < self.leases_from:
+            expired = []
+        for job_id, attempt in expired:
             status = jobs.recover_expired(self.db, job_id, attempt, self.actor)
             if status == "queued":
                 done.requeued.append(job_id)
