@@ -86,15 +86,19 @@ def api_command(host: str, port: int, workers: int = 2, threads: int = 8) -> lis
         "-",
         "--graceful-timeout",
         "10",
+        # JSON logs when SEQTRAIN_LOG_FORMAT=json (an empty logconfig_dict otherwise).
+        "--config",
+        "python:cli.logformat",
         "api.wsgi:app",
     ]
 
 
 def worker_command(queues: str, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+    # Celery's command line, with JSON logs when the worker's SEQTRAIN_LOG_FORMAT=json.
     return [
         sys.executable,
         "-m",
-        "celery",
+        "cli.logformat",
         "-A",
         "worker.celery_app",
         "worker",

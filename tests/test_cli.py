@@ -271,3 +271,55 @@ def test_admin_commands_speak_json(settings, db):
     assert json.loads(revoked.stdout) == {"id": token["id"], "revoked": True}
     users = json.loads(seqtrain("users", "list", "--json", env=env).stdout)
     assert "dora" in [u["name"] for u in users]
+
+
+def test_json_logs_from_the_api_and_the_worker(settings, db, tmp_path):
+    """SEQTRAIN_LOG_FORMAT=json: gunicorn's and Celery's log lines are JSON objects."""
+    from cli.services import api_command, free_port, stop, wait_for_port, worker_command
+    from tests.conftest import wait_until, worker_env
+
+    env = dict(worker_env(settings), SEQTRAIN_LOG_FORMAT="json", SEQTRAIN_SECRET_KEY="x")
+    port = free_port()
+    logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
+    with logs["api"].open("w") as api_log, logs["worker"].open("w") as worker_log:
+        api = subprocess.Popen(
+            api_command("127.0.0.1", port, 1),
+            env=env,
+            cwd=ROOT,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        worker = subprocess.Popen(
+            worker_command(f"json-logs-{port}"),
+            env=env,
+            cwd=ROOT,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, api, "api")
+        import urllib.request
+
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
+        wait_until(lambda: "ready." in logs["worker"].read_text(), 60, message="worker ready")
+        wait_until(lambda: "/healthz" in logs["api"].read_text(), 10, message="access log")
+    finally:
+        stop(api)
+        stop(worker)
+
+    def records(path):
+        found = []
+        for line in path.read_text().splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+            else:  # only Python's own warnings (e.g. Celery's, when run as root) are not logs
+                assert not line.startswith("[20") and "celery@" not in line, line
+        return found
+
+    api_records = records(logs["api"])
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in api_records)
+    assert any(r["logger"] == "gunicorn.access" and "/healthz" in r["message"] for r in api_records)
+    worker_records = records(logs["worker"])
+    assert any(r["message"].endswith("ready.") for r in worker_records)
