@@ -222,7 +222,9 @@ def trainer_pids(job_id: int, database_url: str) -> list[int]:
             continue
         try:
             alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            ours_alive = alive and needle in (entry / "cmdline").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+            # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
+            ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
             if ours_alive and ours in (entry / "environ").read_bytes():
                 pids.append(int(entry.name))
         except OSError:

@@ -48,7 +48,9 @@ def trainer_pids(job_id: int, database_url: str) -> list[int]:
             continue
         try:
             alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            ours_alive = alive and needle in (entry / "cmdline").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+            # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
+            ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
             if ours_alive and ours in (entry / "environ").read_bytes():
                 pids.append(int(entry.name))
         except OSError:
@@ -65,16 +67,20 @@ class Workers:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, **extra_env: str) -> subprocess.Popen[bytes]:
         log_path = self.tmp_path / f"{name}.log"
-        env = worker_env(self.settings) | {
-            "SEQTRAIN_WORKER_NAME": name,
-            "SEQTRAIN_WORKER_RECONCILER": "1",
-            "SEQTRAIN_LEASE_SECONDS": "3",
-            "SEQTRAIN_HEARTBEAT_SECONDS": "0.5",
-            "SEQTRAIN_RECONCILE_SECONDS": "0.5",
-            "SEQTRAIN_ENQUEUE_GRACE_SECONDS": "2",
-        }
+        env = (
+            worker_env(self.settings)
+            | extra_env
+            | {
+                "SEQTRAIN_WORKER_NAME": name,
+                "SEQTRAIN_WORKER_RECONCILER": "1",
+                "SEQTRAIN_LEASE_SECONDS": "3",
+                "SEQTRAIN_HEARTBEAT_SECONDS": "0.5",
+                "SEQTRAIN_RECONCILE_SECONDS": "0.5",
+                "SEQTRAIN_ENQUEUE_GRACE_SECONDS": "2",
+            }
+        )
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 worker_command(self.queue) + ["--hostname", f"{name}@%h"],

@@ -29,7 +29,7 @@ class WorkerAgent(threading.Thread):
         self.draining = False
 
     def register(self) -> None:
-        info = devices.probe(self.settings)
+        info = devices.probe_once(self.settings)
         workers.register(
             self.db,
             name=self.settings.worker_name,

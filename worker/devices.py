@@ -89,6 +89,16 @@ def probe(settings: Settings) -> DeviceInfo:
     )
 
 
+_probed: dict[int, DeviceInfo] = {}
+
+
+def probe_once(settings: Settings) -> DeviceInfo:
+    """`probe`, run once per process: a worker's devices do not change while it runs."""
+    if os.getpid() not in _probed:
+        _probed[os.getpid()] = probe(settings)
+    return _probed[os.getpid()]
+
+
 def _print_cuda_devices() -> None:
     """Run as `python -m worker.devices`: one JSON line, a dict a visible GPU."""
     import torch

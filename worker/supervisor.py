@@ -1,6 +1,7 @@
 """Run one attempt's trainer as a child process and record how it ended.
 
-Training happens in a child (`python -m worker.trainer`) in its own process group, never
+Training happens in a child (`python -m worker.trainer`, or torchrun's agent with one
+rank per device, see worker.launch) in its own process group, never
 in the Celery process: a crash or OOM kills only the child, GPU memory is freed when it
 exits, and Celery's daemonic-process and CUDA-after-fork limits do not apply. The
 supervisor polls SQL for the cancel flag, renews the lease, enforces max_runtime, and
@@ -14,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +28,8 @@ from shared.db import Database
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ArtifactStore
+from worker import devices
+from worker.launch import trainer_command
 
 # The trainer's exit codes (worker.trainer; not imported: the supervisor never imports torch).
 EXIT_FENCED = 3  # another attempt owns the job
@@ -102,17 +104,11 @@ def supervise(
         if spec.resources.max_runtime_seconds
         else None
     )
+    argv, overrides = trainer_command(spec, job_id, attempt, devices.probe_once(settings))
+    env.update(overrides)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker.trainer",
-                "--job-id",
-                str(job_id),
-                "--attempt",
-                str(attempt),
-            ],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ import logging
 
 from shared import jobs, workers
 from shared.queue import RUN_JOB_TASK, JobQueue
+from worker import devices
 from worker.celery_app import app, database, settings, shutting_down
 from worker.supervisor import supervise
 
@@ -15,6 +16,14 @@ log = logging.getLogger(__name__)
 def run_job_now(job_id: int) -> str:
     """The task's body as a plain function: returns what happened."""
     db = database()
+    needed, offered = jobs.get_job(db, job_id).devices, devices.probe_once(settings).count
+    if needed > offered:
+        # Routed here by its queue but too big for this worker. The job stays queued without
+        # a message; the reconciler enqueues it again, for a worker with enough devices.
+        log.info(
+            "job %s: needs %s devices, this worker has %s; left queued", job_id, needed, offered
+        )
+        return "deferred"
     attempt = jobs.claim(db, job_id, settings.worker_name, settings.lease_seconds)
     if attempt is None:
         log.info("job %s: not claimable (already taken, finished or cancelled)", job_id)
