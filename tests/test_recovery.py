@@ -331,3 +331,40 @@ def test_reconciler_leaves_live_leases_and_present_messages_alone(db, settings):
     second = reconciler.run_once(force=True)
     assert second.enqueued == []  # its message is on the queue now
     assert jobs.get_job(db, running.id).status == "running"
+
+
+def test_max_runtime_fails_the_attempt_without_retry(client, db, pool):
+    pool.start("w1")
+    spec = tiny_spec(**LONG)
+    spec["training"]["epochs"] = 100
+    spec["resources"] = {"queue": pool.queue, "max_runtime_seconds": 2, "max_attempts": 3}
+    job_id = client.post("/api/v1/jobs", json=spec).json["id"]
+    job = wait_for(client, job_id, TERMINAL, timeout=60)
+    assert job["status"] == "failed" and job["attempt"] == 1
+    assert job["error"] == "max_runtime_seconds (2 s) exceeded"
+    assert not trainer_pids(job_id, pool.settings.database_url)
+
+
+def test_a_crashing_trainer_fails_with_its_traceback(client, db, settings, pool, accounts):
+    """An unreadable checkpoint makes the trainer crash: the job fails at once (a bug or
+    corrupt state is not fixed by retrying) with the exit code and the traceback's end."""
+    pool.start("w1")
+    spec = parse_spec(tiny_spec(resources={"queue": pool.queue}))
+    job = jobs.create_job(db, spec, owner_id=accounts["alice"].user_id)
+    # Attempt 1 left a checkpoint whose file is garbage, then was requeued.
+    assert jobs.claim(db, job.id, "earlier", 60) == 1
+    key = f"jobs/{job.id}/checkpoints/step-000000005-end.safetensors"
+    path = settings.artifact_root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    jobs.add_checkpoint(
+        db, job.id, 1, step=5, epoch=0, uri=key, sha256="0" * 64, size=32, metrics={}, keep_last=2
+    )
+    assert jobs.requeue(db, job.id, 1, "worker drained", "test")
+    from shared.queue import JobQueue
+
+    JobQueue(pool.settings).enqueue_job(job.id, pool.queue)
+    done = wait_for(client, job.id, TERMINAL, timeout=60)
+    assert done["status"] == "failed" and done["attempt"] == 2
+    assert done["error"].startswith("trainer crashed (exit code 1):")
+    assert "Traceback" in done["error"] or "Error" in done["error"]
