@@ -36,6 +36,7 @@ from api.schemas import (
     JobRow,
     LogChunk,
     LogsQuery,
+    StreamEvent,
     TimelineEvent,
     WorkerList,
     WorkerOut,
@@ -304,7 +305,7 @@ def _relay(pubsub: Any, wait: float) -> Iterator[str]:
     "GET",
     JOB + "/stream",
     summary="Server-sent events: live metrics and status",
-    responses={200: "text/event-stream"},
+    responses={200: ("text/event-stream", StreamEvent)},
     errors=(404,),
 )
 def stream(job_id: int) -> Response:

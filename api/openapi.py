@@ -21,6 +21,9 @@ from werkzeug.routing import BaseConverter
 from api.schemas import MAX_ID, ErrorBody
 
 API_PREFIX = "/api/v1"
+# A response: a JSON model, a media type (binary), (media type, model of each item) for a
+# stream such as text/event-stream, or None (no body).
+Response = type[BaseModel] | str | tuple[str, type[BaseModel]] | None
 BINARY = "application/octet-stream"
 ID_MAX = 2**63 - 1
 _RULE_PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
@@ -31,7 +34,7 @@ class Operation:
     method: str
     rule: str
     summary: str
-    responses: dict[int, type[BaseModel] | str | None]
+    responses: dict[int, Response]
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     form: type[BaseModel] | None = None  # multipart/form-data fields besides `file`
@@ -72,7 +75,7 @@ def operation(
     rule: str,
     *,
     summary: str,
-    responses: dict[int, type[BaseModel] | str | None],
+    responses: dict[int, Response],
     body: type[BaseModel] | None = None,
     query: type[BaseModel] | None = None,
     form: type[BaseModel] | None = None,
@@ -145,11 +148,11 @@ def document() -> dict[str, Any]:
     for op in OPERATIONS:
         if op.body is not None:
             models.append((op.body, "validation"))
-        models += [
-            (m, "serialization")
-            for m in op.responses.values()
-            if m is not None and not isinstance(m, str)
-        ]
+        for m in op.responses.values():
+            if isinstance(m, tuple):
+                models.append((m[1], "serialization"))
+            elif m is not None and not isinstance(m, str):
+                models.append((m, "serialization"))
     refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components = defs.get("$defs", {})
 
@@ -163,11 +166,12 @@ def document() -> dict[str, Any]:
             if model is None:
                 responses[str(status)] = {"description": HTTPStatus(status).phrase}
                 continue
-            content = (
-                {model: {"schema": {"type": "string", "format": "binary"}}}
-                if isinstance(model, str)
-                else {"application/json": {"schema": ref(model, "serialization")}}
-            )
+            if isinstance(model, tuple):
+                content = {model[0]: {"schema": ref(model[1], "serialization")}}
+            elif isinstance(model, str):
+                content = {model: {"schema": {"type": "string", "format": "binary"}}}
+            else:
+                content = {"application/json": {"schema": ref(model, "serialization")}}
             responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": content}
         for status in op.errors:
             responses[str(status)] = {

@@ -327,6 +327,17 @@ class JobProgress(_Out):
     updated_at: datetime
 
 
+class StreamEvent(_Out):
+    """One server-sent event of GET /jobs/<id>/stream."""
+
+    event: Literal["status", "metrics", "end"] | None = Field(
+        None, description="status: a JobProgress; metrics: a list of metric rows; end."
+    )
+    data: str | None = Field(None, description="JSON.")
+    id: str | None = None
+    retry: int | None = Field(None, description="Reconnect delay (ms).")
+
+
 class WorkerOut(_Out):
     name: str
     hostname: str

@@ -251,7 +251,7 @@ def test_submit_from_the_form_and_watch_it_train(open_page, client, settings, ac
         page_text = tab.page.content()
         assert "bob-private-job" not in page_text and f"/jobs/{bob_job.id}" not in page_text
     assert "busy (another user" in tab.text("tr[data-worker='pytest-gpu']")
-    assert not tab.errors and not tab.dialogs
+    assert not tab.errors and not tab.dialogs, (tab.errors, tab.dialogs)
 
 
 def test_cancel_button_stops_a_running_job(open_page, client, settings, accounts, worker):
@@ -265,18 +265,19 @@ def test_cancel_button_stops_a_running_job(open_page, client, settings, accounts
         " && document.querySelector('#loss-chart').dataset.points > 0",
         timeout=60,
     )
-    assert trainer_pids(job_id)
+    assert trainer_pids(job_id), client.get(f"/api/v1/jobs/{job_id}").json
     tab.page.click("#cancel-button")
     tab.until(
         "document.querySelector('#job-status').textContent.trim() === 'cancelled'",
         timeout=30,
     )
     job = client.get(f"/api/v1/jobs/{job_id}").json
-    assert job["status"] == "cancelled" and job["epoch"] < 300
+    assert job["status"] == "cancelled" and job["epoch"] < 300, job
     assert not trainer_pids(job_id)
-    assert tab.page.is_hidden("#cancel-button") and tab.page.is_visible("#retry-button")
+    tab.page.wait_for_selector("#retry-button:visible")
+    assert tab.page.is_hidden("#cancel-button")
     tab.page.wait_for_selector("#timeline li[data-to=cancelled]")
-    assert not tab.errors and not tab.dialogs
+    assert not tab.errors and not tab.dialogs, (tab.errors, tab.dialogs)
 
 
 def test_a_hostile_job_name_is_text_and_runs_nothing(open_page, db, accounts):

@@ -21,6 +21,7 @@ from werkzeug.serving import make_server
 import api.datasets
 import api.health
 import api.jobs  # noqa: F401  (registers the routes the document describes)
+import api.live  # noqa: F401
 from api.openapi import document
 from shared import jobs
 from shared.spec import parse_spec
