@@ -3,7 +3,6 @@ retry, workers; ownership on each; and the pages' shells."""
 
 import json
 import re
-import threading
 import time
 
 import pytest
@@ -389,8 +388,3 @@ def test_pages_render_escaped_and_hide_other_users_jobs(anon, db, accounts):
     static = anon.get("/static/vendor/uplot-1.6.32.min.js")
     assert static.status_code == 200 and b"uPlot" in static.data
     static.close()
-
-
-def test_threads_are_not_left_behind():
-    # The stream tests close their generators; no pub/sub reader thread may linger.
-    assert not [t for t in threading.enumerate() if "pubsub" in t.name.lower()]
