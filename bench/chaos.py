@@ -215,7 +215,8 @@ class Deployment:
 
 
 def trainer_pids(job_id: int, database_url: str) -> list[int]:
-    needle = f"worker.trainer\0--job-id\0{job_id}\0".encode()
+    # A plain child's argv, or the title a child of the fork-server gives itself.
+    needle = f"worker.trainer --job-id {job_id} ".encode()
     ours = f"DATABASE_URL={database_url}\0".encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -223,7 +224,7 @@ def trainer_pids(job_id: int, database_url: str) -> list[int]:
             continue
         try:
             alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
             ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
             if ours_alive and ours in (entry / "environ").read_bytes():

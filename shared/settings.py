@@ -78,6 +78,8 @@ class Settings:
     worker_stale_seconds: float = 30.0
     # Run the reconciler loop inside each worker (off: run `seqtrain reconcile` instead).
     worker_reconciler: bool = True
+    # Start single-device trainers from a warm fork-server (torch already imported).
+    forkserver: bool = True
     # Worker identity written into leases and events.
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -124,6 +126,7 @@ class Settings:
             worker_stale_seconds=_env_float("SEQTRAIN_WORKER_STALE_SECONDS", 30.0),
             worker_reconciler=os.environ.get("SEQTRAIN_WORKER_RECONCILER", "1")
             not in ("0", "false", "no"),
+            forkserver=os.environ.get("SEQTRAIN_FORKSERVER", "1") not in ("0", "false", "no"),
             worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
             or f"{socket.gethostname()}:{os.getpid()}",
         )

@@ -33,12 +33,12 @@ def wait_for_status(client, job_id, statuses, timeout=120.0):
 
 def trainer_pids(job_id):
     """Live trainer processes for a job, read from /proc (not from what the service says)."""
-    needle = f"worker.trainer\0--job-id\0{job_id}\0".encode()
+    needle = f"worker.trainer --job-id {job_id} ".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if needle in (entry / "cmdline").read_bytes():
+                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
                     stat = (entry / "stat").read_text()
                     if stat.rsplit(")", 1)[1].split()[0] != "Z":
                         pids.append(int(entry.name))

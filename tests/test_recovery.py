@@ -40,7 +40,8 @@ LONG = {
 
 def trainer_pids(job_id: int, database_url: str) -> list[int]:
     """Live trainer processes of this job in this database, read from /proc."""
-    needle = f"worker.trainer\0--job-id\0{job_id}\0".encode()
+    # A plain child's argv, or the title a child of the fork-server gives itself.
+    needle = f"worker.trainer --job-id {job_id} ".encode()
     ours = f"DATABASE_URL={database_url}\0".encode()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -48,7 +49,7 @@ def trainer_pids(job_id: int, database_url: str) -> list[int]:
             continue
         try:
             alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
             ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
             if ours_alive and ours in (entry / "environ").read_bytes():
@@ -79,6 +80,7 @@ class Workers:
                 "SEQTRAIN_HEARTBEAT_SECONDS": "0.5",
                 "SEQTRAIN_RECONCILE_SECONDS": "0.5",
                 "SEQTRAIN_ENQUEUE_GRACE_SECONDS": "2",
+                "SEQTRAIN_VAR_DIR": str(self.tmp_path / "var"),
             }
         )
         with log_path.open("wb") as log:
@@ -132,9 +134,11 @@ class TrainerWatch:
         return self.most
 
 
-def submit(client, queue: str) -> int:
+def submit(client, queue: str, epochs: int | None = None) -> int:
     spec = tiny_spec(**LONG)
     spec["resources"]["queue"] = queue
+    if epochs is not None:
+        spec["training"]["epochs"] = epochs
     response = client.post("/api/v1/jobs", json=spec)
     assert response.status_code == 201, response.json
     return response.json["id"]
@@ -243,11 +247,12 @@ def test_a_killed_trainer_resumes_from_its_last_checkpoint(client, db, settings,
 
 def test_a_dead_worker_is_replaced_and_its_job_resumes(client, db, settings, pool):
     first = pool.start("w1")
-    job_id = submit(client, pool.queue)
+    # Long enough to still be training once the second worker is up.
+    job_id = submit(client, pool.queue, epochs=40)
     watch = TrainerWatch(job_id, settings.database_url)
     wait_for_checkpoint(db, job_id)
     pool.start("w2")
-    wait_for_checkpoint(db, job_id)
+    assert job_of(client, job_id)["status"] == "running"
     first.send_signal(signal.SIGKILL)  # the whole worker, supervisor included
     first.wait()
     job = wait_for(client, job_id, TERMINAL)

@@ -55,6 +55,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         queues = [settings.default_queue]
     _agent = WorkerAgent(database(), settings, queues)
     _agent.start()
+    if settings.forkserver:
+        from worker import forkserver
+
+        forkserver.launch(settings.var_dir / "logs" / f"forkserver-{settings.worker_name}.log")
 
 
 @signals.worker_shutting_down.connect
@@ -68,3 +72,6 @@ def _on_shutting_down(**_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _agent is not None:
         _agent.shutdown()
+    from worker import forkserver
+
+    forkserver.shutdown()

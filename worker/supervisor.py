@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.exc import OperationalError
 
@@ -28,7 +29,7 @@ from shared.db import Database
 from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ArtifactStore
-from worker import devices
+from worker import devices, forkserver
 from worker.launch import trainer_command
 
 # The trainer's exit codes (worker.trainer; not imported: the supervisor never imports torch).
@@ -42,6 +43,17 @@ log = logging.getLogger(__name__)
 DRAIN_GRACE_SECONDS = 60.0
 # How long the supervisor keeps retrying its final write while the database is down.
 FINAL_WRITE_SECONDS = 300.0
+
+
+class Trainer(Protocol):
+    """A trainer child: a `subprocess.Popen`, or one forked by the warm fork-server."""
+
+    pid: int
+    returncode: int | None
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def poll(self) -> int | None: ...
 
 
 @dataclass
@@ -67,7 +79,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+def stop_group(proc: Trainer, grace: float) -> None:
     """SIGTERM the child's process group, then SIGKILL whatever is left after `grace` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -106,15 +118,22 @@ def supervise(
     )
     argv, overrides = trainer_command(spec, job_id, attempt, devices.probe_once(settings))
     env.update(overrides)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # its own process group: we can signal all of it
-        )
+    proc: Trainer | None = None
+    warm = forkserver.ready_socket() if spec.resources.devices <= 1 else None
+    if warm is not None:
+        # A child of the warm fork-server: torch is imported, the first step is near.
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        proc = forkserver.start_trainer(warm, job_id, attempt, changed, log_path)
+    if proc is None:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # its own process group: we can signal all of it
+            )
     try:
         returncode, reason = _watch(
             db, settings, proc, job_id, attempt, deadline, spec, shutting_down
@@ -197,7 +216,7 @@ def _with_retries(write: Callable[[], Outcome]) -> Outcome:
 def _watch(
     db: Database,
     settings: Settings,
-    proc: subprocess.Popen[bytes],
+    proc: Trainer,
     job_id: int,
     attempt: int,
     deadline: float | None,
@@ -246,7 +265,7 @@ def _watch(
             return proc.returncode, reason
 
 
-def drain(proc: subprocess.Popen[bytes], settings: Settings) -> int:
+def drain(proc: Trainer, settings: Settings) -> int:
     """Ask the trainer to save a checkpoint at its next step and exit (SIGUSR1); stop it if
     it takes longer than the drain grace."""
     with contextlib.suppress(ProcessLookupError):

@@ -552,7 +552,7 @@ class ServiceReporter:
         self.db, self.store, self.job_id, self.attempt, self.spec = db, store, job_id, attempt, spec
         self.pending: list[dict[str, Any]] = []
         self.progress = (0, 0)
-        self.last_flush = time.monotonic()
+        self.last_flush = 0.0  # the first rows go out at once: a live page shows them soon
         self.redis = _redis_or_none(redis_url)
 
     def log_metrics(self, rows: list[dict[str, Any]], epoch: int, step: int) -> None:
