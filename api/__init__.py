@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app
 
+from shared.auth import PrincipalCache, auth_cache_seconds
 from shared.db import Database
 from shared.queue import JobQueue
 from shared.settings import Settings
@@ -46,6 +47,7 @@ class Services:
     queue: JobQueue
     store: ArtifactStore
     limiter: Any  # api.auth.FailureLimiter
+    tokens: PrincipalCache
 
 
 def services() -> Services:
@@ -74,10 +76,12 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["seqtrain"] = Services(
         settings=settings,
-        db=Database(settings.database_url),
+        # No ping per checkout: one per connection idle 10 s or more (see shared.db).
+        db=Database(settings.database_url, ping_after_idle=10.0),
         queue=JobQueue(settings),
         store=ArtifactStore(settings.artifact_root),
         limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
+        tokens=PrincipalCache(float(app.config.get("AUTH_CACHE_SECONDS", auth_cache_seconds()))),
     )
     app.url_map.converters["id"] = IdConverter
     errors.register(app)

@@ -3,8 +3,13 @@
 - `Authorization: Bearer <token>` authenticates any /api/v1 request.
 - A status-page session (after /login) authenticates too; its writes need the session's
   CSRF token in `X-CSRF-Token` (pages put it in forms as `csrf_token`).
+- A valid token's principal is cached in process for SEQTRAIN_AUTH_CACHE_SECONDS (15 s):
+  a request with a cached token costs no database or Redis round trip. A token revoked by
+  another process is refused within that time.
 - Failed attempts are counted per client address in Redis; past the limit the client gets
-  429 until the window ends. Tokens are never logged.
+  429 until the window ends. Every token this process does not already know is checked
+  against that count before the database; a cached token only when this process has seen
+  its address fail. Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -52,16 +57,39 @@ def check_csrf(supplied: str | None) -> None:
 class FailureLimiter:
     """Counts failed logins per client address in fixed windows (Redis; in-process fallback)."""
 
+    FLAGGED_MAX = 10_000
+
     def __init__(self, redis_url: str, limit: int, window_seconds: int = 60) -> None:
         self.limit, self.window = limit, window_seconds
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.local: dict[str, tuple[float, int]] = {}
+        # Addresses this process saw fail or blocked, until their window ends (no I/O).
+        self._flagged: dict[str, float] = {}
 
     def _key(self, client: str) -> str:
         return f"seqtrain:authfail:{client}"
 
+    def _flag(self, client: str, seconds: float) -> None:
+        now = time.monotonic()
+        if len(self._flagged) >= self.FLAGGED_MAX:
+            self._flagged = {c: t for c, t in list(self._flagged.items()) if t > now}
+            if len(self._flagged) >= self.FLAGGED_MAX:
+                self._flagged.clear()
+        self._flagged[client] = now + seconds
+
+    def flagged(self, client: str) -> bool:
+        """Whether this process saw the client fail (or be blocked) in the current window."""
+        until = self._flagged.get(client)
+        return until is not None and time.monotonic() < until
+
     def blocked_for(self, client: str) -> int:
         """Seconds the client must wait, or 0."""
+        wait = self._blocked_for(client)
+        if wait:
+            self._flag(client, wait)
+        return wait
+
+    def _blocked_for(self, client: str) -> int:
         try:
             count = int(self.redis.get(self._key(client)) or 0)
             if count >= self.limit:
@@ -73,6 +101,7 @@ class FailureLimiter:
             return max(1, int(remaining)) if count >= self.limit and remaining > 0 else 0
 
     def record_failure(self, client: str) -> None:
+        self._flag(client, self.window)
         key = self._key(client)
         try:
             _, ttl = self.redis.pipeline().incr(key).ttl(key).execute()
@@ -108,10 +137,12 @@ def require_principal() -> None:
     if view is not None and getattr(view, "public", False):
         return
     svc = services()
-    g.principal = authenticate_request(svc.db, svc.limiter)
+    g.principal = authenticate_request(svc.db, svc.limiter, svc.tokens)
 
 
-def authenticate_request(db: Any, limiter: FailureLimiter) -> Principal:
+def authenticate_request(
+    db: Any, limiter: FailureLimiter, cache: auth.PrincipalCache | None = None
+) -> Principal:
     """The caller of an /api/v1 request, from a bearer token or the page session."""
     header = request.headers.get("Authorization")
     if header is not None:
@@ -123,8 +154,16 @@ def authenticate_request(db: Any, limiter: FailureLimiter) -> Principal:
                 "use the header Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        guard_failures(limiter)
-        principal = auth.authenticate(db, token.strip())
+        token = token.strip()
+        principal = cache.get(auth.hash_token(token)) if cache is not None else None
+        if principal is None or limiter.flagged(client_address()):
+            guard_failures(limiter)
+        if principal is None:
+            principal = (
+                auth.authenticate(db, token)
+                if cache is None
+                else auth.authenticate_cached(db, token, cache)
+            )
         if principal is None:
             limiter.record_failure(client_address())
             raise ApiError(

@@ -7,8 +7,13 @@ safe verifier: there is nothing to brute-force that a slow hash would protect.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import threading
+import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -83,13 +88,18 @@ def create_token(db: Database, user_name: str, label: str = "") -> tuple[ApiToke
 
 
 def revoke_token(db: Database, token_id: int) -> bool:
+    """Revoke a token. Caches in this process forget it at once; an API process elsewhere
+    refuses it within its cache's lifetime (`SEQTRAIN_AUTH_CACHE_SECONDS`)."""
     with db.session() as session:
         result = session.execute(
             update(ApiToken)
             .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-        return bool(affected_rows(result))
+        revoked = bool(affected_rows(result))
+    for cache in list(_CACHES):
+        cache.forget_token(token_id)
+    return revoked
 
 
 def list_tokens(db: Database, user_name: str) -> list[ApiToken]:
@@ -121,6 +131,79 @@ def authenticate(db: Database, token: str) -> Principal | None:
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
             session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
     return Principal(user_id=row[2], name=row[3], is_admin=row[4], token_id=row[0])
+
+
+AUTH_CACHE_SECONDS = 15.0
+AUTH_CACHE_ENTRIES = 10_000
+_CACHES: weakref.WeakSet[PrincipalCache] = weakref.WeakSet()
+
+
+def auth_cache_seconds() -> float:
+    """`SEQTRAIN_AUTH_CACHE_SECONDS` (default 15; 0 turns the cache off)."""
+    raw = os.environ.get("SEQTRAIN_AUTH_CACHE_SECONDS", "")
+    try:
+        return max(0.0, float(raw)) if raw else AUTH_CACHE_SECONDS
+    except ValueError:
+        raise ValueError(
+            f"environment variable SEQTRAIN_AUTH_CACHE_SECONDS must be a number, got {raw!r}"
+        ) from None
+
+
+class PrincipalCache:
+    """Token hash -> principal for a few seconds, so a valid token costs no database round
+    trip on every request. Only valid tokens are kept (an unknown token always reaches the
+    database and the failure limiter), at most `max_entries` of them, least recently used
+    out first. A token revoked through `revoke_token` in this process is forgotten at once;
+    revoked anywhere else, it is refused within `ttl` seconds."""
+
+    def __init__(self, ttl: float, max_entries: int = AUTH_CACHE_ENTRIES) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+        _CACHES.add(self)
+
+    def get(self, token_hash: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(token_hash)
+            if entry is None:
+                return None
+            if time.monotonic() >= entry[0]:
+                del self._entries[token_hash]
+                return None
+            self._entries.move_to_end(token_hash)
+            return entry[1]
+
+    def put(self, token_hash: str, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[token_hash] = (time.monotonic() + self.ttl, principal)
+            self._entries.move_to_end(token_hash)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def forget_token(self, token_id: int) -> None:
+        with self._lock:
+            for key in [k for k, (_, p) in self._entries.items() if p.token_id == token_id]:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def authenticate_cached(db: Database, token: str, cache: PrincipalCache) -> Principal | None:
+    """`authenticate`, answered from `cache` while a valid token's entry is fresh."""
+    token_hash = hash_token(token)
+    principal = cache.get(token_hash)
+    if principal is None:
+        principal = authenticate(db, token)
+        if principal is not None:
+            cache.put(token_hash, principal)
+    return principal
 
 
 def principal_for_user(db: Database, user_id: int) -> Principal | None:

@@ -1,12 +1,16 @@
 """Engine and session factory, one per process.
 
 SQLite (the default) gets WAL, a 10 s busy timeout and BEGIN IMMEDIATE transactions, so a
-read-then-write never fails at once with SQLITE_BUSY. PostgreSQL gets a pre-pinged pool.
+read-then-write never fails at once with SQLITE_BUSY. PostgreSQL gets a pre-pinged pool, or
+with `ping_after_idle` (the API) one that pings only a connection idle that long: a busy
+pool skips the extra round trip per checkout, and a connection the server dropped while in
+use fails that request (503) and invalidates the pool, so the next one reconnects.
 After a fork, call `Database.after_fork()` so pooled connections never cross processes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, ping_after_idle: float | None = None, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -25,7 +30,30 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    if ping_after_idle is None:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=20, **kwargs)
+    _ping_idle_connections(engine, ping_after_idle)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it sat idle `idle_seconds` or more."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError(str(exc)) from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -55,9 +83,9 @@ def affected_rows(result: Any) -> int:
 class Database:
     """An engine plus its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ping_after_idle: float | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, ping_after_idle)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
