@@ -77,10 +77,17 @@ def owned_job(job_id: int) -> Job:
     return job
 
 
-def summary(job: Job, owner: str | None = None) -> dict[str, Any]:
-    fields = {name: getattr(job, name) for name in JobSummary.model_fields if hasattr(job, name)}
+SUMMARY_FIELDS = tuple(name for name in JobSummary.model_fields if hasattr(Job, name))
+
+
+def summary(job: Any, owner: str | None = None, jobs_url: str | None = None) -> dict[str, Any]:
+    """A job's (or a summary row's) fields; `jobs_url` (url_for("jobs.index")) saves a URL
+    build per job."""
+    fields = {name: getattr(job, name) for name in SUMMARY_FIELDS}
     fields["owner"] = owner
-    fields["url"] = url_for("jobs.show", job_id=job.id)
+    fields["url"] = (
+        f"{jobs_url}/{job.id}" if jobs_url is not None else url_for("jobs.show", job_id=job.id)
+    )
     return fields
 
 
@@ -210,15 +217,15 @@ def index() -> Response:
     params = query(ListJobsQuery)
     principal = current_principal()
     owner = None if principal.is_admin else principal.user_id
-    page, next_cursor = jobs.list_jobs(
+    page, next_cursor = jobs.list_job_summaries(
         services().db,
         status=params.status,
         limit=params.limit,
         before_id=params.cursor,
         owner_id=owner,
     )
-    owners = jobs.owner_names(services().db, {j.owner_id for j in page})
-    items = [JobSummary.model_validate(summary(j, owners.get(j.owner_id))) for j in page]
+    jobs_url = url_for(".index")
+    items = [JobSummary.model_validate(summary(row, row.owner, jobs_url)) for row in page]
     return reply(JobList(jobs=items, next_cursor=next_cursor))
 
 
@@ -231,13 +238,13 @@ def index() -> Response:
     errors=(404,),
 )
 def show(job_id: int) -> Response:
-    job = owned_job(job_id)
-    db = services().db
-    detail = summary(job, jobs.owner_names(db, {job.owner_id}).get(job.owner_id))
+    job, owner, latest, events = jobs.job_detail(services().db, job_id)
+    authorize(job.owner_id, f"job {job_id}")
+    detail = summary(job, owner)
     detail.update(
         spec=job.spec,
-        latest_metrics=jobs.latest_metrics(db, job_id),
-        events=jobs.job_events(db, job_id),
+        latest_metrics=latest,
+        events=events,
         devices=job.devices,
         estimate=job.estimate,
     )

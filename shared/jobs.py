@@ -11,14 +11,15 @@ that attempt. A zombie or a duplicate delivery therefore never writes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only, make_transient_to_detached
 
 from shared.db import Database, affected_rows
 from shared.models import (
@@ -126,23 +127,26 @@ def _insert_job(
     idempotency_key: str | None,
     estimate: dict[str, Any] | None,
 ) -> Job:
+    values: dict[str, Any] = {
+        "owner_id": owner_id,
+        "name": spec.name,
+        "task": spec.task,
+        "model_type": spec.model.type,
+        "queue": spec.resources.queue,
+        "spec": spec.model_dump(mode="json"),
+        "status": "queued",
+        "attempt": 0,
+        "max_attempts": spec.resources.max_attempts,
+        "devices": spec.resources.devices,
+        "estimate": estimate,
+        "idempotency_key": idempotency_key,
+        # The API enqueues right after the commit; the reconciler counts from here.
+        "enqueued_at": utcnow(),
+    }
+    if not db.is_sqlite:
+        return _insert_job_one_statement(db, values, actor, datasets or {})
     with db.session() as session:
-        job = Job(
-            owner_id=owner_id,
-            name=spec.name,
-            task=spec.task,
-            model_type=spec.model.type,
-            queue=spec.resources.queue,
-            spec=spec.model_dump(mode="json"),
-            status="queued",
-            attempt=0,
-            max_attempts=spec.resources.max_attempts,
-            devices=spec.resources.devices,
-            estimate=estimate,
-            idempotency_key=idempotency_key,
-            # The API enqueues right after the commit; the reconciler counts from here.
-            enqueued_at=utcnow(),
-        )
+        job = Job(**values)
         session.add(job)
         session.flush()
         session.add_all(
@@ -151,6 +155,73 @@ def _insert_job(
         )
         _event(session, job.id, 0, None, "queued", actor, "submitted")
     return job
+
+
+def _insert_job_one_statement(
+    db: Database, values: dict[str, Any], actor: str, datasets: dict[str, int]
+) -> Job:
+    """PostgreSQL: the job, its dataset links and its first event in one statement (data-
+    modifying CTEs), committed on its own: one round trip instead of BEGIN, two or more
+    INSERTs and COMMIT. The statement is atomic: all rows or none."""
+    params = dict(values)
+    for column in Job.__table__.c:  # Python-side defaults, which a nested INSERT does not apply
+        default = column.default
+        if column.key not in params and default is not None:
+            if default.is_scalar:
+                params[column.key] = default.arg
+            elif default.is_callable:
+                params[column.key] = default.arg(None)
+    params["event_actor"] = actor
+    links = sorted(datasets.items())
+    for n, (role, dataset_id) in enumerate(links):
+        params[f"link_role_{n}"], params[f"link_dataset_{n}"] = role, dataset_id
+    statement = _insert_job_statement(tuple(sorted(params)), len(links))
+    with db.engine.connect() as conn:
+        row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(statement, params).one()
+    job = Job(**row._mapping)
+    make_transient_to_detached(job)  # as if loaded by a session that has closed
+    return job
+
+
+@functools.cache
+def _insert_job_statement(names: tuple[str, ...], link_count: int) -> Any:
+    """Built once per shape, so that a submit compiles nothing and hashes no cache key."""
+    jobs_table, events, links = (
+        cast(Table, model.__table__) for model in (Job, JobEvent, JobDataset)
+    )
+    columns = {c.key: c for c in jobs_table.c}
+    new_job = (
+        insert(jobs_table)
+        .values(
+            {name: bindparam(name, type_=columns[name].type) for name in names if name in columns}
+        )
+        .returning(*jobs_table.c)
+        .cte("new_job")
+    )
+    first_event = insert(events).from_select(
+        ["job_id", "attempt", "ts", "from_status", "to_status", "actor", "message"],
+        select(
+            new_job.c.id,
+            literal(0),
+            new_job.c.enqueued_at,
+            null(),
+            literal("queued"),
+            bindparam("event_actor", type_=events.c.actor.type),
+            literal("submitted"),
+        ),
+    )
+    statement = select(*new_job.c).add_cte(first_event.cte("first_event"))
+    for n in range(link_count):
+        link = insert(links).from_select(
+            ["job_id", "role", "dataset_id"],
+            select(
+                new_job.c.id,
+                bindparam(f"link_role_{n}", type_=links.c.role.type),
+                bindparam(f"link_dataset_{n}", type_=links.c.dataset_id.type),
+            ),
+        )
+        statement = statement.add_cte(link.cte(f"dataset_link_{n}"))
+    return statement
 
 
 def note_event(db: Database, job_id: int, actor: str, message: str) -> None:
@@ -174,6 +245,40 @@ def get_job(db: Database, job_id: int) -> Job:
         return job
 
 
+# What a job list shows: the large `spec` and `estimate` JSON columns stay unloaded.
+SUMMARY_COLUMNS = (
+    Job.id,
+    Job.owner_id,
+    Job.name,
+    Job.task,
+    Job.model_type,
+    Job.queue,
+    Job.status,
+    Job.attempt,
+    Job.max_attempts,
+    Job.cancel_requested,
+    Job.epoch,
+    Job.step,
+    Job.error,
+    Job.devices,
+    Job.created_at,
+    Job.updated_at,
+    Job.started_at,
+    Job.finished_at,
+)
+
+
+def _page_query(status: str | None, limit: int, before_id: int | None, owner_id: int | None) -> Any:
+    query = select(Job).options(load_only(*SUMMARY_COLUMNS)).order_by(Job.id.desc())
+    if owner_id is not None:
+        query = query.where(Job.owner_id == owner_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    return query.limit(limit + 1)
+
+
 def list_jobs(
     db: Database,
     status: str | None = None,
@@ -183,9 +288,29 @@ def list_jobs(
 ) -> tuple[list[Job], int | None]:
     """Newest first, keyset-paginated: pass the returned cursor as `before_id` for the next page.
 
-    `owner_id` restricts the list to one user's jobs (None: everyone's).
+    `owner_id` restricts the list to one user's jobs (None: everyone's). Only the summary
+    columns are loaded (`SUMMARY_COLUMNS`; not `spec`, `estimate` or the lease).
     """
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    with db.session() as session:
+        jobs = list(session.scalars(_page_query(status, limit, before_id, owner_id)))
+    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+    return jobs[:limit], next_cursor
+
+
+def list_job_summaries(
+    db: Database,
+    status: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    owner_id: int | None = None,
+) -> tuple[list[Any], int | None]:
+    """`list_jobs` as plain rows (no ORM objects): the `SUMMARY_COLUMNS` plus `owner`, the
+    owner's name, in one query."""
+    query = (
+        select(*SUMMARY_COLUMNS, User.name.label("owner"))
+        .outerjoin(User, User.id == Job.owner_id)
+        .order_by(Job.id.desc())
+    )
     if owner_id is not None:
         query = query.where(Job.owner_id == owner_id)
     if status is not None:
@@ -193,9 +318,22 @@ def list_jobs(
     if before_id is not None:
         query = query.where(Job.id < before_id)
     with db.session() as session:
-        jobs = list(session.scalars(query))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+        rows: list[Any] = list(session.execute(query.limit(limit + 1)))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def job_detail(
+    db: Database, job_id: int
+) -> tuple[Job, str | None, dict[str, dict[str, Any]], list[JobEvent]]:
+    """A job, its owner's name, its latest metrics and its events, in one transaction."""
+    with db.session() as session:
+        row = session.execute(
+            select(Job, User.name).outerjoin(User, User.id == Job.owner_id).where(Job.id == job_id)
+        ).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row[0], row[1], _latest_metrics(session, job_id), _job_events(session, job_id)
 
 
 def dataset_links(db: Database, job_id: int) -> dict[str, Dataset]:
@@ -221,25 +359,32 @@ def owner_names(db: Database, owner_ids: set[int | None]) -> dict[int | None, st
 
 def job_events(db: Database, job_id: int) -> list[JobEvent]:
     with db.session() as session:
-        return list(
-            session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
-        )
+        return _job_events(session, job_id)
+
+
+def _job_events(session: Session, job_id: int) -> list[JobEvent]:
+    return list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
 
 
 def latest_metrics(db: Database, job_id: int) -> dict[str, dict[str, Any]]:
     """{"<split>/<name>": {value, step, epoch}} for the newest value of each metric."""
+    with db.session() as session:
+        return _latest_metrics(session, job_id)
+
+
+def _latest_metrics(session: Session, job_id: int) -> dict[str, dict[str, Any]]:
     newest = (
         select(func.max(Metric.id))
         .where(Metric.job_id == job_id)
         .group_by(Metric.split, Metric.name)
         .scalar_subquery()
     )
-    with db.session() as session:
-        rows = session.scalars(select(Metric).where(Metric.id.in_(newest)))
-        return {
-            f"{m.split}/{m.name}": {"value": m.value, "step": m.step, "epoch": m.epoch}
-            for m in rows
-        }
+    rows = session.scalars(select(Metric).where(Metric.id.in_(newest)))
+    return {
+        f"{m.split}/{m.name}": {"value": m.value, "step": m.step, "epoch": m.epoch} for m in rows
+    }
 
 
 def list_metrics(
