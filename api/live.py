@@ -9,10 +9,12 @@ reconnects by itself.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import os
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,3 +417,34 @@ def workers() -> Response:
     except redis.RedisError:
         depths = None
     return reply(WorkerList(workers=items, queues=depths))
+
+
+@operation(
+    bp,
+    "GET",
+    JOB + "/tensorboard",
+    summary="Download the job's TensorBoard event files (.tar.gz)",
+    responses={200: "application/gzip"},
+    errors=(404,),
+)
+def tensorboard(job_id: int) -> Response:
+    """Event files of every attempt (`attempt-<n>/events.out.tfevents.*`), for jobs submitted
+    with `training.tensorboard: true`. Unpack and run `tensorboard --logdir .`."""
+    owned_job(job_id)
+    folder = services().store.path(f"jobs/{job_id}/tensorboard")
+    files = sorted(folder.glob("attempt-*/events.out.tfevents.*")) if folder.is_dir() else []
+    if not files:
+        raise ApiError(
+            404,
+            "not_found",
+            f"job {job_id} has no TensorBoard events (submit with training.tensorboard: true)",
+        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in files:
+            archive.add(path, arcname=f"job-{job_id}/{path.relative_to(folder)}")
+    return Response(
+        buffer.getvalue(),
+        mimetype="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}-tensorboard.tar.gz"'},
+    )

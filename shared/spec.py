@@ -160,6 +160,11 @@ class TrainingSpec(_Section):
         le=1_000_000,
         description="Write the training loss every this many optimizer steps.",
     )
+    tensorboard: bool = Field(
+        False,
+        description="Also write every metric to TensorBoard event files, downloadable from "
+        "GET /api/v1/jobs/<id>/tensorboard as a .tar.gz.",
+    )
     max_steps: int | None = Field(
         None,
         ge=1,

@@ -49,6 +49,7 @@ from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ArtifactStore
 from shared.tagging_metrics import entity_scores, token_accuracy
+from shared.tbevents import EventWriter
 from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
 from worker import data as datalib
@@ -554,6 +555,11 @@ class ServiceReporter:
         self.progress = (0, 0)
         self.last_flush = 0.0  # the first rows go out at once: a live page shows them soon
         self.redis = _redis_or_none(redis_url)
+        self.events = (
+            EventWriter(store.path(f"jobs/{job_id}/tensorboard/attempt-{attempt}"))
+            if spec.training.tensorboard
+            else None
+        )
 
     def log_metrics(self, rows: list[dict[str, Any]], epoch: int, step: int) -> None:
         self.pending.extend(rows)
@@ -590,6 +596,10 @@ class ServiceReporter:
             write()
         self.pending = []
         self.last_flush = time.monotonic()
+        if self.events is not None:
+            self.events.add_scalars(
+                (f"{r['split']}/{r['name']}", r["step"], r["value"]) for r in rows
+            )
         if self.redis is not None:
             try:
                 self.redis.publish(f"seqtrain:job:{self.job_id}:metrics", json.dumps(rows))
