@@ -38,7 +38,7 @@ import requests
 from sqlalchemy import select
 
 from cli import services
-from cli.client import Client
+from cli.client import ApiFailure, Client
 from migrations import upgrade
 from shared.auth import create_token, create_user
 from shared.db import Database
@@ -149,6 +149,7 @@ class Deployment:
         self.client = Client(self.base_url, token, timeout=60)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.started = 0
+        self.unavailable = 0  # 503 answers the bench retried
 
     def _start_redis(self) -> subprocess.Popen[bytes]:
         proc, _ = services.start_redis(self.redis_dir, port=self.redis_port)
@@ -199,7 +200,16 @@ class Deployment:
         return int(self.client.post("/api/v1/jobs", spec)["id"])
 
     def job(self, job_id: int) -> dict[str, Any]:
-        return dict(self.client.get(f"/api/v1/jobs/{job_id}"))
+        """The job; a 503 (the database is unavailable) is retried, as a client should."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return dict(self.client.get(f"/api/v1/jobs/{job_id}"))
+            except ApiFailure as exc:
+                if exc.status != 503 or time.monotonic() > deadline:
+                    raise
+                self.unavailable += 1
+                time.sleep(0.2)
 
     def wait_all(self, ids: list[int], timeout: float) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -458,10 +468,12 @@ def database_scenario(dep: Deployment, pg: Postgres, outage: float) -> dict[str,
             codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1
         time.sleep(0.2)
     pg.start()
+    dep.unavailable = 0
     job = dep.wait_all([job_id], timeout=600)[job_id]
     return {
         "outage_seconds": outage,
         "api_answers_during_outage": codes,
+        "api_503_after_restart": dep.unavailable,
         "job_status": job["status"],
         "job_attempt": job["attempt"],
         "job_error": job["error"],
