@@ -121,3 +121,34 @@ def test_unknown_names_list_the_valid_ones():
         build_model(spec, "classification", 10, 2, 8)
     with pytest.raises(ValueError, match="valid: classification, language_modeling, tagging"):
         build_model(ModelSpec(), "translation", 10, 2, 8)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_one_direction_runs_dense_yet_matches_packing_at_every_real_token(cell):
+    """The dense call computes states over the pads too, but every state read (real tokens,
+    the last real token) equals what packed sequences give; pads never reach them."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from shared.zoo.encoders import RecurrentEncoder
+
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(cell, 50, 8, 12, num_layers=2, dropout=0.0, bidirectional=False)
+    encoder.eval()
+    lengths = torch.tensor([7, 3, 5, 1])
+    tokens = torch.randint(2, 50, (4, 7))
+    tokens[torch.arange(7).unsqueeze(0) >= lengths.unsqueeze(1)] = 0  # right-padded
+    states, padding, last = encoder(tokens, lengths)
+    packed = pack_padded_sequence(
+        encoder.embedding(tokens), lengths, batch_first=True, enforce_sorted=False
+    )
+    out, hidden = encoder.rnn(packed)
+    want = pad_packed_sequence(out, batch_first=True, total_length=7)[0]
+    h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+    real = ~padding
+    assert torch.allclose(states[real], want[real], atol=1e-6)
+    assert torch.allclose(last, h_n[-1], atol=1e-6)
+    # Changing what sits in the pads changes nothing that is read.
+    other = tokens.clone()
+    other[padding] = 7
+    states2, _, last2 = encoder(other, lengths)
+    assert torch.equal(states2[real], states[real]) and torch.equal(last2, last)
