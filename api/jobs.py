@@ -217,7 +217,7 @@ def index() -> Response:
     params = query(ListJobsQuery)
     principal = current_principal()
     owner = None if principal.is_admin else principal.user_id
-    page, next_cursor = jobs.list_job_summaries(
+    page, next_cursor = jobs.list_jobs(
         services().db,
         status=params.status,
         limit=params.limit,

@@ -43,6 +43,7 @@ from migrations import upgrade
 from shared.auth import create_token, create_user
 from shared.db import Database
 from shared.models import Job, JobEvent, Metric
+from worker.procs import trainer_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -222,26 +223,6 @@ class Deployment:
                     done[job_id] = job
             time.sleep(0.2)
         return done
-
-
-def trainer_pids(job_id: int, database_url: str) -> list[int]:
-    # A plain child's argv, or the title a child of the fork-server gives itself.
-    needle = f"worker.trainer --job-id {job_id} ".encode()
-    ours = f"DATABASE_URL={database_url}\0".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
-            ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
-            if ours_alive and ours in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 class TrainerCensus(threading.Thread):

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, insert, literal, null, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, load_only, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from shared.db import Database, affected_rows
 from shared.models import (
@@ -268,43 +268,17 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _page_query(status: str | None, limit: int, before_id: int | None, owner_id: int | None) -> Any:
-    query = select(Job).options(load_only(*SUMMARY_COLUMNS)).order_by(Job.id.desc())
-    if owner_id is not None:
-        query = query.where(Job.owner_id == owner_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if before_id is not None:
-        query = query.where(Job.id < before_id)
-    return query.limit(limit + 1)
-
-
 def list_jobs(
     db: Database,
     status: str | None = None,
     limit: int = 50,
     before_id: int | None = None,
     owner_id: int | None = None,
-) -> tuple[list[Job], int | None]:
+) -> tuple[list[Any], int | None]:
     """Newest first, keyset-paginated: pass the returned cursor as `before_id` for the next page.
 
-    `owner_id` restricts the list to one user's jobs (None: everyone's). Only the summary
-    columns are loaded (`SUMMARY_COLUMNS`; not `spec`, `estimate` or the lease).
-    """
-    with db.session() as session:
-        jobs = list(session.scalars(_page_query(status, limit, before_id, owner_id)))
-    next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
-
-
-def list_job_summaries(
-    db: Database,
-    status: str | None = None,
-    limit: int = 50,
-    before_id: int | None = None,
-    owner_id: int | None = None,
-) -> tuple[list[Any], int | None]:
-    """`list_jobs` as plain rows (no ORM objects): the `SUMMARY_COLUMNS` plus `owner`, the
+    `owner_id` restricts the list to one user's jobs (None: everyone's). Plain rows, not ORM
+    objects: the `SUMMARY_COLUMNS` (not `spec`, `estimate` or the lease) plus `owner`, the
     owner's name, in one query."""
     query = (
         select(*SUMMARY_COLUMNS, User.name.label("owner"))

@@ -255,7 +255,7 @@ def test_submit_from_the_form_and_watch_it_train(open_page, client, settings, ac
 
 
 def test_cancel_button_stops_a_running_job(open_page, client, settings, accounts, worker):
-    from tests.test_e2e import trainer_pids
+    from worker.procs import trainer_pids
 
     job_id = submit_api(client, settings, "long-run", epochs=300)
     tab = open_page(accounts["alice"])
@@ -265,7 +265,7 @@ def test_cancel_button_stops_a_running_job(open_page, client, settings, accounts
         " && document.querySelector('#loss-chart').dataset.points > 0",
         timeout=60,
     )
-    assert trainer_pids(job_id), client.get(f"/api/v1/jobs/{job_id}").json
+    assert trainer_pids(job_id, settings.database_url), client.get(f"/api/v1/jobs/{job_id}").json
     tab.page.click("#cancel-button")
     tab.until(
         "document.querySelector('#job-status').textContent.trim() === 'cancelled'",
@@ -273,7 +273,7 @@ def test_cancel_button_stops_a_running_job(open_page, client, settings, accounts
     )
     job = client.get(f"/api/v1/jobs/{job_id}").json
     assert job["status"] == "cancelled" and job["epoch"] < 300, job
-    assert not trainer_pids(job_id)
+    assert not trainer_pids(job_id, settings.database_url)
     tab.page.wait_for_selector("#retry-button:visible")
     assert tab.page.is_hidden("#cancel-button")
     tab.page.wait_for_selector("#timeline li[data-to=cancelled]")

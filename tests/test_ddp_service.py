@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def rank_pids(job_id: int, database_url: str) -> list[int]:
-    from tests.test_recovery import trainer_pids
+    from worker.procs import trainer_pids
 
     return trainer_pids(job_id, database_url)
 

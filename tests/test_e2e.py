@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import DATASETS, wait_until
 from tests.helpers import SMALL_TSV, tiny_spec, upload
+from worker.procs import trainer_pids
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -29,22 +30,6 @@ def wait_for_status(client, job_id, statuses, timeout=120.0):
         interval=0.05,
         message=f"job {job_id} to reach {statuses}",
     )
-
-
-def trainer_pids(job_id):
-    """Live trainer processes for a job, read from /proc (not from what the service says)."""
-    needle = f"worker.trainer --job-id {job_id} ".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
-                    stat = (entry / "stat").read_text()
-                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
-                        pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def test_job_runs_from_post_to_checkpoint(client, settings, worker):
@@ -99,11 +84,11 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
 def test_cancel_running_job_within_two_seconds(client, settings, worker):
     job_id = submit(client, settings, training={"epochs": 500}, data={"val_fraction": 0.5})
     wait_for_status(client, job_id, {"running"}, timeout=60)
-    wait_until(lambda: trainer_pids(job_id), 30, message="trainer process")
+    wait_until(lambda: trainer_pids(job_id, settings.database_url), 30, message="trainer process")
     wait_until(
         lambda: client.get(f"/api/v1/jobs/{job_id}").json["step"] > 0, 60, message="training"
     )
-    pids = trainer_pids(job_id)
+    pids = trainer_pids(job_id, settings.database_url)
     started = time.monotonic()
     response = client.post(f"/api/v1/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.json["cancel_requested"]
@@ -111,7 +96,7 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
     elapsed = time.monotonic() - started
     assert job["status"] == "cancelled" and elapsed <= 2.0, elapsed
     assert job["error"] == "cancelled by user"
-    assert trainer_pids(job_id) == []
+    assert trainer_pids(job_id, settings.database_url) == []
     for pid in pids:
         assert (
             not Path(f"/proc/{pid}").exists()

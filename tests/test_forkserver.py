@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.helpers import tiny_spec
-from tests.test_recovery import TERMINAL, Workers, job_of, trainer_pids, wait_for
+from tests.test_recovery import TERMINAL, Workers, job_of, wait_for
+from worker.procs import trainer_pids
 
 pytestmark = pytest.mark.e2e
 

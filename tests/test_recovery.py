@@ -24,6 +24,7 @@ from shared.queue import job_ids_with_messages, redis_client
 from shared.spec import parse_spec
 from tests.conftest import ROOT, wait_until, worker_env
 from tests.helpers import tiny_spec
+from worker.procs import trainer_pids
 from worker.reconciler import Reconciler
 from worker.trainer import Reporter, train
 
@@ -36,27 +37,6 @@ LONG = {
     "checkpoint": {"every_steps": 10, "every_epochs": 1, "keep_last": 3},
     "resources": {"max_attempts": 3},
 }
-
-
-def trainer_pids(job_id: int, database_url: str) -> list[int]:
-    """Live trainer processes of this job in this database, read from /proc."""
-    # A plain child's argv, or the title a child of the fork-server gives itself.
-    needle = f"worker.trainer --job-id {job_id} ".encode()
-    ours = f"DATABASE_URL={database_url}\0".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            alive = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            # Trainer ranks only, not torchrun's agent (whose arguments name the trainer too).
-            ours_alive = alive and needle in cmdline and b"worker.launch" not in cmdline
-            if ours_alive and ours in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 class Workers:

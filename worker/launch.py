@@ -87,19 +87,22 @@ def first_failure(folder: Path) -> int:
     return min(failed)[1] if failed else 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent(check_parent: bool = True) -> None:
+    """Ask Linux to SIGTERM this process when its parent (the supervisor, or the fork-server
+    named by SEQTRAIN_SUPERVISOR_PID) dies, so nothing outlives its worker. With
+    `check_parent`, exit at once if that parent is already gone."""
     expected = os.environ.get("SEQTRAIN_SUPERVISOR_PID")
     if not sys.platform.startswith("linux") or not expected:
         return
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != int(expected):  # the supervisor died before prctl took effect
+    if check_parent and os.getppid() != int(expected):  # it died before prctl took effect
         sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run torchrun's agent here with `argv` (torchrun's options, then the trainer's)."""
-    _die_with_parent()
+    die_with_parent()
     folder = Path(tempfile.mkdtemp(prefix="seqtrain-ranks-"))
     os.environ[RANK_DIR_ENV] = str(folder)  # the agent passes its environment to the ranks
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from shared.tbevents import EventWriter
 from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
 from worker import data as datalib
+from worker.launch import die_with_parent
 
 T = TypeVar("T")
 
@@ -682,19 +682,6 @@ def _redis_or_none(url: str) -> Any:
         return None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the supervisor dies, so no trainer outlives its worker."""
-    expected = os.environ.get("SEQTRAIN_SUPERVISOR_PID")
-    if not sys.platform.startswith("linux") or not expected:
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return  # a rank: its parent is the launcher (worker.launch), which dies with the supervisor
-    if os.getppid() != int(expected):  # the parent died before prctl took effect
-        sys.exit(1)
-
-
 def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     db = Database(settings.database_url)
     store = ArtifactStore(settings.artifact_root)
@@ -760,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", type=int, required=True)
     parser.add_argument("--attempt", type=int, required=True)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    # A DDP rank's parent is torchrun's agent (worker.launch), which dies with the supervisor.
+    die_with_parent(check_parent="TORCHELASTIC_RUN_ID" not in os.environ)
     signal.signal(signal.SIGUSR1, _on_stop_signal)
     _write_rank_file("pid", os.getpid())
     threads = os.environ.get("SEQTRAIN_TORCH_THREADS")
