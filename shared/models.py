@@ -9,6 +9,7 @@ job_events    every status transition: who, when, why
 metrics       (job, attempt, step, epoch, split, name) -> value
 checkpoints   one row per saved checkpoint file in the artifact store
 workers       live Celery workers: devices, queues, heartbeat, current job
+job_nodes     the workers reserved for a multi-node attempt, one row a node rank
 """
 
 from __future__ import annotations
@@ -228,3 +229,23 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_workers_heartbeat", "heartbeat_at"),)
+
+
+class JobNode(Base):
+    """One worker reserved for a multi-node attempt (resources.nodes > 1): node 0 is the
+    worker that claimed the job and hosts the rendezvous at address:port; the others took a
+    free rank. All rows of an attempt are deleted when it ends."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    # The rendezvous endpoint (node 0's row only; the others leave it empty).
+    address: Mapped[str | None] = mapped_column(String(200))
+    port: Mapped[int | None] = mapped_column(Integer)
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    # A worker holds at most one rank of an attempt.
+    __table_args__ = (Index("ux_job_nodes_worker", "job_id", "attempt", "worker", unique=True),)

@@ -18,6 +18,8 @@ from celery import Celery
 from shared.settings import Settings
 
 RUN_JOB_TASK = "seqtrain.run_job"
+# A multi-node attempt's call for one more worker: args [job id, attempt].
+JOIN_JOB_TASK = "seqtrain.join_job"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -70,6 +72,18 @@ class JobQueue:
             retry=False,
             task_id=f"{TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}",
         )
+
+    def ask_to_join(self, job_id: int, attempt: int, queue: str, count: int) -> None:
+        """Put `count` join messages for a multi-node attempt on the job's queue; each idle
+        worker that takes one reserves a node rank."""
+        for _ in range(count):
+            self.app.send_task(
+                JOIN_JOB_TASK,
+                args=[job_id, attempt],
+                queue=queue,
+                retry=False,
+                task_id=f"join-{job_id}.{attempt}.{uuid.uuid4().hex[:12]}",
+            )
 
 
 TASK_ID_PREFIX = "job-"

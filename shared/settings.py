@@ -80,6 +80,11 @@ class Settings:
     worker_reconciler: bool = True
     # Start single-device trainers from a warm fork-server (torch already imported).
     forkserver: bool = True
+    # The address other workers reach this one at for a multi-node job's rendezvous (node 0
+    # hosts it on a free port); 127.0.0.1 serves workers on one machine only.
+    node_address: str = "127.0.0.1"
+    # Seconds a multi-node job's node 0 waits for all its workers before it gives the job back.
+    reserve_seconds: float = 60.0
     # Worker identity written into leases and events.
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -127,6 +132,8 @@ class Settings:
             worker_reconciler=os.environ.get("SEQTRAIN_WORKER_RECONCILER", "1")
             not in ("0", "false", "no"),
             forkserver=os.environ.get("SEQTRAIN_FORKSERVER", "1") not in ("0", "false", "no"),
+            node_address=os.environ.get("SEQTRAIN_NODE_ADDRESS") or "127.0.0.1",
+            reserve_seconds=_env_float("SEQTRAIN_RESERVE_SECONDS", 60.0),
             worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
             or f"{socket.gethostname()}:{os.getpid()}",
         )

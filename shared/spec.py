@@ -208,20 +208,10 @@ class ResourcesSpec(_Section):
         1,
         ge=1,
         le=64,
-        description="Workers (one per node) the job trains on together. Only 1 for now: "
-        "multi-node training (all workers reserved before any rank starts) is designed, not "
-        "yet available.",
+        description="Workers (one per node) the job trains on together, each with "
+        "`resources.devices` devices: all are reserved before any rank starts, and they "
+        "rendezvous for one DistributedDataParallel run of nodes x devices ranks.",
     )
-
-    @field_validator("nodes")
-    @classmethod
-    def _one_node(cls, nodes: int) -> int:
-        if nodes != 1:
-            raise ValueError(
-                "multi-node training is not available yet; use resources.nodes: 1 "
-                "(resources.devices trains on several devices of one worker)"
-            )
-        return nodes
 
     queue: str = Field(
         "default",

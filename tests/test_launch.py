@@ -14,7 +14,7 @@ from shared.spec import parse_spec
 from tests.conftest import ROOT
 from tests.helpers import tiny_spec
 from worker.devices import DeviceInfo
-from worker.launch import trainer_command
+from worker.launch import NodePlan, trainer_command
 
 CPUS = DeviceInfo("cpu", 2, [{"index": i, "name": "cpu", "memory_bytes": 1 << 33} for i in (0, 1)])
 
@@ -38,6 +38,20 @@ def test_several_devices_run_torchrun_on_loopback():
     assert int(env["OMP_NUM_THREADS"]) >= 1
     gpus = DeviceInfo("cuda", 4, [{"memory_bytes": 1}] * 4, visible=["3", "5", "6", "7"])
     assert trainer_command(spec, 7, 2, gpus)[1]["CUDA_VISIBLE_DEVICES"] == "3,5"
+
+
+def test_a_node_of_a_multi_node_job_meets_node_0_at_its_reserved_endpoint():
+    # Even one device a node goes through torchrun's agent: the ranks span the nodes.
+    spec = parse_spec(tiny_spec(resources={"nodes": 3}))
+    node = NodePlan(nodes=3, node_rank=2, master_addr="10.1.2.3", master_port=29123)
+    argv, _ = trainer_command(spec, 7, 2, CPUS, node)
+    assert argv[1:3] == ["-m", "worker.launch"]
+    options = dict(zip(argv[3::2], argv[4::2], strict=False))
+    assert options["--nnodes"] == "3" and options["--node-rank"] == "2"
+    assert options["--nproc-per-node"] == "1" and options["--rdzv-backend"] == "static"
+    assert options["--master-addr"] == "10.1.2.3" and options["--master-port"] == "29123"
+    assert options["--max-restarts"] == "0"
+    assert argv[-6:] == ["-m", "worker.trainer", "--job-id", "7", "--attempt", "2"]
 
 
 def _run(settings, job_id: int, attempt: int, spec) -> subprocess.CompletedProcess[str]:

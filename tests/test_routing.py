@@ -60,10 +60,13 @@ def test_a_job_too_big_for_every_device_is_refused_with_the_numbers(client, db):
     assert estimate["per_device_bytes"] < 2 * GIB and "1 registered worker" in estimate["placement"]
 
 
-def test_a_multi_node_job_is_refused_until_multi_node_training_exists(client, db):
+def test_a_multi_node_job_needs_that_many_fitting_workers_on_its_queue(client, db):
     register(db, "a", 2, 8 * GIB)
-    register(db, "b", 2, 8 * GIB)
+    register(db, "b", 1, 8 * GIB)
     refused = client.post("/api/v1/jobs", json=tiny_spec(resources={"devices": 2, "nodes": 2}))
     assert refused.status_code == 422
     field = refused.json["error"]["fields"][0]
-    assert field["path"] == "resources.nodes" and "not available yet" in field["message"]
+    assert field["path"] == "resources.nodes" and "queue 'default' has 1" in field["message"]
+    register(db, "c", 2, 8 * GIB)
+    fits = client.post("/api/v1/jobs", json=tiny_spec(resources={"devices": 2, "nodes": 2}))
+    assert fits.status_code == 201, fits.json

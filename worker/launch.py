@@ -16,6 +16,11 @@ this module adds what the supervisor relies on:
   report, which carries the failing rank's traceback;
 - SIGTERM reaches every rank (torchrun's agent stops its workers), so cancel stops them all.
 
+A multi-node attempt (resources.nodes > 1, given as a `NodePlan`) always goes through the
+launcher, on every node: `--nnodes K --node-rank R` with a static rendezvous at node 0's
+address and port (its TCP store), so node ranks are the ones reserved in SQL and the global
+ranks follow them (node 0 holds global rank 0, the only one that writes).
+
 Importing this module does not import torch (the Celery process calls trainer_command).
 """
 
@@ -28,6 +33,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,25 @@ from worker.devices import DeviceInfo
 RANK_DIR_ENV = "SEQTRAIN_RANK_DIR"  # worker.trainer.RANK_DIR_ENV
 
 
+@dataclass(frozen=True)
+class NodePlan:
+    """This worker's place in a multi-node attempt: its node rank of `nodes`, and node 0's
+    rendezvous endpoint."""
+
+    nodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    # How long a node's agent waits for the others to meet at the rendezvous.
+    rendezvous_seconds: int = 60
+
+
 def trainer_command(
-    spec: JobSpec, job_id: int, attempt: int, devices: DeviceInfo
+    spec: JobSpec,
+    job_id: int,
+    attempt: int,
+    devices: DeviceInfo,
+    node: NodePlan | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The child's argv and the environment variables to set on top of the supervisor's."""
     wanted = spec.resources.devices
@@ -48,12 +71,37 @@ def trainer_command(
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices.visible[:wanted])
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU worker's trainer never picks up a GPU
-    if wanted <= 1:
+    if wanted <= 1 and node is None:
         return [sys.executable, *trainer], env
     # Intra-op threads per rank: the cores shared out (torchrun would set 1 for every rank).
     configured = os.environ.get("SEQTRAIN_TORCH_THREADS")
     threads = configured or str(max(1, (os.cpu_count() or 1) // wanted))
     env.update(OMP_NUM_THREADS=threads, SEQTRAIN_TORCH_THREADS=threads)
+    if node is not None:
+        launcher = [
+            sys.executable,
+            "-m",
+            "worker.launch",
+            "--nnodes",
+            str(node.nodes),
+            "--node-rank",
+            str(node.node_rank),
+            "--nproc-per-node",
+            str(wanted),
+            "--rdzv-backend",
+            "static",
+            "--master-addr",
+            node.master_addr,
+            "--master-port",
+            str(node.master_port),
+            "--rdzv-conf",
+            f"timeout={node.rendezvous_seconds}",
+            "--rdzv-id",
+            f"job-{job_id}-attempt-{attempt}",
+            "--max-restarts",
+            "0",
+        ]
+        return [*launcher, *trainer], env
     launcher = [
         sys.executable,
         "-m",

@@ -30,7 +30,7 @@ from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.storage import ArtifactStore
 from worker import devices, forkserver
-from worker.launch import trainer_command
+from worker.launch import NodePlan, trainer_command
 
 # The trainer's exit codes (worker.trainer; not imported: the supervisor never imports torch).
 EXIT_FENCED = 3  # another attempt owns the job
@@ -96,44 +96,18 @@ def supervise(
     job_id: int,
     attempt: int,
     shutting_down: threading.Event | None = None,
+    node: NodePlan | None = None,
 ) -> Outcome:
-    """Run the trainer for a claimed attempt until it ends; record the final status; return it."""
+    """Run the trainer for a claimed attempt until it ends; record the final status; return it.
+    With `node` (node 0 of a multi-node attempt) the trainer is this node's share of the ranks."""
     actor = settings.worker_name
     spec = JobSpec.model_validate(jobs.get_job(db, job_id).spec)
-    store = ArtifactStore(settings.artifact_root)
-    log_path = store.path(log_key(job_id, attempt))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        ARTIFACT_ROOT=str(store.root),
-        SEQTRAIN_SUPERVISOR_PID=str(os.getpid()),
-        PYTHONUNBUFFERED="1",
-    )
     deadline = (
         time.monotonic() + spec.resources.max_runtime_seconds
         if spec.resources.max_runtime_seconds
         else None
     )
-    argv, overrides = trainer_command(spec, job_id, attempt, devices.probe_once(settings))
-    env.update(overrides)
-    proc: Trainer | None = None
-    warm = forkserver.ready_socket() if spec.resources.devices <= 1 else None
-    if warm is not None:
-        # A child of the warm fork-server: torch is imported, the first step is near.
-        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        proc = forkserver.start_trainer(warm, job_id, attempt, changed, log_path)
-    if proc is None:
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # its own process group: we can signal all of it
-            )
+    proc, log_path = _start(settings, job_id, attempt, spec, node)
     try:
         returncode, reason = _watch(
             db, settings, proc, job_id, attempt, deadline, spec, shutting_down
@@ -149,8 +123,113 @@ def supervise(
 
     if reason is None:
         reason = classify_exit(returncode, log_path)
+        if node is not None and reason.status == "failed" and returncode != EXIT_FAILED:
+            # One node's ranks failing breaks the collectives of all: most often a node that
+            # was lost, which another attempt survives.
+            reason = Outcome(
+                "retry",
+                f"a rank of the {node.nodes}-node run failed (exit code {returncode}; a node "
+                f"lost, or a crash):\n{tail(log_path)}",
+                returncode,
+            )
     reason.returncode = returncode
-    return _with_retries(lambda: _record(db, job_id, attempt, reason, actor))
+    return record(db, job_id, attempt, reason, actor)
+
+
+def follow(
+    db: Database,
+    settings: Settings,
+    job_id: int,
+    attempt: int,
+    node: NodePlan,
+    shutting_down: threading.Event | None = None,
+) -> str:
+    """Run node `node.node_rank` (> 0) of a multi-node attempt until its ranks exit, or stop
+    them once the attempt is over (finished, cancelled, taken back) or this worker shuts
+    down. Node 0 records the job's status; a follower never writes it. Returns what
+    happened, for the log."""
+    spec = JobSpec.model_validate(jobs.get_job(db, job_id).spec)
+    proc, _ = _start(settings, job_id, attempt, spec, node)
+    try:
+        ended = _follow_watch(db, settings, proc, job_id, attempt, shutting_down)
+    except BaseException:
+        stop_group(proc, settings.kill_grace_seconds)
+        raise
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return ended
+
+
+def node_log_key(job_id: int, attempt: int, node_rank: int) -> str:
+    """Node 0 logs where a single-node attempt does; node R > 0 beside it."""
+    if node_rank == 0:
+        return log_key(job_id, attempt)
+    return f"jobs/{job_id}/logs/attempt-{attempt}-node-{node_rank}.log"
+
+
+def _start(
+    settings: Settings, job_id: int, attempt: int, spec: JobSpec, node: NodePlan | None
+) -> tuple[Trainer, Path]:
+    """Start the attempt's trainer child (this node's ranks); returns it and its log file."""
+    store = ArtifactStore(settings.artifact_root)
+    log_path = store.path(node_log_key(job_id, attempt, node.node_rank if node else 0))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        ARTIFACT_ROOT=str(store.root),
+        SEQTRAIN_SUPERVISOR_PID=str(os.getpid()),
+        PYTHONUNBUFFERED="1",
+    )
+    argv, overrides = trainer_command(spec, job_id, attempt, devices.probe_once(settings), node)
+    env.update(overrides)
+    proc: Trainer | None = None
+    warm = forkserver.ready_socket() if spec.resources.devices <= 1 and node is None else None
+    if warm is not None:
+        # A child of the warm fork-server: torch is imported, the first step is near.
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        proc = forkserver.start_trainer(warm, job_id, attempt, changed, log_path)
+    if proc is None:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # its own process group: we can signal all of it
+            )
+    return proc, log_path
+
+
+def _follow_watch(
+    db: Database,
+    settings: Settings,
+    proc: Trainer,
+    job_id: int,
+    attempt: int,
+    shutting_down: threading.Event | None,
+) -> str:
+    while True:
+        try:
+            return f"ranks exited with code {proc.wait(timeout=settings.cancel_poll_seconds)}"
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            owned, cancel = jobs.poll_running(db, job_id, attempt)
+        except OperationalError:
+            continue  # node 0 decides; its lease covers the attempt
+        if not owned:
+            ended = "the attempt is over"
+        elif cancel:
+            ended = "cancelled by user"
+        elif shutting_down is not None and shutting_down.is_set():
+            ended = "worker shutting down"
+        else:
+            continue
+        stop_group(proc, settings.kill_grace_seconds)
+        return f"stopped: {ended}"
 
 
 def classify_exit(returncode: int, log_path: Path) -> Outcome:
@@ -183,6 +262,11 @@ def error_line(log_path: Path) -> str:
         if line.startswith("error: "):
             return line.removeprefix("error: ")
     return ""
+
+
+def record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str) -> Outcome:
+    """Record how the attempt ended (waiting out a database outage for a while)."""
+    return _with_retries(lambda: _record(db, job_id, attempt, reason, actor))
 
 
 def _record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str) -> Outcome:

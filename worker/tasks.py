@@ -1,12 +1,16 @@
-"""seqtrain.run_job: claim, supervise, done. Idempotent: a duplicate delivery claims nothing."""
+"""seqtrain.run_job: claim, supervise, done. Idempotent: a duplicate delivery claims nothing.
+
+seqtrain.join_job: one more worker for a multi-node attempt (worker.multinode); a message
+for an attempt that is over, or whose nodes are all taken, does nothing."""
 
 from __future__ import annotations
 
 import logging
 
 from shared import jobs, workers
-from shared.queue import RUN_JOB_TASK, JobQueue
-from worker import devices
+from shared.queue import JOIN_JOB_TASK, RUN_JOB_TASK, JobQueue
+from shared.spec import JobSpec
+from worker import devices, multinode
 from worker.celery_app import app, database, settings, shutting_down
 from worker.supervisor import supervise
 
@@ -16,7 +20,8 @@ log = logging.getLogger(__name__)
 def run_job_now(job_id: int) -> str:
     """The task's body as a plain function: returns what happened."""
     db = database()
-    needed, offered = jobs.get_job(db, job_id).devices, devices.probe_once(settings).count
+    job = jobs.get_job(db, job_id)
+    needed, offered = job.devices, devices.probe_once(settings).count
     if needed > offered:
         # Routed here by its queue but too big for this worker. The job stays queued without
         # a message; the reconciler enqueues it again, for a worker with enough devices.
@@ -30,8 +35,12 @@ def run_job_now(job_id: int) -> str:
         return "skipped"
     log.info("job %s: attempt %s started", job_id, attempt)
     _set_current_job(job_id)
+    spec = JobSpec.model_validate(job.spec)
     try:
-        outcome = supervise(db, settings, job_id, attempt, shutting_down)
+        if spec.resources.nodes > 1:
+            outcome = multinode.lead(db, settings, job_id, attempt, spec, shutting_down)
+        else:
+            outcome = supervise(db, settings, job_id, attempt, shutting_down)
     finally:
         _set_current_job(None)
     log.info(
@@ -49,6 +58,21 @@ def run_job_now(job_id: int) -> str:
     return outcome.status
 
 
+def join_job_now(job_id: int, attempt: int) -> str:
+    """The join task's body as a plain function: returns what happened."""
+    db = database()
+    job = jobs.get_job(db, job_id)
+    if job.devices > devices.probe_once(settings).count:
+        return "skipped: too few devices here"
+    _set_current_job(job_id)
+    try:
+        ended = multinode.join(db, settings, job_id, attempt, shutting_down)
+    finally:
+        _set_current_job(None)
+    log.info("job %s: attempt %s: node %s", job_id, attempt, ended)
+    return ended
+
+
 def _set_current_job(job_id: int | None) -> None:
     try:
         workers.set_current_job(database(), settings.worker_name, job_id)
@@ -59,3 +83,8 @@ def _set_current_job(job_id: int | None) -> None:
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: int) -> str:
     return run_job_now(int(job_id))
+
+
+@app.task(name=JOIN_JOB_TASK, ignore_result=True)
+def join_job(job_id: int, attempt: int) -> str:
+    return join_job_now(int(job_id), int(attempt))

@@ -395,7 +395,8 @@ def train(
 
     print(
         f"training {spec.model.type} for {task}: {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters on {device}, {data.tokenizer.kind} tokenizer of {data.tokenizer.vocab_size:,} ids, "
+        f"parameters on {device}{f' (world size {world})' if world > 1 else ''}, "
+        f"{data.tokenizer.kind} tokenizer of {data.tokenizer.vocab_size:,} ids, "
         f"{len(data.labels)} labels, {len(data.train)} train / {len(data.val)} val examples",
         flush=True,
     )

@@ -1,0 +1,133 @@
+"""Multi-node jobs through the whole service, with two real worker processes on one machine:
+all nodes reserved before any rank starts (or none, and the job is given back), one DDP run
+across the workers with rank 0 alone writing, and cancel stopping every node's ranks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from shared import nodes
+from shared.models import JobEvent, JobNode, Metric, Worker
+from tests.conftest import wait_until
+from tests.helpers import tiny_spec
+from tests.test_recovery import TERMINAL, TrainerWatch, Workers, job_of, wait_for
+from worker.procs import trainer_pids
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pool(settings, db, tmp_path, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("runs once, on SQLite: shared.nodes is tested on both backends")
+    workers_ = Workers(settings, tmp_path)
+    yield workers_
+    workers_.close()
+
+
+def spec(queue: str, epochs: int = 3, **resources) -> dict:
+    return tiny_spec(
+        training={"epochs": epochs, "log_every_steps": 1},
+        resources={"queue": queue, "nodes": 2, **resources},
+    )
+
+
+class Placement:
+    """Samples SQL while a job runs: the workers that ever showed the job as their current
+    job, and the node rows of its first attempt."""
+
+    def __init__(self, db, job_id: int) -> None:
+        self.db, self.job_id = db, job_id
+        self.workers: set[str] = set()
+        self.rows: set[tuple[int, str]] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            with self.db.session() as session:
+                self.workers |= set(
+                    session.scalars(select(Worker.name).where(Worker.current_job_id == self.job_id))
+                )
+                self.rows |= {
+                    (row.node_rank, row.worker)
+                    for row in session.scalars(select(JobNode).where(JobNode.job_id == self.job_id))
+                }
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def test_a_two_node_job_trains_across_two_workers(client, db, settings, pool):
+    pool.start("mn-a")
+    pool.start("mn-b")
+    created = client.post("/api/v1/jobs", json=spec(pool.queue))
+    assert created.status_code == 201, created.json
+    job_id = created.json["id"]
+    ranks, placement = TrainerWatch(job_id, settings.database_url), Placement(db, job_id)
+    job = wait_for(client, job_id, TERMINAL)
+    placement.stop()
+    assert job["status"] == "succeeded", job["error"]
+    assert ranks.stop() == 2  # one rank on each worker, alive at once
+    assert placement.workers == {"mn-a", "mn-b"}
+    assert {rank for rank, _ in placement.rows} == {0, 1}
+    assert {worker for _, worker in placement.rows} == {"mn-a", "mn-b"}
+    assert nodes.count(db, job_id, 1) == 0  # released when the attempt ended
+    with db.session() as session:
+        rows = session.execute(
+            select(Metric.step, Metric.name, func.count())
+            .where(Metric.job_id == job_id, Metric.name.in_(("lr", "grad_norm")))
+            .group_by(Metric.step, Metric.name)
+        ).all()
+        events = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+    assert rows and all(count == 1 for _, _, count in rows)  # global rank 0 alone reports
+    assert any(m.startswith("all 2 workers reserved") for m in events), events
+    log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
+    assert "parameters on cpu (world size 2)" in log, log[-3000:]
+    # 640 examples in global batches of 2 x 32: ten steps an epoch.
+    assert job["step"] == 30
+    assert (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1-node-1.log").exists()
+
+
+def test_without_enough_idle_workers_nothing_starts_and_the_job_is_given_back(
+    client, db, settings, pool
+):
+    pool.start("mn-busy", SEQTRAIN_RESERVE_SECONDS="2")
+    pool.start("mn-idle", SEQTRAIN_RESERVE_SECONDS="2")
+    # One of the two workers is busy with a long single-node job.
+    busy = client.post("/api/v1/jobs", json=spec(pool.queue, epochs=500, nodes=1)).json["id"]
+    wait_until(lambda: job_of(client, busy)["step"] >= 1, 120, message="the long job to start")
+    created = client.post("/api/v1/jobs", json=spec(pool.queue, max_attempts=1))
+    assert created.status_code == 201, created.json  # two workers fit it: accepted
+    job_id = created.json["id"]
+    ranks = TrainerWatch(job_id, settings.database_url)
+    job = wait_for(client, job_id, TERMINAL, timeout=60)
+    assert ranks.stop() == 0  # no rank was ever started
+    assert job["status"] == "failed"
+    assert "reserved 1 of 2 workers within 2 s" in job["error"], job["error"]
+    assert "giving up" in job["error"]
+    with db.session() as session:
+        left = session.scalar(select(func.count()).select_from(JobNode))
+    assert left == 0
+    assert job_of(client, busy)["status"] == "running"  # the busy worker was left alone
+    assert client.post(f"/api/v1/jobs/{busy}/cancel").status_code == 202
+    wait_for(client, busy, TERMINAL, timeout=30)
+
+
+def test_cancel_stops_the_ranks_on_every_node(client, db, settings, pool):
+    pool.start("mn-c")
+    pool.start("mn-d")
+    created = client.post("/api/v1/jobs", json=spec(pool.queue, epochs=200))
+    job_id = created.json["id"]
+    wait_until(lambda: job_of(client, job_id)["step"] >= 2, 120, message="training to start")
+    assert len(trainer_pids(job_id, settings.database_url)) == 2
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 202
+    job = wait_for(client, job_id, TERMINAL, timeout=30)
+    assert job["status"] == "cancelled"
+    wait_until(lambda: not trainer_pids(job_id, settings.database_url), 15, message="ranks to exit")
+    wait_until(lambda: nodes.count(db, job_id, 1) == 0, 15, message="node rows released")
