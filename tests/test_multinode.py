@@ -4,12 +4,13 @@ across the workers with rank 0 alone writing, and cancel stopping every node's r
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
 from sqlalchemy import func, select
 
-from shared import nodes
+from shared import jobs, nodes
 from shared.models import JobEvent, JobNode, Metric, Worker
 from tests.conftest import wait_until
 from tests.helpers import tiny_spec
@@ -131,3 +132,34 @@ def test_cancel_stops_the_ranks_on_every_node(client, db, settings, pool):
     assert job["status"] == "cancelled"
     wait_until(lambda: not trainer_pids(job_id, settings.database_url), 15, message="ranks to exit")
     wait_until(lambda: nodes.count(db, job_id, 1) == 0, 15, message="node rows released")
+
+
+def test_when_node_0_dies_the_other_node_stops_and_the_job_resumes(client, db, settings, pool):
+    reserve = {"SEQTRAIN_RESERVE_SECONDS": "30"}
+    started = {"mn-e": pool.start("mn-e", **reserve), "mn-f": pool.start("mn-f", **reserve)}
+    made = spec(pool.queue, epochs=40)
+    made["checkpoint"] = {"every_steps": 5, "every_epochs": 1, "keep_last": 2}
+    job_id = client.post("/api/v1/jobs", json=made).json["id"]
+    ranks = TrainerWatch(job_id, settings.database_url)
+    wait_until(
+        lambda: (c := jobs.latest_checkpoint(db, job_id)) is not None and c.step >= 5,
+        120,
+        message="a checkpoint",
+    )
+    first = {n.node_rank: n.worker for n in nodes.members(db, job_id, 1)}
+    assert set(first.values()) == {"mn-e", "mn-f"}
+    dead = started[first[0]]
+    dead.send_signal(signal.SIGKILL)  # node 0's whole worker: its ranks die with it
+    dead.wait()
+    # The other node's ranks stop (their collectives fail, or the attempt is taken back).
+    wait_until(lambda: not trainer_pids(job_id, settings.database_url), 30, message="ranks gone")
+    pool.start("mn-g", **reserve)  # a replacement: two idle workers again
+    job = wait_for(client, job_id, TERMINAL, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    assert ranks.stop() == 2  # never a rank of the lost attempt beside the new ones
+    assert job["attempt"] == 2
+    lost = [e for e in job["events"] if "lease expired" in e["message"]]
+    assert len(lost) == 1 and first[0] in lost[0]["message"]
+    second = {n.node_rank: n.worker for n in nodes.members(db, job_id, 2)}
+    assert second == {}  # released when the attempt ended
+    assert any(e["message"].startswith("resuming from checkpoint") for e in job["events"])
