@@ -88,7 +88,8 @@ class Page:
         self.goto("/login")
         self.page.fill("#token", account.token)
         self.page.click("button[type=submit]")
-        self.page.wait_for_url(base_url + "/")
+        # The jobs page writes its filters into the query string as soon as its script runs.
+        self.page.wait_for_url(re.compile(re.escape(base_url) + r"/(\?.*)?$"))
 
     def _dialog(self, dialog):
         self.dialogs.append(dialog.message)
