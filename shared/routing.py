@@ -10,14 +10,15 @@ accepted (it waits for one).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from shared import workers
 from shared.db import Database
 from shared.estimate import estimate_training, gib
 from shared.models import Worker
 from shared.settings import Settings
 from shared.spec import JobSpec
-from shared.workers import list_workers
 
 
 class PlacementError(ValueError):
@@ -33,11 +34,28 @@ def device_memory(worker: Worker) -> int:
     return min((int(d.get("memory_bytes", 0)) for d in worker.devices or []), default=0)
 
 
+_registry: dict[str, tuple[float, int, list[Worker]]] = {}
+
+
+def registered_workers(db: Database, max_age: float) -> list[Worker]:
+    """Every registered worker (stopped ones too), read again when the copy this process
+    holds is older than `max_age` seconds (submits come in bursts, workers change rarely;
+    a registration in this process refreshes it at once)."""
+    now, generation = time.monotonic(), workers.changes()
+    cached = _registry.get(db.url)
+    if cached is not None and now - cached[0] < max_age and cached[1] == generation:
+        return cached[2]
+    found = workers.list_workers(db, include_stopped=True)
+    _registry[db.url] = (now, generation, found)
+    return found
+
+
 def check_placement(db: Database, spec: JobSpec, settings: Settings) -> dict[str, Any]:
     """The estimate to store on the job; PlacementError when no registered worker fits it."""
-    del settings  # the registry keeps every worker it has seen (stopped ones too)
     queue, wanted, nodes = spec.resources.queue, spec.resources.devices, spec.resources.nodes
-    candidates = [w for w in list_workers(db, include_stopped=True) if queue in (w.queues or [])]
+    # The registry keeps every worker it has seen (stopped ones too).
+    registry = registered_workers(db, settings.registry_cache_seconds)
+    candidates = [w for w in registry if queue in (w.queues or [])]
     estimates = {
         kind: estimate_training(spec, kind) for kind in {w.device_kind for w in candidates}
     }

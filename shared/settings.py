@@ -78,6 +78,8 @@ class Settings:
     worker_stale_seconds: float = 30.0
     # Run the reconciler loop inside each worker (off: run `seqtrain reconcile` instead).
     worker_reconciler: bool = True
+    # Seconds an API process reuses the worker list it read for the submit-time placement check.
+    registry_cache_seconds: float = 2.0
     # Start single-device trainers from a warm fork-server (torch already imported).
     forkserver: bool = True
     # The address other workers reach this one at for a multi-node job's rendezvous (node 0
@@ -131,6 +133,7 @@ class Settings:
             worker_stale_seconds=_env_float("SEQTRAIN_WORKER_STALE_SECONDS", 30.0),
             worker_reconciler=os.environ.get("SEQTRAIN_WORKER_RECONCILER", "1")
             not in ("0", "false", "no"),
+            registry_cache_seconds=_env_float("SEQTRAIN_REGISTRY_CACHE_SECONDS", 2.0),
             forkserver=os.environ.get("SEQTRAIN_FORKSERVER", "1") not in ("0", "false", "no"),
             node_address=os.environ.get("SEQTRAIN_NODE_ADDRESS") or "127.0.0.1",
             reserve_seconds=_env_float("SEQTRAIN_RESERVE_SECONDS", 60.0),

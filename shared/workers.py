@@ -16,6 +16,12 @@ from shared.db import Database, affected_rows
 from shared.models import Worker, utcnow
 
 WORKER_STATES = ("up", "draining", "stopped")
+# Registrations in this process: cached views of the registry (routing) refresh when it moves.
+_changes = 0
+
+
+def changes() -> int:
+    return _changes
 
 
 def register(
@@ -30,6 +36,8 @@ def register(
     devices: list[dict[str, Any]],
 ) -> None:
     """Insert or replace this worker's row (a restarted worker keeps its name)."""
+    global _changes
+    _changes += 1
     now = utcnow()
     with db.session() as session:
         row = session.get(Worker, name)

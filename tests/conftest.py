@@ -103,6 +103,7 @@ def base_settings(database_url: str, redis_url: str, artifact_root: Path) -> Set
         worker_name="pytest",
         secret_key="test-secret-" + uuid.uuid4().hex,
         auth_failure_limit=10_000,  # the rate-limit test lowers it
+        registry_cache_seconds=0.0,  # each test registers its own workers
     )
 
 

@@ -70,3 +70,21 @@ def test_a_multi_node_job_needs_that_many_fitting_workers_on_its_queue(client, d
     register(db, "c", 2, 8 * GIB)
     fits = client.post("/api/v1/jobs", json=tiny_spec(resources={"devices": 2, "nodes": 2}))
     assert fits.status_code == 201, fits.json
+
+
+def test_the_worker_list_is_reused_briefly_and_a_registration_here_refreshes_it(db):
+    from sqlalchemy import update
+
+    from shared.models import Worker
+    from shared.routing import registered_workers
+
+    register(db, "w1", 2, 8 * GIB)
+    assert [w.device_count for w in registered_workers(db, 60)] == [2]
+    # A change made by another process is seen once the copy is older than max_age...
+    with db.session() as session:
+        session.execute(update(Worker).values(device_count=4))
+    assert [w.device_count for w in registered_workers(db, 60)] == [2]
+    assert [w.device_count for w in registered_workers(db, 0)] == [4]
+    # ...and a registration in this process refreshes it at once.
+    register(db, "w2", 1, 8 * GIB)
+    assert sorted(w.name for w in registered_workers(db, 60)) == ["w1", "w2"]
