@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from worker.launch import single_node_options
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2"
 BATCH, DIM, MAX_LEN, LOG_EVERY = 64, 128, 64, 20
@@ -80,18 +82,7 @@ def run(data: Path, steps: int, processes: int, threads: int) -> float:
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--nnodes",
-            "1",
-            "--nproc-per-node",
-            str(processes),
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            "127.0.0.1:0",
-            "--local-addr",
-            "127.0.0.1",
-            "--max-restarts",
-            "0",
+            *single_node_options(processes),
             str(Path(__file__).resolve()),
             "--rank",
             "--data",

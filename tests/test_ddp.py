@@ -20,6 +20,7 @@ import torch
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.spec import parse_spec
 from tests.helpers import tiny_spec
+from worker.launch import single_node_options
 from worker.trainer import Reporter, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,18 +100,7 @@ def torchrun(out: Path, nproc: int = 2) -> subprocess.Popen[str]:
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        str(nproc),
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "127.0.0.1:0",
-        "--local-addr",
-        "127.0.0.1",
-        "--max-restarts",
-        "0",
+        *single_node_options(nproc),
         "-m",
         "tests.test_ddp",
         str(out),

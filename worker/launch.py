@@ -102,26 +102,28 @@ def trainer_command(
             "0",
         ]
         return [*launcher, *trainer], env
-    launcher = [
-        sys.executable,
-        "-m",
-        "worker.launch",
+    launcher = [sys.executable, "-m", "worker.launch", *single_node_options(wanted)]
+    return [*launcher, "--rdzv-id", f"job-{job_id}-attempt-{attempt}", *trainer], env
+
+
+def single_node_options(processes: int) -> list[str]:
+    """torchrun's options for `processes` ranks on this machine: a c10d rendezvous pinned to
+    127.0.0.1 (torchrun's `--standalone` says "localhost", which may resolve elsewhere) and
+    no restarts (the service's attempts are the retries)."""
+    return [
         "--nnodes",
         "1",
         "--nproc-per-node",
-        str(wanted),
+        str(processes),
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
         "127.0.0.1:0",
-        "--rdzv-id",
-        f"job-{job_id}-attempt-{attempt}",
         "--local-addr",
         "127.0.0.1",
         "--max-restarts",
         "0",
     ]
-    return [*launcher, *trainer], env
 
 
 def first_failure(folder: Path) -> int:
