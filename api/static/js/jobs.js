@@ -45,7 +45,7 @@
     return el(
       "tr",
       { dataset: { jobId: String(job.id), status: job.status } },
-      el("td", {}, el("span", { className: "muted" }, "#" + job.id + " "), link),
+      el("td", { className: "name-cell" }, el("span", { className: "muted" }, "#" + job.id + " "), link),
       el("td", {}, statusBadge(job.status)),
       el("td", { className: "wide" }, job.model_type),
       el("td", { className: "wide" }, job.task),
@@ -53,7 +53,7 @@
       el("td", { className: "num" }, number(job.latest_loss)),
       el("td", { className: "num wide" }, metric),
       el("td", { className: "wide" }, job.owner || "–"),
-      el("td", { title: job.created_at }, age(job.created_at)),
+      el("td", { className: "wide", title: job.created_at }, age(job.created_at)),
     );
   }
 
