@@ -780,5 +780,8 @@ if __name__ == "__main__":
     code = main() or 0
     _write_rank_file("exit", code)
     if dist.is_initialized() and code == 0:
+        # Tear the group down together: a rank that leaves while a peer is still tearing
+        # down can abort that peer's gloo threads at exit.
+        dist.barrier()
         dist.destroy_process_group()
     sys.exit(code)
