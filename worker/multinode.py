@@ -79,7 +79,7 @@ def lead(
                 db, job_id, attempt, f"all {wanted} workers reserved (node {names}); starting"
             )
             plan = NodePlan(wanted, 0, address, port, rendezvous_seconds(settings))
-            return supervise(db, settings, job_id, attempt, shutting_down, node=plan)
+            return supervise(db, settings, job_id, attempt, spec, shutting_down, node=plan)
         # All or nothing: release every rank before the attempt is given back, so that the
         # other nodes return without starting anything.
         nodes.release(db, job_id, attempt)

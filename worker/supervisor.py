@@ -95,13 +95,14 @@ def supervise(
     settings: Settings,
     job_id: int,
     attempt: int,
+    spec: JobSpec,
     shutting_down: threading.Event | None = None,
     node: NodePlan | None = None,
 ) -> Outcome:
-    """Run the trainer for a claimed attempt until it ends; record the final status; return it.
-    With `node` (node 0 of a multi-node attempt) the trainer is this node's share of the ranks."""
+    """Run the trainer for a claimed attempt of the job (whose `spec` the caller has read)
+    until it ends; record the final status; return it. With `node` (node 0 of a multi-node
+    attempt) the trainer is this node's share of the ranks."""
     actor = settings.worker_name
-    spec = JobSpec.model_validate(jobs.get_job(db, job_id).spec)
     deadline = (
         time.monotonic() + spec.resources.max_runtime_seconds
         if spec.resources.max_runtime_seconds

@@ -40,7 +40,7 @@ def run_job_now(job_id: int) -> str:
         if spec.resources.nodes > 1:
             outcome = multinode.lead(db, settings, job_id, attempt, spec, shutting_down)
         else:
-            outcome = supervise(db, settings, job_id, attempt, shutting_down)
+            outcome = supervise(db, settings, job_id, attempt, spec, shutting_down)
     finally:
         _set_current_job(None)
     log.info(
