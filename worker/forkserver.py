@@ -122,9 +122,8 @@ def _warm_up() -> None:
 
     import worker.trainer  # noqa: F401  (the trainer's own imports: zoo, data, tokenizers)
 
-    dummy = torch.nn.Parameter(torch.empty(1))
-    torch.optim.AdamW([dummy], lr=1e-3, fused=True)
-    torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW([dummy], lr=1e-3), lambda _: 1.0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.empty(1))], lr=1e-3, fused=True)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def _child(request: dict[str, Any], server_pid: int) -> None:

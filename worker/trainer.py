@@ -192,6 +192,18 @@ def pick_device() -> torch.device:
     return device
 
 
+def new_window() -> dict[str, float]:
+    """Running sums of one log interval; `start` is when it began."""
+    return {
+        "loss": 0.0,
+        "n": 0,
+        "samples": 0,
+        "tokens": 0,
+        "slots": 0,
+        "start": time.perf_counter(),
+    }
+
+
 def clip_in_step(
     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float | None
 ) -> float:
@@ -410,14 +422,7 @@ def train(
             saved_order = data.train.batch_order(saved_batch, cfg.seed + epoch)
             order, next_batch = datalib.rebatch(saved_order[next_batch:], global_batch), 0
         totals = {"loss": 0.0, "weight": 0, "correct": 0, "samples": 0, "tokens": 0, "slots": 0}
-        window = {
-            "loss": 0.0,
-            "n": 0,
-            "samples": 0,
-            "tokens": 0,
-            "slots": 0,
-            "start": time.perf_counter(),
-        }
+        window = new_window()
         started = time.perf_counter()
         for index in range(next_batch, len(order)):
             batch = order[index]
@@ -477,14 +482,7 @@ def train(
                 report.log_metrics(
                     [_row(step, epoch, "train", k, v) for k, v in values.items()], epoch, step
                 )
-                window = {
-                    "loss": 0.0,
-                    "n": 0,
-                    "samples": 0,
-                    "tokens": 0,
-                    "slots": 0,
-                    "start": time.perf_counter(),
-                }
+                window = new_window()
             saved = bool(spec.checkpoint.every_steps) and step % spec.checkpoint.every_steps == 0
             if saved:
                 report.save(state(index + 1, last), epoch, step, last, False)
