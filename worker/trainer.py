@@ -606,13 +606,12 @@ class ServiceReporter:
             return
         epoch, step = self.progress
         rows = self.pending
-        write = lambda: jobs.write_metrics(  # noqa: E731
-            self.db, self.job_id, self.attempt, rows, epoch=epoch, step=step
+        with_db_retries(
+            lambda: jobs.write_metrics(
+                self.db, self.job_id, self.attempt, rows, epoch=epoch, step=step
+            ),
+            seconds=DB_RETRY_SECONDS if wait else 0.0,
         )
-        if wait:
-            with_db_retries(write)
-        else:
-            write()
         self.pending = []
         self.last_flush = time.monotonic()
         if self.events is not None:
@@ -653,9 +652,10 @@ class ServiceReporter:
         print(f"checkpoint {key} ({size:,} bytes)", flush=True)
 
 
-def with_db_retries(write: Callable[[], T]) -> T:
-    """Run a database write, retrying with backoff while the database is unreachable."""
-    deadline = time.monotonic() + DB_RETRY_SECONDS
+def with_db_retries(write: Callable[[], T], seconds: float = DB_RETRY_SECONDS) -> T:
+    """Run a database write, retrying with backoff for up to `seconds` while the database is
+    unreachable (0: a single try)."""
+    deadline = time.monotonic() + seconds
     delay = 0.2
     while True:
         try:
