@@ -5,6 +5,7 @@ auth.py     bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownersh
 openapi.py  route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
 schemas.py  response and query models
 jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download), cancel
+submissions.py  concurrent submissions committed and enqueued together (group commit)
 datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, delete
 inference.py  /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
 health.py   /healthz (open): database and Redis reachability
@@ -20,8 +21,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app
+from flask import Flask, Request, Response, current_app
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
+from api.submissions import Submissions
 from shared.auth import PrincipalCache, auth_cache_seconds
 from shared.db import Database
 from shared.queue import JobQueue
@@ -40,6 +43,17 @@ SECURITY_HEADERS = {
 }
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, opened only when the request carries the cookie: an
+    API call with a bearer token builds no signer. A page that writes to the session still
+    gets its cookie, since an empty session that is modified is saved as usual."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -48,6 +62,7 @@ class Services:
     store: ArtifactStore
     limiter: Any  # api.auth.FailureLimiter
     tokens: PrincipalCache
+    submissions: Submissions
 
 
 def services() -> Services:
@@ -74,14 +89,18 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     if config:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = CookieSessions()
+    # No ping per checkout: one per connection idle 10 s or more (see shared.db).
+    db = Database(settings.database_url, ping_after_idle=10.0)
+    queue = JobQueue(settings)
     app.extensions["seqtrain"] = Services(
         settings=settings,
-        # No ping per checkout: one per connection idle 10 s or more (see shared.db).
-        db=Database(settings.database_url, ping_after_idle=10.0),
-        queue=JobQueue(settings),
+        db=db,
+        queue=queue,
         store=ArtifactStore(settings.artifact_root),
         limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
         tokens=PrincipalCache(float(app.config.get("AUTH_CACHE_SECONDS", auth_cache_seconds()))),
+        submissions=Submissions(db, queue, settings.submit_batch),
     )
     app.url_map.converters["id"] = IdConverter
     errors.register(app)
@@ -95,10 +114,13 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
+        headers = response.headers
+        present = {name.lower() for name, _ in headers}  # one pass, not one scan per header
         for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if response.mimetype == "application/json":
-            response.headers.setdefault("Cache-Control", "no-store")
+            if name.lower() not in present:
+                headers.add(name, value)
+        if response.mimetype == "application/json" and "cache-control" not in present:
+            headers.add("Cache-Control", "no-store")
         return response
 
     logging.getLogger("seqtrain").setLevel(logging.INFO)

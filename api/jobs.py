@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, request, send_file, url_for
@@ -31,7 +30,6 @@ from shared.spec import JobSpec, dataset_references, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
-log = logging.getLogger("seqtrain.api")
 JOB = "/jobs/" + id_rule("job_id")
 Q = TypeVar("Q", bound=BaseModel)
 
@@ -89,6 +87,11 @@ def summary(job: Any, owner: str | None = None, jobs_url: str | None = None) -> 
         f"{jobs_url}/{job.id}" if jobs_url is not None else url_for("jobs.show", job_id=job.id)
     )
     return fields
+
+
+def job_url(job_id: int) -> str:
+    """What url_for(".show", job_id=...) gives, without a URL map lookup per submission."""
+    return f"{request.script_root}{API_PREFIX}/jobs/{job_id}"
 
 
 def resolve_datasets(spec: JobSpec) -> dict[str, int]:
@@ -177,29 +180,13 @@ def submit() -> Response:
     except PlacementError as exc:
         fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
         raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
+    new = jobs.NewJob(spec, principal.user_id, principal.name, links, key, estimate)
     try:
-        job = jobs.create_job(
-            svc.db,
-            spec,
-            owner_id=principal.user_id,
-            actor=principal.name,
-            datasets=links,
-            idempotency_key=key,
-            estimate=estimate,
-        )
+        job_id, enqueued = svc.submissions.submit(new)
     except jobs.IdempotentReplay as replay:
         return replayed(replay.job, spec)
-    enqueued = True
-    try:  # after commit: a worker never receives an id that is not in SQL yet
-        svc.queue.enqueue_job(job.id, job.queue)
-    except Exception as exc:
-        enqueued = False
-        log.warning(
-            "job %s: enqueue failed (%s); it stays queued in SQL", job.id, type(exc).__name__
-        )
-        jobs.note_event(svc.db, job.id, "api", f"enqueue failed: {type(exc).__name__}")
-    location = url_for(".show", job_id=job.id)
-    created = JobCreated(id=job.id, status="queued", enqueued=enqueued, url=location)
+    location = job_url(job_id)
+    created = JobCreated(id=job_id, status="queued", enqueued=enqueued, url=location)
     return reply(created, 201, {"Location": location})
 
 

@@ -12,14 +12,17 @@ that attempt. A zombie or a duplicate delivery therefore never writes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal, null, select, update
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from shared.db import Database, affected_rows
 from shared.models import (
@@ -82,6 +85,19 @@ def _event(
 # ---------------------------------------------------------------- submit and read
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """One submission: a validated spec and what the API resolved for it."""
+
+    spec: JobSpec
+    owner_id: int | None
+    actor: str = "api"
+    # role (train | validation | test) -> the dataset version pinned at submit
+    datasets: Mapping[str, int] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    estimate: dict[str, Any] | None = None
+
+
 def create_job(
     db: Database,
     spec: JobSpec,
@@ -96,39 +112,86 @@ def create_job(
     Enqueue only after this returns. With an `idempotency_key` the owner already used,
     nothing is inserted and `IdempotentReplay` carries the earlier job.
     """
-    if idempotency_key is not None:
-        earlier = _job_by_key(db, owner_id, idempotency_key)
+    new = NewJob(spec, owner_id, actor, datasets or {}, idempotency_key, estimate)
+    result = submit_jobs(db, [new])[0]
+    if isinstance(result, IdempotentReplay):
+        raise result
+    return get_job(db, result)
+
+
+def submit_jobs(db: Database, batch: Sequence[NewJob]) -> list[int | IdempotentReplay]:
+    """Insert a batch of submissions in one transaction; one entry per submission, in order:
+    the new job's id, or `IdempotentReplay` with the job an earlier request made with
+    that key.
+
+    A key taken by a concurrent request fails the whole transaction; the batch is then
+    inserted one submission at a time, so that only the submission that reused the key
+    gets the replay.
+    """
+    results: list[int | IdempotentReplay | None] = [None] * len(batch)
+    fresh: list[int] = []
+    for n, new in enumerate(batch):
+        earlier = _keyed_job(db, new)
         if earlier is not None:
-            raise IdempotentReplay(earlier)
+            results[n] = IdempotentReplay(earlier)
+        else:
+            fresh.append(n)
     try:
-        return _insert_job(db, spec, owner_id, actor, datasets, idempotency_key, estimate)
+        for n, job_id in zip(fresh, create_jobs(db, [batch[n] for n in fresh]), strict=True):
+            results[n] = job_id
     except IntegrityError:
-        if idempotency_key is None:
+        if not any(batch[n].idempotency_key for n in fresh):
             raise
-        earlier = _job_by_key(db, owner_id, idempotency_key)
-        if earlier is None:
-            raise
-        raise IdempotentReplay(earlier) from None
+        for n in fresh:
+            try:
+                results[n] = create_jobs(db, [batch[n]])[0]
+            except IntegrityError:
+                earlier = _keyed_job(db, batch[n])
+                if earlier is None:
+                    raise
+                results[n] = IdempotentReplay(earlier)
+    return cast(list[int | IdempotentReplay], results)
 
 
-def _job_by_key(db: Database, owner_id: int | None, key: str) -> Job | None:
+def _keyed_job(db: Database, new: NewJob) -> Job | None:
+    if new.idempotency_key is None:
+        return None
     with db.session() as session:
         return session.scalars(
-            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key)
+            select(Job).where(
+                Job.owner_id == new.owner_id, Job.idempotency_key == new.idempotency_key
+            )
         ).first()
 
 
-def _insert_job(
-    db: Database,
-    spec: JobSpec,
-    owner_id: int | None,
-    actor: str,
-    datasets: dict[str, int] | None,
-    idempotency_key: str | None,
-    estimate: dict[str, Any] | None,
-) -> Job:
+def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
+    """Insert queued jobs with their dataset links and first events, all or none, and
+    commit. Returns the new ids in the order given. A taken idempotency key raises
+    IntegrityError and inserts nothing."""
+    if not batch:
+        return []
+    now = utcnow()
+    rows = [_job_values(new, now) for new in batch]
+    if not db.is_sqlite:
+        return _insert_jobs_one_statement(db, batch, rows)
+    with db.session() as session:
+        created = [Job(**values) for values in rows]
+        session.add_all(created)
+        session.flush()
+        for job, new in zip(created, batch, strict=True):
+            session.add_all(
+                JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
+                for role, dataset_id in new.datasets.items()
+            )
+            _event(session, job.id, 0, None, "queued", new.actor, "submitted")
+        return [job.id for job in created]
+
+
+def _job_values(new: NewJob, now: datetime) -> dict[str, Any]:
+    """Every inserted column of a new job, Python-side defaults included."""
+    spec = new.spec
     values: dict[str, Any] = {
-        "owner_id": owner_id,
+        "owner_id": new.owner_id,
         "name": spec.name,
         "task": spec.task,
         "model_type": spec.model.type,
@@ -138,90 +201,86 @@ def _insert_job(
         "attempt": 0,
         "max_attempts": spec.resources.max_attempts,
         "devices": spec.resources.devices,
-        "estimate": estimate,
-        "idempotency_key": idempotency_key,
+        "estimate": new.estimate,
+        "idempotency_key": new.idempotency_key,
         # The API enqueues right after the commit; the reconciler counts from here.
-        "enqueued_at": utcnow(),
+        "enqueued_at": now,
+        "created_at": now,
+        "updated_at": now,
     }
-    if not db.is_sqlite:
-        return _insert_job_one_statement(db, values, actor, datasets or {})
-    with db.session() as session:
-        job = Job(**values)
-        session.add(job)
-        session.flush()
-        session.add_all(
-            JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
-            for role, dataset_id in (datasets or {}).items()
-        )
-        _event(session, job.id, 0, None, "queued", actor, "submitted")
-    return job
+    for column in _JOBS.c:
+        default: Any = column.default
+        if column.key not in values and default is not None and column.key != "id":
+            values[column.key] = default.arg if default.is_scalar else default.arg(None)
+    return values
 
 
-def _insert_job_one_statement(
-    db: Database, values: dict[str, Any], actor: str, datasets: dict[str, int]
-) -> Job:
-    """PostgreSQL: the job, its dataset links and its first event in one statement (data-
-    modifying CTEs), committed on its own: one round trip instead of BEGIN, two or more
-    INSERTs and COMMIT. The statement is atomic: all rows or none."""
-    params = dict(values)
-    for column in Job.__table__.c:  # Python-side defaults, which a nested INSERT does not apply
-        default = column.default
-        if column.key not in params and default is not None:
-            if default.is_scalar:
-                params[column.key] = default.arg
-            elif default.is_callable:
-                params[column.key] = default.arg(None)
-    params["event_actor"] = actor
-    links = sorted(datasets.items())
-    for n, (role, dataset_id) in enumerate(links):
-        params[f"link_role_{n}"], params[f"link_dataset_{n}"] = role, dataset_id
-    statement = _insert_job_statement(tuple(sorted(params)), len(links))
+_JOBS = cast(Table, Job.__table__)
+
+
+def _insert_jobs_one_statement(
+    db: Database, batch: Sequence[NewJob], rows: list[dict[str, Any]]
+) -> list[int]:
+    """PostgreSQL: a whole batch in one statement, committed on its own: one round trip
+    whatever the batch size. The rows travel as one JSON document that the server unpacks
+    (`json_to_recordset`), and the SQL text never changes, so it is planned once per
+    connection. Ids are drawn from the jobs sequence per input row before the insert, so
+    each event and dataset link is tied to its job by the row's ordinal, never by the
+    order of RETURNING."""
+    document = [
+        {**values, "event_actor": new.actor, "n": n}
+        for n, (values, new) in enumerate(zip(rows, batch, strict=True))
+    ]
+    links = [
+        {"n": n, "role": role, "dataset_id": dataset_id}
+        for n, new in enumerate(batch)
+        for role, dataset_id in sorted(new.datasets.items())
+    ]
+    params = {"jobs": _json(document), "links": _json(links)}
     with db.engine.connect() as conn:
-        row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(statement, params).one()
-    job = Job(**row._mapping)
-    make_transient_to_detached(job)  # as if loaded by a session that has closed
-    return job
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        result = conn.exec_driver_sql(_insert_jobs_sql(tuple(rows[0])), params)
+        return [row[0] for row in result]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_iso)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @functools.cache
-def _insert_job_statement(names: tuple[str, ...], link_count: int) -> Any:
-    """Built once per shape, so that a submit compiles nothing and hashes no cache key."""
-    jobs_table, events, links = (
-        cast(Table, model.__table__) for model in (Job, JobEvent, JobDataset)
+def _insert_jobs_sql(names: tuple[str, ...]) -> str:
+    """The batch insert for PostgreSQL (psycopg placeholders), built once per column set."""
+    dialect = postgresql.dialect()
+    quote = dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in names)
+    typed = ", ".join(
+        f"{quote(name)} {_JOBS.c[name].type.compile(dialect=dialect)}" for name in names
     )
-    columns = {c.key: c for c in jobs_table.c}
-    new_job = (
-        insert(jobs_table)
-        .values(
-            {name: bindparam(name, type_=columns[name].type) for name in names if name in columns}
-        )
-        .returning(*jobs_table.c)
-        .cte("new_job")
-    )
-    first_event = insert(events).from_select(
-        ["job_id", "attempt", "ts", "from_status", "to_status", "actor", "message"],
-        select(
-            new_job.c.id,
-            literal(0),
-            new_job.c.enqueued_at,
-            null(),
-            literal("queued"),
-            bindparam("event_actor", type_=events.c.actor.type),
-            literal("submitted"),
-        ),
-    )
-    statement = select(*new_job.c).add_cte(first_event.cte("first_event"))
-    for n in range(link_count):
-        link = insert(links).from_select(
-            ["job_id", "role", "dataset_id"],
-            select(
-                new_job.c.id,
-                bindparam(f"link_role_{n}", type_=links.c.role.type),
-                bindparam(f"link_dataset_{n}", type_=links.c.dataset_id.type),
-            ),
-        )
-        statement = statement.add_cte(link.cte(f"dataset_link_{n}"))
-    return statement
+    # Only the jobs table's own column names and types are spliced in; values are bound.
+    return f"""
+WITH submitted AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, s.*
+    FROM json_to_recordset(CAST(%(jobs)s AS JSON))
+        AS s({typed}, event_actor TEXT, n INTEGER)
+    ORDER BY s.n
+), new_job AS (
+    INSERT INTO jobs (id, {columns}) SELECT id, {columns} FROM submitted
+), first_event AS (
+    INSERT INTO job_events (job_id, attempt, ts, from_status, to_status, actor, message)
+    SELECT id, 0, enqueued_at, NULL, 'queued', event_actor, 'submitted' FROM submitted
+), dataset_link AS (
+    INSERT INTO job_datasets (job_id, role, dataset_id)
+    SELECT submitted.id, link.role, link.dataset_id
+    FROM json_to_recordset(CAST(%(links)s AS JSON)) AS link(n INTEGER, role TEXT, dataset_id BIGINT)
+    JOIN submitted USING (n)
+)
+SELECT id FROM submitted ORDER BY n"""  # noqa: S608
 
 
 def note_event(db: Database, job_id: int, actor: str, message: str) -> None:

@@ -6,6 +6,7 @@ The API enqueues with `enqueue_job(job_id, queue)` and never imports the worker'
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -57,33 +58,79 @@ def make_celery(settings: Settings, name: str = "seqtrain") -> Celery:
 
 
 class JobQueue:
-    """Producer side: puts job ids on Redis."""
+    """Producer side: puts job ids on Redis.
+
+    Messages are Celery's own (protocol 2, built by `app.amqp.as_task_v2`, in the envelope
+    kombu's Redis transport writes), pushed with one LPUSH per queue in a MULTI/EXEC: a
+    batch of jobs costs one round trip and lands all or none. FIFO holds within a batch.
+    `tests/test_queue.py` checks each message against what Celery's own `send_task` writes.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings, "seqtrain-client")
+        self._redis = redis_client(settings.redis_url, timeout=5.0)
 
     def enqueue_job(self, job_id: int, queue: str) -> None:
-        # retry=False: fail fast when Redis is down; the job stays queued in SQL.
-        # The task id names the job, so the reconciler can tell which jobs have a message.
-        self.app.send_task(
-            RUN_JOB_TASK,
-            args=[job_id],
-            queue=queue,
-            retry=False,
-            task_id=f"{TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}",
+        self.enqueue_jobs([(job_id, queue)])
+
+    def enqueue_jobs(self, jobs: Iterable[tuple[int, str]]) -> None:
+        """One run message per (job id, queue). Raises when Redis is down (no retry): the
+        jobs stay queued in SQL and the reconciler enqueues them. The task id names the job,
+        so the reconciler can tell which jobs have a message."""
+        self._push(
+            (queue, RUN_JOB_TASK, f"{TASK_ID_PREFIX}{job_id}.{uuid.uuid4().hex[:12]}", [job_id])
+            for job_id, queue in jobs
         )
 
     def ask_to_join(self, job_id: int, attempt: int, queue: str, count: int) -> None:
         """Put `count` join messages for a multi-node attempt on the job's queue; each idle
         worker that takes one reserves a node rank."""
-        for _ in range(count):
-            self.app.send_task(
+        self._push(
+            (
+                queue,
                 JOIN_JOB_TASK,
-                args=[job_id, attempt],
-                queue=queue,
-                retry=False,
-                task_id=f"join-{job_id}.{attempt}.{uuid.uuid4().hex[:12]}",
+                f"join-{job_id}.{attempt}.{uuid.uuid4().hex[:12]}",
+                [job_id, attempt],
             )
+            for _ in range(count)
+        )
+
+    def message(self, task: str, task_id: str, args: list[Any], queue: str) -> bytes:
+        """A task message exactly as Celery's Redis transport stores it on `queue`."""
+        headers, properties, body, _ = self.app.amqp.as_task_v2(
+            task_id, task, args=args, ignore_result=True, argsrepr=repr(args), kwargsrepr="{}"
+        )
+        properties.update(
+            delivery_mode=2,  # persistent
+            delivery_info={"exchange": "", "routing_key": queue},
+            priority=0,
+            body_encoding="base64",
+            delivery_tag=str(uuid.uuid4()),
+        )
+        envelope = {
+            "body": base64.b64encode(json.dumps(body).encode()).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        }
+        return json.dumps(envelope).encode()
+
+    def _push(self, messages: Iterable[tuple[str, str, str, list[Any]]]) -> None:
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, task, task_id, args in messages:
+            by_queue.setdefault(queue, []).append(self.message(task, task_id, args, queue))
+        if not by_queue:
+            return
+        # LPUSH a b c leaves c at the head; workers pop from the tail: a runs first.
+        if len(by_queue) == 1:  # one command is atomic on its own
+            [(queue, payloads)] = by_queue.items()
+            self._redis.lpush(queue, *payloads)
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for queue, payloads in by_queue.items():
+            pipe.lpush(queue, *payloads)
+        pipe.execute()
 
 
 TASK_ID_PREFIX = "job-"

@@ -65,6 +65,8 @@ class Settings:
     auth_failure_limit: int = 20
     # Largest request body accepted by the JSON API, in bytes.
     max_request_bytes: int = 1 << 20
+    # Most submissions one API process commits and enqueues together (1: each on its own).
+    submit_batch: int = 64
     # Largest dataset upload, in bytes.
     max_dataset_bytes: int = 200 << 20
     # Devices a worker offers one job: CPU processes for gloo DDP; GPUs are probed instead.
@@ -126,6 +128,7 @@ class Settings:
             secure_cookies=os.environ.get("SEQTRAIN_SECURE_COOKIES", "") in ("1", "true", "yes"),
             auth_failure_limit=_env_int("SEQTRAIN_AUTH_FAILURE_LIMIT", 20),
             max_request_bytes=_env_int("SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20),
+            submit_batch=max(1, _env_int("SEQTRAIN_SUBMIT_BATCH", 64)),
             max_dataset_bytes=_env_int("SEQTRAIN_MAX_DATASET_BYTES", 200 << 20),
             worker_devices=_env_int("SEQTRAIN_WORKER_DEVICES", 1),
             reconcile_seconds=_env_float("SEQTRAIN_RECONCILE_SECONDS", 5.0),

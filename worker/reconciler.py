@@ -91,12 +91,12 @@ class Reconciler:
                 {queue for _, queue in waiting},
                 unacked_max_age=self.settings.enqueue_grace_seconds,
             )
-            for job_id, queue in waiting:
-                if job_id in present:
-                    continue
-                self.queue.enqueue_job(job_id, queue)
-                jobs.mark_enqueued(self.db, job_id)
-                done.enqueued.append(job_id)
+            lost = [(job_id, queue) for job_id, queue in waiting if job_id not in present]
+            if lost:
+                self.queue.enqueue_jobs(lost)  # one round trip, all or none
+                for job_id, _ in lost:
+                    jobs.mark_enqueued(self.db, job_id)
+                    done.enqueued.append(job_id)
         if done.requeued or done.failed or done.enqueued:
             log.info(
                 "reconciler: requeued %s, failed %s, enqueued again %s",
