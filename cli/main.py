@@ -100,9 +100,17 @@ def migrate(as_json: bool) -> None:
 @click.option(
     "--workers", default=2, show_default=True, type=int, help="gunicorn worker processes."
 )
-def api(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--threads",
+    default=services.API_THREADS,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Threads per worker process: requests and live-page streams served at once; "
+    "concurrent job submissions in one process are committed together.",
+)
+def api(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the API with gunicorn (gthread workers)."""
-    cmd = services.api_command(host, port, workers)
+    cmd = services.api_command(host, port, workers, threads)
     os.execv(cmd[0], cmd)
 
 

@@ -68,7 +68,13 @@ def wait_for_port(
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
 
 
-def api_command(host: str, port: int, workers: int = 2, threads: int = 8) -> list[str]:
+# Threads per API process. Each can hold one request or one live-page stream; concurrent
+# submissions share a commit (api.submissions), so more threads also mean bigger groups.
+# The database pool (shared.db: 10 + 20 overflow) covers them.
+API_THREADS = 16
+
+
+def api_command(host: str, port: int, workers: int = 2, threads: int = API_THREADS) -> list[str]:
     # gthread: streaming responses hold a thread, not a whole worker process.
     return [
         sys.executable,
