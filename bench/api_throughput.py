@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,11 +37,12 @@ from cli import services  # noqa: E402
 from migrations import upgrade  # noqa: E402
 from shared.auth import create_token, create_user  # noqa: E402
 from shared.db import Database  # noqa: E402
+from shared.queue import redis_client  # noqa: E402
 
 ADMIN_URL = os.environ.get(
     "SEQTRAIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-SPEC = {
+SPEC: dict[str, Any] = {
     "name": "throughput",
     "model": {"type": "gru", "embedding_dim": 16, "hidden_size": 16},
     "training": {"epochs": 1},
@@ -57,6 +59,82 @@ def fresh_database(name: str) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return admin.set(database=name).render_as_string(hide_password=False)
+
+
+def cpu_seconds_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, user + system CPU seconds) for every process now running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    busy: float,
+    requests_done: int,
+    api_pids: set[int],
+    exited_client_seconds: float,
+) -> dict[str, float]:
+    """CPU milliseconds per request, by process group, between two snapshots: where the
+    machine's time went, so that runs on a noisy machine can be compared."""
+    groups: dict[str, float] = {"client": exited_client_seconds}
+    for pid, (name, seconds) in after.items():
+        spent = seconds - before.get(pid, (name, 0.0))[1]
+        if pid in api_pids:
+            group = "api"
+        elif name.startswith("postgres"):
+            group = "postgres"
+        elif name.startswith("redis"):
+            group = "redis"
+        elif name == "wrk" or pid == os.getpid():
+            group = "client"
+        else:
+            group = "other"
+        groups[group] = groups.get(group, 0.0) + spent
+    per = {k: round(v * 1000 / max(requests_done, 1), 3) for k, v in sorted(groups.items())}
+    per["machine"] = round(busy * 1000 / max(requests_done, 1), 3)
+    return per
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = entry.read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+            found.add(int(entry.parent.name))
+    return found
+
+
+def python_speed_ms() -> float:
+    """CPU milliseconds a fixed pure-Python loop takes now (best of 3): how fast this
+    machine's cores are at the moment, since a shared host's speed drifts between runs."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.process_time(), 0
+        for n in range(1_000_000):
+            total += n
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -192,12 +270,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--api-workers", type=int, default=2)
-    parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--api-threads", type=int, default=services.API_THREADS)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--get-runs", type=int, default=500)
     parser.add_argument("--client", choices=["wrk", "python"], default=None)
     args = parser.parse_args()
     client = args.client or ("wrk" if shutil.which("wrk") else "python")
+    speed = python_speed_ms()
     database_url = fresh_database("seqtrain_bench")
     upgrade(database_url)
     db = Database(database_url)
@@ -237,16 +316,38 @@ def main() -> None:
                 timeout=30,
             )
             warm.raise_for_status()
+            api_pids = {api.pid} | children(api.pid)
+            before, busy_before = cpu_seconds_by_process(), machine_busy_seconds()
+            client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if client == "wrk":
                 threads = min(args.connections, os.cpu_count() or 2)
                 submit = wrk_post(url, token, args.seconds, args.connections, threads)
             else:
                 submit = threads_post(url, token, args.seconds, args.connections)
+            client_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it exited
+            submit["cpu_ms_per_request"] = cpu_per_request(
+                before,
+                cpu_seconds_by_process(),
+                machine_busy_seconds() - busy_before,
+                submit["requests"],
+                api_pids,
+                client_after.ru_utime
+                + client_after.ru_stime
+                - client_before.ru_utime
+                - client_before.ru_stime,
+            )
+            time.sleep(1)  # requests still in flight when the client stopped finish
             engine = create_engine(database_url)
             with engine.connect() as conn:
-                stored = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+                stored, batches = conn.execute(
+                    text("SELECT count(*), count(DISTINCT created_at) FROM jobs")
+                ).one()
+                queued = redis_client(redis_url).llen(SPEC["resources"]["queue"])
             engine.dispose()
             submit["jobs_stored"] = int(stored) - 1  # the warm-up job
+            submit["messages_queued"] = int(queued) - 1
+            # The jobs of one group commit share their created_at.
+            submit["mean_commit_batch"] = round(int(stored) / int(batches), 2)
             bulk_jobs(database_url, user.id, args.jobs)
             listing = [
                 get_latency(url, token, "/api/v1/jobs", args.get_runs),
@@ -259,6 +360,7 @@ def main() -> None:
         json.dumps(
             {
                 "cpus": os.cpu_count(),
+                "python_loop_ms": speed,
                 "api": {"workers": args.api_workers, "threads": args.api_threads},
                 "connections": args.connections,
                 "seconds": args.seconds,
