@@ -39,51 +39,48 @@ def test_an_idle_caller_flushes_alone_and_at_once():
     assert flush.batches == [[3], [4]]
 
 
+def while_a_flush_runs(group: GroupCommit, flush: Recorder, first: int, rest: list[int]):
+    """Submit `first` and hold its flush open until every item of `rest` is waiting, then
+    let it go. Returns the futures, `first`'s before the others'."""
+    flush.hold.clear()
+    with ThreadPoolExecutor(len(rest) + 1) as pool:
+        leader = pool.submit(group.submit, first)
+        assert flush.entered.wait(5)  # the first flush is running, held open
+        waiting = [pool.submit(group.submit, n) for n in rest]
+        wait_until(lambda: len(group._waiting) == len(rest), 5, message="callers waiting")
+        flush.hold.set()
+        futures = [leader, *waiting]
+        for future in futures:
+            future.exception(5)
+    return futures
+
+
 def test_callers_arriving_during_a_flush_share_the_next_one():
     flush = Recorder()
-    flush.hold.clear()
     group = GroupCommit(flush)
-    with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(group.submit, 0)
-        assert flush.entered.wait(5)  # the first flush is running, held open
-        rest = [pool.submit(group.submit, n) for n in range(1, 8)]
-        wait_until(lambda: len(group._waiting) == 7, 5, message="7 callers waiting")
-        flush.hold.set()
-        assert first.result(5) == 0
-        assert [f.result(5) for f in rest] == [n * 2 for n in range(1, 8)]
-    # One flush for the first caller, one for all who came while it ran, in arrival order.
+    futures = while_a_flush_runs(group, flush, 0, list(range(1, 8)))
+    assert [f.result() for f in futures] == [n * 2 for n in range(8)]
+    # One flush for the first caller, one for all who came while it ran.
     assert flush.batches[0] == [0]
     assert sorted(flush.batches[1]) == list(range(1, 8)) and len(flush.batches) == 2
 
 
 def test_max_batch_splits_the_waiting_callers():
     flush = Recorder()
-    flush.hold.clear()
     group = GroupCommit(flush, max_batch=3)
-    with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(group.submit, 0)
-        assert flush.entered.wait(5)
-        rest = [pool.submit(group.submit, n) for n in range(1, 8)]
-        wait_until(lambda: len(group._waiting) == 7, 5, message="7 callers waiting")
-        flush.hold.set()
-        assert [f.result(5) for f in [first, *rest]] == [n * 2 for n in range(8)]
+    futures = while_a_flush_runs(group, flush, 0, list(range(1, 8)))
+    assert [f.result() for f in futures] == [n * 2 for n in range(8)]
     assert [len(b) for b in flush.batches] == [1, 3, 3, 1]
 
 
 def test_an_items_own_error_reaches_only_its_caller():
     flush = Recorder()
-    flush.hold.clear()
     group = GroupCommit(flush)
-    with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(group.submit, 1)
-        assert flush.entered.wait(5)
-        bad = pool.submit(group.submit, -1)
-        good = pool.submit(group.submit, 2)
-        wait_until(lambda: len(group._waiting) == 2, 5, message="2 callers waiting")
-        flush.hold.set()
-        assert first.result(5) == 2 and good.result(5) == 4
-        with pytest.raises(ValueError, match="bad -1"):
-            bad.result(5)
+    first, bad, good = while_a_flush_runs(group, flush, 1, [-1, 2])
+    assert first.result() == 2 and good.result() == 4
+    with pytest.raises(ValueError, match="bad -1"):
+        bad.result()
+    assert len(flush.batches) == 2
 
 
 def test_a_failed_flush_fails_its_whole_batch_and_the_next_caller_leads():
