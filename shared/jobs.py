@@ -765,7 +765,8 @@ def recover_expired(db: Database, job_id: int, attempt: int, actor: str) -> str 
 def queued_awaiting_message(
     db: Database, older_than_seconds: float, limit: int = 1000
 ) -> list[tuple[int, str]]:
-    """(job id, queue) of queued jobs enqueued more than `older_than_seconds` ago, oldest first."""
+    """(job id, queue) of queued jobs enqueued more than `older_than_seconds` ago, the
+    longest-waiting first: the order in which their messages queue up on Redis."""
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     with db.session() as session:
         rows = session.execute(
@@ -774,16 +775,19 @@ def queued_awaiting_message(
                 Job.status == "queued",
                 (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff),
             )
-            .order_by(Job.id)
+            .order_by(Job.enqueued_at, Job.id)
             .limit(limit)
         ).all()
     return [(row.id, row.queue) for row in rows]
 
 
-def mark_enqueued(db: Database, job_id: int) -> None:
+def mark_enqueued(db: Database, job_ids: Sequence[int]) -> None:
+    """Note that these queued jobs were just put on Redis again (one UPDATE)."""
     with db.session() as session:
         session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=utcnow())
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == "queued")
+            .values(enqueued_at=utcnow())
         )
 
 

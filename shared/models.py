@@ -154,6 +154,8 @@ class Job(Base):
         Index("ix_jobs_owner_id", "owner_id", "id"),
         Index("ix_jobs_owner_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # The reconciler's longest-waiting queued jobs, in the order their messages queue up.
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ux_jobs_owner_idempotency_key", "owner_id", "idempotency_key", unique=True),
     )
 

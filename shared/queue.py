@@ -10,7 +10,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -166,32 +166,63 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
 
 
 def job_ids_with_messages(
-    client: redis.Redis, queues: Iterable[str], unacked_max_age: float
+    client: redis.Redis,
+    wanted: Mapping[str, Iterable[int]],
+    unacked_max_age: float,
+    chunk: int = 500,
 ) -> set[int]:
-    """Jobs that have a message waiting on one of `queues`, or held by a worker for less
-    than `unacked_max_age` seconds. A message held longer by a worker that never claimed
-    its job belongs to a worker that died; it does not count."""
-    names = set(queues)
+    """Which of the `wanted` jobs (queue -> job ids) have a message: waiting on that queue,
+    or held by a worker for less than `unacked_max_age` seconds. A message held longer by
+    a worker that never claimed its job belongs to a worker that died; it does not count.
+
+    Each queue is read from its tail, where the oldest messages wait to be delivered, in
+    overlapping chunks, and only until every wanted job of that queue is found: asked about
+    the longest-waiting jobs, a queue with a long backlog costs a chunk or two, not the
+    whole list. A job whose message is gone costs one read of the whole list. A message
+    that workers' pops move past a chunk boundary between two reads can be missed; the
+    caller then enqueues a duplicate, which is harmless (only one claim succeeds).
+    """
+    targets = {queue: set(ids) for queue, ids in wanted.items() if ids}
+    if not targets:
+        return set()
+    every = set().union(*targets.values())
+    found = _held_by_workers(client, set(targets), unacked_max_age) & every
+    step = max(1, chunk - chunk // 4)
+    for queue, ids in sorted(targets.items()):
+        missing = ids - found
+        offset = 0
+        while missing:
+            # LRANGE -(offset + chunk) -(offset + 1): `chunk` messages, the tail first.
+            batch = client.lrange(queue, -(offset + chunk), -(offset + 1))
+            for raw in batch:
+                job_id = job_id_of(raw)
+                if job_id in missing:
+                    missing.discard(job_id)
+                    found.add(job_id)
+            if len(batch) < chunk:
+                break
+            offset += step
+    return found
+
+
+def _held_by_workers(client: redis.Redis, queues: set[str], max_age: float) -> set[int]:
+    """Jobs whose message a worker took from one of `queues` less than `max_age` s ago."""
     found: set[int] = set()
-    for name in sorted(names):
-        for raw in client.lrange(name, 0, -1):
-            job_id = job_id_of(raw)
-            if job_id is not None:
-                found.add(job_id)
-    cutoff = time.time() - unacked_max_age
+    cutoff = time.time() - max_age
     fresh: list[Any] = list(client.zrangebyscore(UNACKED_INDEX, cutoff, "+inf"))
-    if fresh:
-        held: list[Any] = list(client.hmget(UNACKED_HASH, fresh))
-        for entry in held:
-            if entry is None:
-                continue
-            try:
-                message, _exchange, routing_key = json.loads(entry)
-            except (ValueError, TypeError):
-                continue
-            if routing_key not in names:
-                continue
-            job_id = job_id_of(json.dumps(message))
-            if job_id is not None:
-                found.add(job_id)
+    if not fresh:
+        return found
+    held: list[Any] = list(client.hmget(UNACKED_HASH, fresh))
+    for entry in held:
+        if entry is None:
+            continue
+        try:
+            message, _exchange, routing_key = json.loads(entry)
+        except (ValueError, TypeError):
+            continue
+        if routing_key not in queues:
+            continue
+        job_id = job_id_of(json.dumps(message))
+        if job_id is not None:
+            found.add(job_id)
     return found

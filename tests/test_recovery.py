@@ -274,7 +274,7 @@ def test_jobs_whose_messages_redis_lost_are_enqueued_again_and_run_once(client, 
     # Stored but never enqueued: what a flushed or restarted Redis leaves behind.
     owner = accounts["alice"].user_id
     lost = [jobs.create_job(db, spec, owner_id=owner).id for _ in range(3)]
-    assert not job_ids_with_messages(redis, [pool.queue], 60) & set(lost)
+    assert not job_ids_with_messages(redis, {pool.queue: lost}, 60)
     for job_id in lost:
         job = wait_for(client, job_id, TERMINAL, timeout=60)
         assert job["status"] == "succeeded" and job["attempt"] == 1
@@ -298,7 +298,7 @@ def test_reconciler_requeues_expired_leases_then_gives_up(db, settings):
     events = [e.message for e in jobs.job_events(db, job.id)]
     assert any("(lease expired) on attempt 1 of 2; requeued" in m for m in events), events
     # The requeue put a message back on the job's queue.
-    assert job.id in job_ids_with_messages(redis, [spec.resources.queue], 60)
+    assert job_ids_with_messages(redis, {spec.resources.queue: [job.id]}, 60) == {job.id}
     # A zombie attempt 2 can write nothing once recovered.
     with pytest.raises(jobs.Fenced):
         jobs.write_metrics(db, job.id, 2, [], epoch=0, step=1)

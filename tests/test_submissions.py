@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -151,7 +153,7 @@ def test_a_batch_lands_in_order_on_each_queue(settings):
     assert [job_id_of(broker.rpop(first)) for _ in range(3)] == [1, 3, 4]
     assert [job_id_of(broker.rpop(second)) for _ in range(2)] == [2, 5]
     queue.enqueue_jobs([(6, first)])
-    assert job_ids_with_messages(broker, [first, second], 60) == {6}
+    assert job_ids_with_messages(broker, {first: [1, 6], second: [2]}, 60) == {6}
     queue.enqueue_jobs([])  # nothing to send: no round trip, no error
     assert broker.llen(first) == 1
     queue.app.close()
@@ -211,3 +213,79 @@ def test_a_failed_enqueue_answers_each_caller_and_notes_each_job(settings, db, a
         notes = [e.message for e in jobs.job_events(db, job_id)]
         assert notes[0] == "submitted" and notes[1].startswith("enqueue failed")
     app.extensions["seqtrain"].db.dispose()
+
+
+def lrange_calls(broker: redis.Redis) -> int:
+    return int(broker.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+
+def test_finding_the_oldest_messages_reads_only_the_queues_tail(settings):
+    """The reconciler asks about the longest-waiting jobs: with 2,000 messages queued that
+    takes one read of the tail, counted by Redis itself, not a read of the whole list."""
+    queue = JobQueue(settings)
+    broker = redis.Redis.from_url(settings.redis_url)
+    name = f"{settings.default_queue}-backlog"
+    broker.delete(name)
+    queue.enqueue_jobs((job_id, name) for job_id in range(1, 2001))
+    before = lrange_calls(broker)
+    assert job_ids_with_messages(broker, {name: [1, 2, 3]}, 60) == {1, 2, 3}
+    assert lrange_calls(broker) - before == 1
+    # Deeper in the list: more chunks (they overlap by a quarter), still found.
+    before = lrange_calls(broker)
+    assert job_ids_with_messages(broker, {name: [1, 1500]}, 60) == {1, 1500}
+    assert 2 <= lrange_calls(broker) - before <= 5
+    # A job whose message is gone costs one read of the whole list, and is reported.
+    before = lrange_calls(broker)
+    assert job_ids_with_messages(broker, {name: [7, 99_999]}, 60) == {7}
+    assert lrange_calls(broker) - before == -(-2000 // 375)  # ceil(2000 / 375) chunks
+    assert job_ids_with_messages(broker, {name: []}, 60) == set()
+    broker.delete(name)
+    queue.app.close()
+
+
+def test_a_message_a_worker_holds_counts_only_while_fresh(settings):
+    """Celery keeps delivered, unacknowledged messages in the `unacked` hash; one held longer
+    than the grace belongs to a worker that died before claiming its job."""
+    queue = JobQueue(settings)
+    broker = redis.Redis.from_url(settings.redis_url)
+    name = f"{settings.default_queue}-held"
+    broker.delete(name)
+    now = time.time()
+    for job_id, delivered in ((11, now - 1), (12, now - 600)):
+        message = json.loads(queue.message(RUN_JOB_TASK, f"job-{job_id}.x", [job_id], name))
+        tag = f"tag-{job_id}-{uuid.uuid4().hex}"
+        broker.hset("unacked", tag, json.dumps([message, "", name]))
+        broker.zadd("unacked_index", {tag: delivered})
+    try:
+        assert job_ids_with_messages(broker, {name: [11, 12]}, 60) == {11}
+        assert job_ids_with_messages(broker, {"another-queue": [11]}, 60) == set()
+    finally:
+        for job_id in (11, 12):
+            for tag in [t for t in broker.hkeys("unacked") if f"tag-{job_id}-".encode() in t]:
+                broker.hdel("unacked", tag)
+                broker.zrem("unacked_index", tag)
+    queue.app.close()
+
+
+def test_the_reconciler_checks_the_longest_waiting_jobs_first(db):
+    """A requeued job waits behind the jobs enqueued before its requeue, whatever its id:
+    the reconciler asks Redis about jobs in the order their messages queue up."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from shared.models import utcnow
+
+    ids = jobs.create_jobs(db, [NewJob(parse_spec(tiny_spec()), None)] * 4)
+    now = utcnow()
+    ages = {ids[0]: 30, ids[1]: 90, ids[2]: 60, ids[3]: 5}  # seconds since the enqueue
+    with db.session() as session:
+        for job_id, age in ages.items():
+            session.execute(
+                update(Job).where(Job.id == job_id).values(enqueued_at=now - timedelta(seconds=age))
+            )
+    waiting = jobs.queued_awaiting_message(db, older_than_seconds=10)
+    assert [job_id for job_id, _ in waiting] == [ids[1], ids[2], ids[0]]
+    assert jobs.queued_awaiting_message(db, older_than_seconds=10, limit=1) == [(ids[1], "default")]
+    jobs.mark_enqueued(db, [ids[1], ids[2]])  # just enqueued again: not due for a while
+    assert [job_id for job_id, _ in jobs.queued_awaiting_message(db, 10)] == [ids[0]]

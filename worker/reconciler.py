@@ -86,17 +86,17 @@ class Reconciler:
                 done.failed.append(job_id)
         waiting = jobs.queued_awaiting_message(self.db, self.settings.enqueue_grace_seconds)
         if waiting:
+            wanted: dict[str, set[int]] = {}
+            for job_id, queue in waiting:
+                wanted.setdefault(queue, set()).add(job_id)
             present = job_ids_with_messages(
-                self.redis,
-                {queue for _, queue in waiting},
-                unacked_max_age=self.settings.enqueue_grace_seconds,
+                self.redis, wanted, unacked_max_age=self.settings.enqueue_grace_seconds
             )
             lost = [(job_id, queue) for job_id, queue in waiting if job_id not in present]
             if lost:
                 self.queue.enqueue_jobs(lost)  # one round trip, all or none
-                for job_id, _ in lost:
-                    jobs.mark_enqueued(self.db, job_id)
-                    done.enqueued.append(job_id)
+                done.enqueued.extend(job_id for job_id, _ in lost)
+                jobs.mark_enqueued(self.db, done.enqueued)
         if done.requeued or done.failed or done.enqueued:
             log.info(
                 "reconciler: requeued %s, failed %s, enqueued again %s",
