@@ -1,6 +1,8 @@
 """Resident memory of the service's long-lived processes, and whether torch is mapped into
 them: the gunicorn API (master and workers, after serving job requests but no prediction)
-and the Celery worker (after supervising a job to its end). Prints one JSON object (MiB).
+and the Celery worker (after supervising a job to its end). The worker's warm fork-server,
+which imports torch by design so that trainers start warm, is reported on its own. Prints
+one JSON object (MiB).
 
     .venv/bin/python bench/memory.py
 """
@@ -32,6 +34,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def is_forkserver(pid: int) -> bool:
+    return b"worker.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def process(pid: int) -> dict[str, Any]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
@@ -53,7 +59,9 @@ def main() -> None:
             svc.client.get(f"/api/v1/jobs/{job_id}")
         api_master, worker = svc.procs[0].pid, svc.procs[1].pid
         api = [process(api_master)] + [process(pid) for pid in children(api_master)]
-        celery = [process(worker)] + [process(pid) for pid in children(worker)]
+        helpers = children(worker)
+        celery = [process(worker)] + [process(p) for p in helpers if not is_forkserver(p)]
+        forkserver = [process(p) for p in helpers if is_forkserver(p)]
     print(
         json.dumps(
             {
@@ -65,6 +73,7 @@ def main() -> None:
                     "processes": celery,
                     "rss_mib_total": round(sum(p["rss_mib"] for p in celery), 1),
                 },
+                "forkserver": {"processes": forkserver},
                 "torch_in_api_or_worker": any(p["torch_mapped"] for p in api + celery),
             }
         )
