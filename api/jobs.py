@@ -174,6 +174,10 @@ def submit() -> Response:
     key = idempotency_key()
     spec = parse_spec(json_body())
     svc, principal = services(), current_principal()
+    if key is not None:  # a retried POST: looked up here, in parallel, not in the group's flush
+        earlier = jobs.keyed_job(svc.db, principal.user_id, key)
+        if earlier is not None:
+            return replayed(earlier, spec)
     links = resolve_datasets(spec)
     try:  # a job no registered worker could ever hold is refused, with the numbers
         estimate = check_placement(svc.db, spec, svc.settings)

@@ -112,6 +112,10 @@ def create_job(
     Enqueue only after this returns. With an `idempotency_key` the owner already used,
     nothing is inserted and `IdempotentReplay` carries the earlier job.
     """
+    if idempotency_key is not None:
+        earlier = keyed_job(db, owner_id, idempotency_key)
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
     new = NewJob(spec, owner_id, actor, datasets or {}, idempotency_key, estimate)
     result = submit_jobs(db, [new])[0]
     if isinstance(result, IdempotentReplay):
@@ -124,43 +128,37 @@ def submit_jobs(db: Database, batch: Sequence[NewJob]) -> list[int | IdempotentR
     the new job's id, or `IdempotentReplay` with the job an earlier request made with
     that key.
 
-    A key taken by a concurrent request fails the whole transaction; the batch is then
-    inserted one submission at a time, so that only the submission that reused the key
-    gets the replay.
+    Callers look a key up before they hand the submission in (`keyed_job`), in their own
+    thread; a key taken since (a concurrent retry, or one inside this batch) fails the
+    whole transaction, and the batch is then inserted one submission at a time, so that
+    only the submission that reused the key gets the replay.
     """
-    results: list[int | IdempotentReplay | None] = [None] * len(batch)
-    fresh: list[int] = []
-    for n, new in enumerate(batch):
-        earlier = _keyed_job(db, new)
-        if earlier is not None:
-            results[n] = IdempotentReplay(earlier)
-        else:
-            fresh.append(n)
     try:
-        for n, job_id in zip(fresh, create_jobs(db, [batch[n] for n in fresh]), strict=True):
-            results[n] = job_id
+        return list(create_jobs(db, batch))
     except IntegrityError:
-        if not any(batch[n].idempotency_key for n in fresh):
+        if not any(new.idempotency_key for new in batch):
             raise
-        for n in fresh:
-            try:
-                results[n] = create_jobs(db, [batch[n]])[0]
-            except IntegrityError:
-                earlier = _keyed_job(db, batch[n])
-                if earlier is None:
-                    raise
-                results[n] = IdempotentReplay(earlier)
-    return cast(list[int | IdempotentReplay], results)
+    results: list[int | IdempotentReplay] = []
+    for new in batch:
+        try:
+            results.append(create_jobs(db, [new])[0])
+        except IntegrityError:
+            earlier = (
+                keyed_job(db, new.owner_id, new.idempotency_key)
+                if new.idempotency_key is not None
+                else None
+            )
+            if earlier is None:
+                raise
+            results.append(IdempotentReplay(earlier))
+    return results
 
 
-def _keyed_job(db: Database, new: NewJob) -> Job | None:
-    if new.idempotency_key is None:
-        return None
+def keyed_job(db: Database, owner_id: int | None, key: str) -> Job | None:
+    """The job `owner_id` submitted with Idempotency-Key `key`, if any."""
     with db.session() as session:
         return session.scalars(
-            select(Job).where(
-                Job.owner_id == new.owner_id, Job.idempotency_key == new.idempotency_key
-            )
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key)
         ).first()
 
 

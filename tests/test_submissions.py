@@ -289,3 +289,29 @@ def test_the_reconciler_checks_the_longest_waiting_jobs_first(db):
     assert jobs.queued_awaiting_message(db, older_than_seconds=10, limit=1) == [(ids[1], "default")]
     jobs.mark_enqueued(db, [ids[1], ids[2]])  # just enqueued again: not due for a while
     assert [job_id for job_id, _ in jobs.queued_awaiting_message(db, 10)] == [ids[0]]
+
+
+def test_concurrent_retries_with_one_key_make_one_job(app, accounts, db):
+    """Eight copies of one POST with the same Idempotency-Key at once (a client retrying
+    in a hurry): one 201, seven replays of that job, one row, and nobody else's
+    submission in the same group is lost."""
+    start = threading.Barrier(12)
+    spec = tiny_spec(name="once", resources={"queue": "nobody-listens"})
+
+    def post(n: int):
+        client = authed_client(app, accounts["alice"])
+        start.wait(10)
+        if n < 8:
+            return client.post("/api/v1/jobs", json=spec, headers={"Idempotency-Key": "hurry"})
+        return client.post("/api/v1/jobs", json=tiny_spec(name=f"other-{n}"))
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(post, range(12)))
+    keyed, others = answers[:8], answers[8:]
+    assert sorted(r.status_code for r in keyed) == [200] * 7 + [201]
+    assert len({r.json["id"] for r in keyed}) == 1
+    assert all(
+        r.headers.get("Idempotent-Replayed") == "true" for r in keyed if r.status_code == 200
+    )
+    assert {r.status_code for r in others} == {201} and len({r.json["id"] for r in others}) == 4
+    assert count(db, Job) == 5 and count(db, JobEvent) == 5
