@@ -63,7 +63,8 @@ class JobQueue:
     Messages are Celery's own (protocol 2, built by `app.amqp.as_task_v2`, in the envelope
     kombu's Redis transport writes), pushed with one LPUSH per queue in a MULTI/EXEC: a
     batch of jobs costs one round trip and lands all or none. FIFO holds within a batch.
-    `tests/test_queue.py` checks each message against what Celery's own `send_task` writes.
+    `tests/test_submissions.py` checks each message against what Celery's own `send_task`
+    writes.
     """
 
     def __init__(self, settings: Settings) -> None:
