@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.service import children  # noqa: E402
 from cli import services  # noqa: E402
 from migrations import upgrade  # noqa: E402
 from shared.auth import create_token, create_user  # noqa: E402
@@ -111,18 +112,6 @@ def cpu_per_request(
     per = {k: round(v * 1000 / max(requests_done, 1), 3) for k, v in sorted(groups.items())}
     per["machine"] = round(busy * 1000 / max(requests_done, 1), 3)
     return per
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            raw = entry.read_text()
-        except OSError:
-            continue
-        if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
-            found.add(int(entry.parent.name))
-    return found
 
 
 def python_speed_ms() -> float:
@@ -316,7 +305,7 @@ def main() -> None:
                 timeout=30,
             )
             warm.raise_for_status()
-            api_pids = {api.pid} | children(api.pid)
+            api_pids = {api.pid, *children(api.pid)}
             before, busy_before = cpu_seconds_by_process(), machine_busy_seconds()
             client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if client == "wrk":

@@ -17,21 +17,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.service import LocalService  # noqa: E402
+from bench.service import LocalService, children  # noqa: E402
 
 SPEC: dict[str, Any] = {
     "name": "memory",
     "model": {"type": "gru", "embedding_dim": 16, "hidden_size": 16},
     "training": {"epochs": 1, "max_steps": 3},
 }
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
 
 
 def is_forkserver(pid: int) -> bool:

@@ -25,6 +25,15 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a running process's children (from /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
 class LocalService:
     def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.workers, self.extra_env = workers, env or {}
