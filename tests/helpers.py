@@ -40,3 +40,11 @@ SMALL_TSV = b"sentence\tlabel\n" + b"".join(
     for i in range(40)
     for adj, label in (("great", "pos"), ("awful", "neg"))
 )
+
+
+def row_count(db: Any, model: Any) -> int:
+    """How many rows `model`'s table holds now."""
+    from sqlalchemy import func, select
+
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))

@@ -4,17 +4,12 @@ from dataclasses import replace
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from cli.services import free_port
 from shared import jobs
 from shared.models import Job, JobEvent
-from tests.helpers import tiny_spec
-
-
-def job_count(db):
-    with db.session() as s:
-        return s.scalar(select(func.count()).select_from(Job))
+from tests.helpers import row_count, tiny_spec
 
 
 def assert_error_shape(body, code):
@@ -65,13 +60,13 @@ def test_submit_stores_and_enqueues_the_id_only(client, db, settings):
     ],
 )
 def test_bad_spec_is_422_naming_the_field_and_stores_nothing(client, db, spec, path):
-    before = job_count(db)
+    before = row_count(db, Job)
     response = client.post("/api/v1/jobs", json=spec)
     assert response.status_code == 422
     assert_error_shape(response.json, "validation_error")
     assert path in [f["path"] for f in response.json["error"]["fields"]]
     assert path in response.json["error"]["message"]
-    assert job_count(db) == before
+    assert row_count(db, Job) == before
 
 
 def test_oversize_message_gives_the_numbers(client):
@@ -94,7 +89,7 @@ def test_malformed_bodies(client, db, kwargs, status, code):
     response = client.post("/api/v1/jobs", **kwargs)
     assert response.status_code == status
     assert_error_shape(response.json, code)
-    assert job_count(db) == 0
+    assert row_count(db, Job) == 0
 
 
 def test_detail_list_and_filters(client, db):

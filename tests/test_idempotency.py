@@ -1,14 +1,7 @@
 """Idempotency-Key on POST /jobs: a retried submit returns the first job, never a second."""
 
-from sqlalchemy import func, select
-
 from shared.models import Job
-from tests.helpers import tiny_spec
-
-
-def count_jobs(db) -> int:
-    with db.session() as session:
-        return session.scalar(select(func.count()).select_from(Job))
+from tests.helpers import row_count, tiny_spec
 
 
 def test_a_retried_post_returns_the_same_job(client, db):
@@ -20,11 +13,11 @@ def test_a_retried_post_returns_the_same_job(client, db):
     assert again.json["id"] == first.json["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.headers["Location"] == first.headers["Location"]
-    assert count_jobs(db) == 1
+    assert row_count(db, Job) == 1
     # Without the key, or with another one, each POST is a new job.
     assert client.post("/api/v1/jobs", json=spec).json["id"] != first.json["id"]
     other = client.post("/api/v1/jobs", json=spec, headers={"Idempotency-Key": "other"})
-    assert other.status_code == 201 and count_jobs(db) == 3
+    assert other.status_code == 201 and row_count(db, Job) == 3
 
 
 def test_the_key_is_per_user(client, app, accounts, db):
@@ -45,7 +38,7 @@ def test_a_key_reused_with_another_spec_is_refused(client, db):
     assert response.status_code == 422
     assert response.json["error"]["code"] == "idempotency_key_reused"
     assert response.json["error"]["fields"][0]["path"] == "Idempotency-Key"
-    assert count_jobs(db) == 1
+    assert row_count(db, Job) == 1
 
 
 def test_a_malformed_key_is_a_400_naming_the_header(client, db):
@@ -53,4 +46,4 @@ def test_a_malformed_key_is_a_400_naming_the_header(client, db):
         response = client.post("/api/v1/jobs", json=tiny_spec(), headers={"Idempotency-Key": bad})
         assert response.status_code == 400, bad
         assert response.json["error"]["fields"][0]["path"] == "Idempotency-Key"
-    assert count_jobs(db) == 0
+    assert row_count(db, Job) == 0

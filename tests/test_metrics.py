@@ -81,28 +81,19 @@ def test_metrics_report_jobs_queues_durations_workers_and_speed(
     done_attempt = jobs.claim(db, done, "metrics-worker", 60)
     assert done_attempt is not None
     assert jobs.finish(db, done, done_attempt, "succeeded", "ok", "test")
-    workers.register(
-        db,
-        name="metrics-worker",
-        hostname="h",
-        pid=1,
-        queues=[queue_name],
-        device_kind="cpu",
-        device_count=1,
-        devices=[],
-    )
-    workers.set_current_job(db, "metrics-worker", running)
-    for gone in ("stopped-worker", "silent-worker"):  # neither counts as live
+    # Ours trains `running`; the stopped and the silent one must not count as live.
+    for pid, name in enumerate(("metrics-worker", "stopped-worker", "silent-worker"), start=1):
         workers.register(
             db,
-            name=gone,
+            name=name,
             hostname="h",
-            pid=2,
+            pid=pid,
             queues=[queue_name],
             device_kind="cpu",
             device_count=1,
             devices=[],
         )
+    workers.set_current_job(db, "metrics-worker", running)
     workers.mark_stopped(db, "stopped-worker")
     with db.session() as session:
         session.execute(

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from shared import jobs
@@ -21,14 +20,9 @@ from shared.models import Job, JobDataset, JobEvent
 from shared.queue import RUN_JOB_TASK, JobQueue, job_id_of, job_ids_with_messages
 from shared.spec import parse_spec
 from tests.conftest import authed_client
-from tests.helpers import SMALL_TSV, tiny_spec, upload
+from tests.helpers import SMALL_TSV, row_count, tiny_spec, upload
 
 TSV = {"format": "tsv", "text_column": "sentence", "label_column": "label"}
-
-
-def count(db, model) -> int:
-    with db.session() as session:
-        return session.scalar(select(func.count()).select_from(model))
 
 
 def test_a_batch_keeps_each_jobs_owner_actor_and_datasets(client, db, accounts):
@@ -84,7 +78,7 @@ def test_a_batch_is_all_or_none(db, accounts):
     alice = accounts["alice"]
     spec = parse_spec(tiny_spec())
     jobs.create_jobs(db, [NewJob(spec, alice.user_id, idempotency_key="taken")])
-    before = (count(db, Job), count(db, JobEvent), count(db, JobDataset))
+    before = (row_count(db, Job), row_count(db, JobEvent), row_count(db, JobDataset))
     with pytest.raises(IntegrityError):
         jobs.create_jobs(
             db,
@@ -94,7 +88,7 @@ def test_a_batch_is_all_or_none(db, accounts):
                 NewJob(spec, alice.user_id),
             ],
         )
-    assert (count(db, Job), count(db, JobEvent), count(db, JobDataset)) == before
+    assert (row_count(db, Job), row_count(db, JobEvent), row_count(db, JobDataset)) == before
 
 
 def test_a_reused_key_in_a_batch_costs_only_that_submission(db, accounts):
@@ -114,7 +108,7 @@ def test_a_reused_key_in_a_batch_costs_only_that_submission(db, accounts):
     assert isinstance(results[0], IdempotentReplay) and results[0].job.id == earlier
     assert all(isinstance(r, int) for r in (results[1], results[2], results[4]))
     assert isinstance(results[3], IdempotentReplay) and results[3].job.id == results[2]
-    assert count(db, Job) == 4 and count(db, JobEvent) == 4
+    assert row_count(db, Job) == 4 and row_count(db, JobEvent) == 4
 
 
 def test_messages_are_the_ones_celery_itself_writes(settings):
@@ -184,7 +178,7 @@ def test_concurrent_posts_each_get_their_own_job_and_message(app, accounts, db, 
         assert job.name == f"burst-{n}"
         assert job.owner_id == accounts["alice" if n % 2 else "bob"].user_id
         assert [e.actor for e in jobs.job_events(db, job_id)] == ["alice" if n % 2 else "bob"]
-    assert count(db, Job) == 32
+    assert row_count(db, Job) == 32
     messages = [job_id_of(m) for m in broker.lrange(name, 0, -1)]
     assert sorted(messages) == sorted(ids.values())
 
@@ -314,4 +308,4 @@ def test_concurrent_retries_with_one_key_make_one_job(app, accounts, db):
         r.headers.get("Idempotent-Replayed") == "true" for r in keyed if r.status_code == 200
     )
     assert {r.status_code for r in others} == {201} and len({r.json["id"] for r in others}) == 4
-    assert count(db, Job) == 5 and count(db, JobEvent) == 5
+    assert row_count(db, Job) == 5 and row_count(db, JobEvent) == 5
