@@ -26,10 +26,10 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from api.submissions import Submissions
 from shared.auth import PrincipalCache, auth_cache_seconds
-from shared.db import Database
-from shared.queue import JobQueue
+from shared.infra.db import Database
+from shared.infra.queue import JobQueue
+from shared.infra.storage import ArtifactStore
 from shared.settings import Settings
-from shared.storage import ArtifactStore
 
 SECURITY_HEADERS = {
     # No inline script or style anywhere: user-supplied text can never run.
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.session_interface = CookieSessions()
-    # No ping per checkout: one per connection idle 10 s or more (see shared.db).
+    # No ping per checkout: one per connection idle 10 s or more (see shared.infra.db).
     db = Database(settings.database_url, ping_after_idle=10.0)
     queue = JobQueue(settings)
     app.extensions["seqtrain"] = Services(

@@ -25,6 +25,7 @@ from flask import current_app, g, request, session
 from api.errors import ApiError
 from shared import auth
 from shared.auth import Principal
+from shared.protocol import auth_failure_key
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -67,7 +68,7 @@ class FailureLimiter:
         self._flagged: dict[str, float] = {}
 
     def _key(self, client: str) -> str:
-        return f"seqtrain:authfail:{client}"
+        return auth_failure_key(client)
 
     def _flag(self, client: str, seconds: float) -> None:
         now = time.monotonic()

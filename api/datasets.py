@@ -13,10 +13,10 @@ from api.errors import ApiError
 from api.jobs import query, reply
 from api.openapi import API_PREFIX, id_rule, operation
 from api.schemas import DatasetList, DatasetOut, ListDatasetsQuery
-from shared import datasets as registry
-from shared.dataset_formats import DatasetFormatError
+from shared.data import datasets as registry
+from shared.data.formats import DatasetFormatError
+from shared.infra.models import Dataset
 from shared.jobs import owner_names
-from shared.models import Dataset
 
 bp = Blueprint("datasets", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)

@@ -14,7 +14,7 @@ from api.jobs import JOB, json_body, owned_job, reply
 from api.openapi import API_PREFIX, operation
 from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, PredictResponse
 from shared import jobs
-from shared.models import Job
+from shared.infra.models import Job
 
 bp = Blueprint("inference", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
@@ -29,7 +29,7 @@ def predictor_for(job: Job, tasks: tuple[str, ...]) -> tuple[int, object]:
     ckpt = jobs.best_checkpoint(svc.db, job.id)
     if ckpt is None or not svc.store.exists(ckpt.uri):
         raise ApiError(409, "conflict", f"job {job.id} has no checkpoint yet")
-    from shared.inference import load_predictor  # torch, on first use only
+    from api.predictor import load_predictor  # torch, on first use only
 
     return ckpt.id, load_predictor(str(svc.store.path(ckpt.uri)), ckpt.sha256)
 

@@ -22,10 +22,10 @@ from api.schemas import (
     MetricList,
     MetricsQuery,
 )
-from shared import datasets as registry
 from shared import jobs
-from shared.models import Dataset, Job
-from shared.routing import PlacementError, check_placement
+from shared.data import datasets as registry
+from shared.infra.models import Dataset, Job
+from shared.jobs.routing import PlacementError, check_placement
 from shared.spec import JobSpec, dataset_references, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)

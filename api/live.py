@@ -44,17 +44,16 @@ from api.schemas import (
     WorkerOut,
 )
 from shared import jobs
-from shared.models import TERMINAL_STATUSES, Job, utcnow
-from shared.queue import queue_depths, redis_client
+from shared.infra.models import TERMINAL_STATUSES, Job, utcnow
+from shared.infra.queue import queue_depths, redis_client
+from shared.jobs.workers import list_workers
+from shared.protocol import log_key, metrics_channel
 from shared.spec import JobSpec
-from shared.workers import list_workers
 
 bp = Blueprint("live", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
 log = logging.getLogger("seqtrain.api")
 
-# Written by the worker's supervisor (worker.supervisor.log_key); the API never imports it.
-LOG_KEY = "jobs/{job_id}/logs/attempt-{attempt}.log"
 LOG_CHUNK_BYTES = 64 * 1024
 STREAM_SECONDS = 60.0  # then the client reconnects
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies from closing an idle stream
@@ -199,17 +198,13 @@ def logs(job_id: int) -> Response:
         )
     store = services().store
     attempt = params.attempt or job.attempt
-    attempts = [
-        n
-        for n in range(1, job.attempt + 1)
-        if store.exists(LOG_KEY.format(job_id=job_id, attempt=n))
-    ]
+    attempts = [n for n in range(1, job.attempt + 1) if store.exists(log_key(job_id, n))]
     ended = job.status in TERMINAL_STATUSES or (
         attempt > 0 and (attempt < job.attempt or job.status == "queued")
     )
     text, next_offset, size = "", params.offset, 0
     if attempt > 0:
-        path = store.path(LOG_KEY.format(job_id=job_id, attempt=attempt))
+        path = store.path(log_key(job_id, attempt))
         text, next_offset, size = read_log(path, params.offset, ended)
     chunk = LogChunk(
         attempt=attempt,
@@ -257,7 +252,7 @@ def metric_events(svc: Services, job_id: int, lifetime: float) -> Iterator[str]:
         if current.status == "running":  # subscribe before the first byte: see the docstring
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(f"seqtrain:job:{job_id}:metrics")
+                pubsub.subscribe(metrics_channel(job_id))
             except redis.RedisError as exc:  # metrics then come from SQL alone
                 log.warning("job %s: stream without pub/sub (%s)", job_id, type(exc).__name__)
                 pubsub = None

@@ -15,10 +15,9 @@ from collections.abc import Iterable
 
 from flask import Blueprint, Response, current_app, request
 
-from api import services
+from api import services, stats
 from api.errors import ApiError
-from shared import stats
-from shared.queue import queue_depths, redis_client
+from shared.infra.queue import queue_depths, redis_client
 
 bp = Blueprint("metrics", __name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

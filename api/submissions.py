@@ -1,6 +1,6 @@
 """Job submissions, committed and enqueued in groups.
 
-Concurrent POST /jobs requests in one API process share a flush (`shared.batching`): one
+Concurrent POST /jobs requests in one API process share a flush (`api.batching`): one
 SQL transaction inserts all their jobs, dataset links and first events, and one Redis
 round trip enqueues them, after the commit. A request that arrives while the service is
 idle is flushed at once, alone. Each request still gets its own answer: its job, or its
@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from api.batching import GroupCommit
 from shared import jobs
-from shared.batching import GroupCommit
-from shared.db import Database
+from shared.infra.db import Database
+from shared.infra.queue import JobQueue
 from shared.jobs import IdempotentReplay, NewJob
-from shared.queue import JobQueue
 
 log = logging.getLogger("seqtrain.api")
 

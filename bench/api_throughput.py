@@ -37,8 +37,8 @@ from bench.service import children  # noqa: E402
 from cli import services  # noqa: E402
 from migrations import upgrade  # noqa: E402
 from shared.auth import create_token, create_user  # noqa: E402
-from shared.db import Database  # noqa: E402
-from shared.queue import redis_client  # noqa: E402
+from shared.infra.db import Database  # noqa: E402
+from shared.infra.queue import redis_client  # noqa: E402
 
 ADMIN_URL = os.environ.get(
     "SEQTRAIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -41,8 +41,8 @@ from cli import services
 from cli.client import ApiFailure, Client
 from migrations import upgrade
 from shared.auth import create_token, create_user
-from shared.db import Database
-from shared.models import Job, JobEvent, Metric
+from shared.infra.db import Database
+from shared.infra.models import Job, JobEvent, Metric
 from worker.procs import trainer_pids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,8 +248,8 @@ def reference_weights(root: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
-    from shared.checkpoints import save_checkpoint
     from shared.spec import parse_spec
+    from shared.zoo.checkpoints import save_checkpoint
     from worker.trainer import Reporter, train
 
     saved: list[Path] = []
@@ -419,7 +419,7 @@ def redis_scenario(dep: Deployment, queued: int, how: str, workers: int) -> dict
 
 
 def services_redis(dep: Deployment) -> Any:
-    from shared.queue import redis_client
+    from shared.infra.queue import redis_client
 
     return redis_client(dep.env["REDIS_URL"])
 

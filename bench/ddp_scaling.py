@@ -36,7 +36,7 @@ def rank_main(data: Path, steps: int, out: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from shared.dataset_formats import parse_delimited
+    from shared.data.formats import parse_delimited
     from shared.spec import parse_spec
     from worker.data import Splits
     from worker.trainer import Reporter, init_distributed, rank_and_world, train

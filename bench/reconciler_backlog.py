@@ -35,9 +35,9 @@ from bench.api_throughput import fresh_database  # noqa: E402
 from cli import services  # noqa: E402
 from migrations import upgrade  # noqa: E402
 from shared import jobs  # noqa: E402
-from shared.db import Database  # noqa: E402
+from shared.infra.db import Database  # noqa: E402
+from shared.infra.queue import JobQueue, job_id_of, redis_client  # noqa: E402
 from shared.jobs import NewJob  # noqa: E402
-from shared.queue import JobQueue, job_id_of, redis_client  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.spec import parse_spec  # noqa: E402
 

@@ -18,7 +18,7 @@ from cli import services
 from cli.client import Client
 from migrations import upgrade
 from shared.auth import create_token, create_user
-from shared.db import Database
+from shared.infra.db import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -92,7 +92,7 @@ def run_baseline(data: Path) -> dict[str, float]:
 
 def run_seqtrain(data: Path) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
-    from shared.dataset_formats import parse_delimited
+    from shared.data.formats import parse_delimited
     from shared.spec import parse_spec
     from worker.data import Splits
     from worker.trainer import Reporter, train

@@ -225,7 +225,7 @@ def up(host: str, port: int, worker_count: int) -> None:
 def ensure_dev_token(database_url: str, var: Path) -> str:
     """On first start: an admin user and its token in <var>/dev-token (mode 600)."""
     from shared.auth import ensure_admin
-    from shared.db import Database
+    from shared.infra.db import Database
 
     db = Database(database_url)
     try:
@@ -247,7 +247,7 @@ def ensure_dev_token(database_url: str, var: Path) -> str:
 
 
 def _database() -> Any:
-    from shared.db import Database
+    from shared.infra.db import Database
     from shared.settings import Settings
 
     return Database(Settings.from_env().database_url)
@@ -729,8 +729,8 @@ def generate(
 def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> Any:
     if path is None:
         return None
-    from shared.dataset_formats import DatasetFormatError
-    from shared.datasets import DatasetUpload, parse
+    from shared.data.datasets import DatasetUpload, parse
+    from shared.data.formats import DatasetFormatError
 
     if fmt is None:
         _fail("--format is required with data files")
@@ -779,8 +779,8 @@ def train_local(
     """Train SPEC_FILE here with the service's trainer code; prints the final metrics."""
     from pydantic import ValidationError
 
-    from shared.checkpoints import save_checkpoint
     from shared.spec import parse_spec
+    from shared.zoo.checkpoints import save_checkpoint
     from worker.data import Splits, load_splits
     from worker.trainer import Reporter, train
 

@@ -70,7 +70,7 @@ def wait_for_port(
 
 # Threads per API process. Each can hold one request or one live-page stream; concurrent
 # submissions share a commit (api.submissions), so more threads also mean bigger groups.
-# The database pool (shared.db: 10 + 20 overflow) covers them.
+# The database pool (shared.infra.db: 10 + 20 overflow) covers them.
 API_THREADS = 16
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.infra.db import make_engine
+from shared.infra.models import Base
 from shared.settings import Settings
 
 config = context.config

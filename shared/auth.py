@@ -20,8 +20,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared.db import Database, affected_rows
-from shared.models import ApiToken, User, utcnow
+from shared.infra.db import Database, affected_rows
+from shared.infra.models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "st_"  # noqa: S105 (a prefix, not a secret)
 LAST_USED_RESOLUTION = timedelta(minutes=5)

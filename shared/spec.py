@@ -11,10 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from shared.datasets import BUILTIN_DATASETS, DEFAULT_DATASETS
+from shared.data.datasets import BUILTIN_DATASETS
+from shared.registry import MODEL_TYPES, TASKS, ModelType, TaskName, describe_tasks
 
-MODEL_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
-TASKS = ("classification",)
 # Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
 # 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
 MAX_MODEL_PARAMETERS = 100_000_000
@@ -27,9 +26,7 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    type: Literal["rnn", "gru", "lstm", "bilstm", "transformer"] = Field(
-        "lstm", description="Architecture: rnn | gru | lstm | bilstm | transformer."
-    )
+    type: ModelType = Field("lstm", description="Architecture: " + " | ".join(MODEL_TYPES) + ".")
     embedding_dim: int = Field(
         128, ge=2, le=4096, description="Token embedding width (the transformer's d_model)."
     )
@@ -252,11 +249,7 @@ class JobSpec(_Section):
         pattern=PRINTABLE,
         description="Human-readable job name (required).",
     )
-    task: Literal["classification", "language_modeling", "tagging"] = Field(
-        "classification",
-        description="classification (text -> label), language_modeling (next token), "
-        "tagging (a tag per token, e.g. named entities).",
-    )
+    task: TaskName = Field("classification", description=describe_tasks() + ".")
     # data precedes model so that the model's size check can see the vocabulary bound.
     data: DataSpec = Field(default_factory=DataSpec, description="Dataset and preprocessing.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Architecture and sizes.")
@@ -275,13 +268,14 @@ class JobSpec(_Section):
     def _model_fits(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
         data = info.data.get("data") or DataSpec()
         task = info.data.get("task", "classification")
-        if task == "language_modeling" and model.type == "bilstm":
+        facts = TASKS[task]
+        if model.type not in facts.model_types:
+            raise ValueError(facts.model_type_reason)
+        kinds = facts.tokenizer_kinds
+        if kinds is not None and data.tokenizer.kind not in kinds:
             raise ValueError(
-                "a bidirectional model reads the tokens it must predict; use rnn, gru, lstm or "
-                "transformer for language_modeling"
+                f"{task} reads pre-split tokens whole: use data.tokenizer.kind = {' or '.join(kinds)}"
             )
-        if task == "tagging" and data.tokenizer.kind != "word":
-            raise ValueError("tagging reads pre-split tokens whole: use data.tokenizer.kind = word")
         params = estimate_parameters(model, data.tokenizer.vocab_size, 2, task)
         if params > MAX_MODEL_PARAMETERS:
             raise ValueError(
@@ -295,7 +289,7 @@ class JobSpec(_Section):
 def dataset_references(spec: JobSpec) -> dict[str, str | None]:
     """role -> the reference each split trains or evaluates on (the task's built-in by default)."""
     return {
-        "train": spec.data.dataset or f"builtin:{DEFAULT_DATASETS[spec.task]}",
+        "train": spec.data.dataset or f"builtin:{TASKS[spec.task].default_dataset}",
         "validation": spec.data.validation_dataset,
         "test": spec.data.test_dataset,
     }

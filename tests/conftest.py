@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from cli.services import redis_server_binary, start_redis, stop, wait_for_port, worker_command
-from shared.db import Database
-from shared.models import Base
+from shared.infra.db import Database
+from shared.infra.models import Base
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

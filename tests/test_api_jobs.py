@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from cli.services import free_port
 from shared import jobs
-from shared.models import Job, JobEvent
+from shared.infra.models import Job, JobEvent
 from tests.helpers import row_count, tiny_spec
 
 

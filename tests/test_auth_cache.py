@@ -7,8 +7,8 @@ import redis as redis_lib
 from sqlalchemy import event, select, text, update
 
 from shared.auth import Principal, PrincipalCache, revoke_token
-from shared.db import Database
-from shared.models import ApiToken
+from shared.infra.db import Database
+from shared.infra.models import ApiToken
 
 
 def make_app(settings, **config):

@@ -1,4 +1,4 @@
-"""shared.batching.GroupCommit with real threads: who flushes, what a batch holds, and
+"""api.batching.GroupCommit with real threads: who flushes, what a batch holds, and
 where each error goes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.batching import GroupCommit
+from api.batching import GroupCommit
 from tests.conftest import wait_until
 
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from werkzeug.serving import make_server
 
-from shared import jobs, workers
+from shared import jobs
+from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.conftest import ROOT
 from tests.helpers import tiny_spec

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.datasets import BUILTIN_DATASETS, load
+from shared.data.datasets import BUILTIN_DATASETS, load
+from shared.data.text import PAD_ID, UNK_ID
+from shared.infra.storage import ArtifactStore
 from shared.spec import DataSpec, JobSpec, TokenizerSpec
-from shared.storage import ArtifactStore
-from shared.text import PAD_ID, UNK_ID
 from worker.data import (
     DataError,
     Splits,

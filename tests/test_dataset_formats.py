@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.dataset_formats import (
+from shared.data.formats import (
     DatasetFormatError,
     ParsedDataset,
     decode,

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from shared.models import Dataset
+from shared.infra.models import Dataset
 from tests.conftest import DATASETS, authed_client
 from tests.helpers import SMALL_TSV, tiny_spec, upload
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.spec import parse_spec
+from shared.zoo.checkpoints import load_checkpoint, save_checkpoint
 from tests.helpers import tiny_spec
 from worker.launch import single_node_options
 from worker.trainer import Reporter, train

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from shared.models import Metric
+from shared.infra.models import Metric
 from tests.conftest import wait_until
 from tests.helpers import tiny_spec
 from tests.test_recovery import TERMINAL, TrainerWatch, Workers, job_of, wait_for

@@ -155,7 +155,7 @@ def test_api_and_celery_processes_never_import_torch():
 
     code = (
         "import sys; import api.wsgi, worker.celery_app, worker.tasks, worker.supervisor, "
-        "worker.agent, worker.reconciler, worker.devices, worker.multinode, shared.nodes, cli.main; "
+        "worker.agent, worker.reconciler, worker.devices, worker.multinode, shared.jobs.nodes, cli.main; "
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,4 +1,4 @@
-"""shared.estimate against the real thing: the parameter count against the model built on the
+"""shared.jobs.estimate against the real thing: the parameter count against the model built on the
 `meta` device, the peak against the live tensor bytes of real training steps on CPU."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from shared.estimate import estimate_training, vocabulary_bound
+from shared.jobs.estimate import estimate_training, vocabulary_bound
 from shared.spec import estimate_parameters, parse_spec
 from shared.zoo import build_model
 

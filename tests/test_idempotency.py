@@ -1,6 +1,6 @@
 """Idempotency-Key on POST /jobs: a retried submit returns the first job, never a second."""
 
-from shared.models import Job
+from shared.infra.models import Job
 from tests.helpers import row_count, tiny_spec
 
 

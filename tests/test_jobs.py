@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import func, select
 
 from shared import jobs
-from shared.models import JobEvent, Metric
+from shared.infra.models import JobEvent, Metric
 from shared.spec import parse_spec
 from tests.helpers import tiny_spec
 

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from api.live import LOG_CHUNK_BYTES, LOG_KEY
-from shared import jobs, workers
+from shared import jobs
+from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.helpers import SMALL_TSV, tiny_spec, upload
 

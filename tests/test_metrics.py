@@ -13,8 +13,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from shared import jobs, workers
-from shared.models import Worker, utcnow
+from shared import jobs
+from shared.infra.models import Worker, utcnow
+from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.conftest import ROOT
 from tests.helpers import tiny_spec

@@ -5,8 +5,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from migrations import alembic_config
-from shared.db import make_engine
-from shared.models import Base
+from shared.infra.db import make_engine
+from shared.infra.models import Base
 
 
 def test_models_match_migrations(database_url):

@@ -10,8 +10,9 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from shared import jobs, nodes
-from shared.models import JobEvent, JobNode, Metric, Worker
+from shared import jobs
+from shared.infra.models import JobEvent, JobNode, Metric, Worker
+from shared.jobs import nodes
 from tests.conftest import wait_until
 from tests.helpers import tiny_spec
 from tests.test_recovery import TERMINAL, TrainerWatch, Workers, job_of, wait_for
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def pool(settings, db, tmp_path, database_url):
     if not database_url.startswith("sqlite"):
-        pytest.skip("runs once, on SQLite: shared.nodes is tested on both backends")
+        pytest.skip("runs once, on SQLite: shared.jobs.nodes is tested on both backends")
     workers_ = Workers(settings, tmp_path)
     yield workers_
     workers_.close()

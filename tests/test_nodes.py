@@ -1,12 +1,13 @@
-"""Reserving the workers of a multi-node attempt in SQL (shared.nodes), on both backends:
+"""Reserving the workers of a multi-node attempt in SQL (shared.jobs.nodes), on both backends:
 every INSERT is conditional on the attempt, and of two workers racing for a rank one wins."""
 
 from __future__ import annotations
 
 import threading
 
-from shared import jobs, nodes
-from shared.db import Database
+from shared import jobs
+from shared.infra.db import Database
+from shared.jobs import nodes
 from shared.spec import parse_spec
 from tests.helpers import tiny_spec
 

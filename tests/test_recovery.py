@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 
 from cli.services import stop, worker_command
-from shared import jobs, workers
-from shared.models import JobEvent, Metric
-from shared.queue import job_ids_with_messages, redis_client
+from shared import jobs
+from shared.infra.models import JobEvent, Metric
+from shared.infra.queue import job_ids_with_messages, redis_client
+from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.conftest import ROOT, wait_until, worker_env
 from tests.helpers import tiny_spec
@@ -175,7 +176,7 @@ def final_weights(settings, db, job_id: int) -> dict[str, torch.Tensor]:
 
 def uninterrupted_weights(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
     """The same spec trained in this process without interruption (same thread count)."""
-    from shared.checkpoints import save_checkpoint
+    from shared.zoo.checkpoints import save_checkpoint
 
     saved: list[Path] = []
 
@@ -346,7 +347,7 @@ def test_a_crashing_trainer_fails_with_its_traceback(client, db, settings, pool,
         db, job.id, 1, step=5, epoch=0, uri=key, sha256="0" * 64, size=32, metrics={}, keep_last=2
     )
     assert jobs.requeue(db, job.id, 1, "worker drained", "test")
-    from shared.queue import JobQueue
+    from shared.infra.queue import JobQueue
 
     JobQueue(pool.settings).enqueue_job(job.id, pool.queue)
     done = wait_for(client, job.id, TERMINAL, timeout=60)

@@ -3,7 +3,7 @@ an accepted job carries its estimate."""
 
 from __future__ import annotations
 
-from shared import workers
+from shared.jobs import workers
 from tests.helpers import tiny_spec
 
 GIB = 1 << 30
@@ -75,8 +75,8 @@ def test_a_multi_node_job_needs_that_many_fitting_workers_on_its_queue(client, d
 def test_the_worker_list_is_reused_briefly_and_a_registration_here_refreshes_it(db):
     from sqlalchemy import update
 
-    from shared.models import Worker
-    from shared.routing import registered_workers
+    from shared.infra.models import Worker
+    from shared.jobs.routing import registered_workers
 
     register(db, "w1", 2, 8 * GIB)
     assert [w.device_count for w in registered_workers(db, 60)] == [2]

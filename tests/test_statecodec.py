@@ -3,7 +3,7 @@ import random
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.statecodec import flatten, unflatten
+from shared.zoo.statecodec import flatten, unflatten
 
 
 def test_optimizer_and_rng_state_round_trip(tmp_path):

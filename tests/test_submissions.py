@@ -15,9 +15,9 @@ import redis
 from sqlalchemy.exc import IntegrityError
 
 from shared import jobs
+from shared.infra.models import Job, JobDataset, JobEvent
+from shared.infra.queue import RUN_JOB_TASK, JobQueue, job_id_of, job_ids_with_messages
 from shared.jobs import IdempotentReplay, NewJob
-from shared.models import Job, JobDataset, JobEvent
-from shared.queue import RUN_JOB_TASK, JobQueue, job_id_of, job_ids_with_messages
 from shared.spec import parse_spec
 from tests.conftest import authed_client
 from tests.helpers import SMALL_TSV, row_count, tiny_spec, upload
@@ -268,7 +268,7 @@ def test_the_reconciler_checks_the_longest_waiting_jobs_first(db):
 
     from sqlalchemy import update
 
-    from shared.models import utcnow
+    from shared.infra.models import utcnow
 
     ids = jobs.create_jobs(db, [NewJob(parse_spec(tiny_spec()), None)] * 4)
     now = utcnow()

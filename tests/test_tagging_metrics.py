@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.tagging_metrics import entity_scores, token_accuracy
+from shared.zoo.entity_metrics import entity_scores, token_accuracy
 
 
 def overall(scores: dict) -> tuple[float, float, float]:

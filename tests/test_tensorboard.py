@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.tbevents import EventWriter, crc32c, read_records
 from tests.helpers import tiny_spec
+from worker.tbevents import EventWriter, crc32c, read_records
 
 
 def test_crc32c_known_values():

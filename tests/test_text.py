@@ -1,6 +1,6 @@
 import pytest
 
-from shared.text import PAD_ID, UNK_ID, Vocabulary, tokenize
+from shared.data.text import PAD_ID, UNK_ID, Vocabulary, tokenize
 
 
 def test_tokenize_words_and_punctuation():

@@ -5,8 +5,8 @@ import pytest
 import tokenizers
 from tokenizers import models
 
-from shared.text import PAD_ID, UNK_ID, Vocabulary, tokenize
-from shared.tokenization import (
+from shared.data.text import PAD_ID, UNK_ID, Vocabulary, tokenize
+from shared.data.tokenization import (
     KINDS,
     Tokenizer,
     WordTokenizer,
@@ -222,7 +222,7 @@ def test_bpe_on_tiny_shakespeare():
 
 
 def test_whole_token_vocabulary_keeps_the_shape_of_unknown_words():
-    from shared.tokenization import SHAPE_TOKENS, WordTokenizer
+    from shared.data.tokenization import SHAPE_TOKENS, WordTokenizer
 
     tok = WordTokenizer.train_whole([["Paris", "is", "big"], ["Paris", "is", "old"]], 50, 2, False)
     ids, index = tok.encode_words(["Paris", "is", "Oslo", "NATO", "2026", "huge", "--"])

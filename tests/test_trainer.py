@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.spec import parse_spec
+from shared.zoo.checkpoints import load_checkpoint, save_checkpoint
 from tests.helpers import tiny_spec
 from worker.trainer import Reporter, train
 
@@ -65,7 +65,7 @@ def test_resume_from_a_checkpoint_ends_with_identical_weights(tmp_path):
 
 
 def test_the_checkpoint_carries_the_trained_tokenizer(tmp_path):
-    from shared.tokenization import tokenizer_from_dict
+    from shared.data.tokenization import tokenizer_from_dict
     from worker.data import load_splits, prepare
 
     spec = parse_spec(

@@ -4,8 +4,8 @@ nothing, falling loss on tiny data, and an exact parameter count."""
 import pytest
 import torch
 
+from shared.data.text import PAD_ID
 from shared.spec import ModelSpec, estimate_parameters
-from shared.text import PAD_ID
 from shared.zoo import MODEL_TYPES, build_model
 
 IGNORE = -100

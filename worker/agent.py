@@ -12,8 +12,8 @@ import socket
 import threading
 import time
 
-from shared import workers
-from shared.db import Database
+from shared.infra.db import Database
+from shared.jobs import workers
 from shared.settings import Settings
 from worker import devices
 from worker.reconciler import Reconciler

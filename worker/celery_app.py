@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
-from shared.db import Database
-from shared.queue import make_celery
+from shared.infra.db import Database
+from shared.infra.queue import make_celery
 from shared.settings import Settings
 
 if TYPE_CHECKING:

@@ -20,20 +20,21 @@ from typing import Any, Protocol
 
 import torch
 
-from shared import datasets as registry
-from shared.dataset_formats import ParsedDataset
+from shared.data import datasets as registry
+from shared.data.formats import ParsedDataset
+from shared.data.tokenization import Tokenizer, WordTokenizer, train_tokenizer
+from shared.infra.storage import ArtifactStore
+from shared.protocol import IGNORE_INDEX, TrainerFailure
 from shared.spec import DataSpec, JobSpec, dataset_references
-from shared.storage import ArtifactStore
-from shared.tokenization import Tokenizer, WordTokenizer, train_tokenizer
 from shared.zoo.encoders import pad_right
 
 # Examples sorted together when bucketing, in batches: larger pools pad less but shuffle less.
 BUCKET_POOL_BATCHES = 50
-IGNORE = -100  # target at positions that carry no label (pads, later pieces of a word)
+IGNORE = IGNORE_INDEX
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class DataError(ValueError):
+class DataError(TrainerFailure, ValueError):
     """The data cannot be used for this job; the message says why."""
 
 

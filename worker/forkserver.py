@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.protocol import SUPERVISOR_PID_ENV
+
 # How long a supervisor waits for the server to accept a job before starting a plain child.
 CONNECT_TIMEOUT_SECONDS = 2.0
 
@@ -141,7 +143,7 @@ def _child(request: dict[str, Any], server_pid: int) -> None:
         os.dup2(null, 0)
         os.close(null)
         os.environ.update(request["env"])
-        os.environ["SEQTRAIN_SUPERVISOR_PID"] = str(server_pid)  # die with the server
+        os.environ[SUPERVISOR_PID_ENV] = str(server_pid)  # die with the server
         args = ["--job-id", str(int(request["job_id"])), "--attempt", str(int(request["attempt"]))]
         # Keep /proc/<pid>/environ intact: the title fits in the server's own argv.
         os.environ["SPT_NOENV"] = "1"

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.protocol import RANK_DIR_ENV, SUPERVISOR_PID_ENV
 from shared.spec import JobSpec
 from worker.devices import DeviceInfo
-
-RANK_DIR_ENV = "SEQTRAIN_RANK_DIR"  # worker.trainer.RANK_DIR_ENV
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def die_with_parent(check_parent: bool = True) -> None:
     """Ask Linux to SIGTERM this process when its parent (the supervisor, or the fork-server
     named by SEQTRAIN_SUPERVISOR_PID) dies, so nothing outlives its worker. With
     `check_parent`, exit at once if that parent is already gone."""
-    expected = os.environ.get("SEQTRAIN_SUPERVISOR_PID")
+    expected = os.environ.get(SUPERVISOR_PID_ENV)
     if not sys.platform.startswith("linux") or not expected:
         return
     pr_set_pdeathsig = 1

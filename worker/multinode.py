@@ -23,9 +23,10 @@ import time
 
 from sqlalchemy.exc import OperationalError
 
-from shared import jobs, nodes
-from shared.db import Database
-from shared.queue import JobQueue
+from shared import jobs
+from shared.infra.db import Database
+from shared.infra.queue import JobQueue
+from shared.jobs import nodes
 from shared.settings import Settings
 from shared.spec import JobSpec
 from worker.launch import NodePlan

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import redis
 
 from shared import jobs
-from shared.db import Database
-from shared.queue import JobQueue, job_ids_with_messages, redis_client
+from shared.infra.db import Database
+from shared.infra.queue import JobQueue, job_ids_with_messages, redis_client
+from shared.protocol import RECONCILER_LOCK_KEY
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "seqtrain:reconciler:lock"
+LOCK_KEY = RECONCILER_LOCK_KEY
 
 
 @dataclass

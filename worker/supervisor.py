@@ -25,18 +25,14 @@ from typing import Protocol
 from sqlalchemy.exc import OperationalError
 
 from shared import jobs
-from shared.db import Database
+from shared.infra.db import Database
+from shared.infra.storage import ArtifactStore
+from shared.protocol import ExitCode, log_key
 from shared.settings import Settings
 from shared.spec import JobSpec
-from shared.storage import ArtifactStore
 from worker import devices, forkserver
 from worker.launch import NodePlan, trainer_command
 
-# The trainer's exit codes (worker.trainer; not imported: the supervisor never imports torch).
-EXIT_FENCED = 3  # another attempt owns the job
-EXIT_FAILED = 4  # a failure retrying cannot fix (bad data, NaN loss, out of memory)
-EXIT_DRAINED = 5  # stopped on request after saving a checkpoint
-EXIT_RETRY = 75  # the database or the artifact store failed: another attempt may succeed
 LOG_TAIL_LINES = 20
 log = logging.getLogger(__name__)
 # How long a draining trainer may take to save its checkpoint before it is stopped.
@@ -62,10 +58,6 @@ class Outcome:
     status: str
     message: str
     returncode: int | None
-
-
-def log_key(job_id: int, attempt: int) -> str:
-    return f"jobs/{job_id}/logs/attempt-{attempt}.log"
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -124,7 +116,7 @@ def supervise(
 
     if reason is None:
         reason = classify_exit(returncode, log_path)
-        if node is not None and reason.status == "failed" and returncode != EXIT_FAILED:
+        if node is not None and reason.status == "failed" and returncode != ExitCode.FAILED:
             # One node's ranks failing breaks the collectives of all: most often a node that
             # was lost, which another attempt survives.
             reason = Outcome(
@@ -161,19 +153,12 @@ def follow(
     return ended
 
 
-def node_log_key(job_id: int, attempt: int, node_rank: int) -> str:
-    """Node 0 logs where a single-node attempt does; node R > 0 beside it."""
-    if node_rank == 0:
-        return log_key(job_id, attempt)
-    return f"jobs/{job_id}/logs/attempt-{attempt}-node-{node_rank}.log"
-
-
 def _start(
     settings: Settings, job_id: int, attempt: int, spec: JobSpec, node: NodePlan | None
 ) -> tuple[Trainer, Path]:
     """Start the attempt's trainer child (this node's ranks); returns it and its log file."""
     store = ArtifactStore(settings.artifact_root)
-    log_path = store.path(node_log_key(job_id, attempt, node.node_rank if node else 0))
+    log_path = store.path(log_key(job_id, attempt, node.node_rank if node else 0))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
@@ -237,11 +222,11 @@ def classify_exit(returncode: int, log_path: Path) -> Outcome:
     """What a trainer's exit means when nobody asked it to stop."""
     if returncode == 0:
         return Outcome("succeeded", "training finished", returncode)
-    if returncode == EXIT_FENCED:
+    if returncode == ExitCode.FENCED:
         return Outcome("fenced", "another attempt owns the job", returncode)
-    if returncode == EXIT_DRAINED:
+    if returncode == ExitCode.DRAINED:
         return Outcome("requeued", "trainer stopped after a checkpoint; requeued", returncode)
-    if returncode == EXIT_FAILED:
+    if returncode == ExitCode.FAILED:
         return Outcome("failed", error_line(log_path) or tail(log_path), returncode)
     if returncode < 0:  # killed from outside (the kernel's OOM killer, an operator): retry
         detail = tail(log_path, 5)
@@ -250,7 +235,7 @@ def classify_exit(returncode: int, log_path: Path) -> Outcome:
             f":\n{detail}" if detail else ""
         )
         return Outcome("retry", message, returncode)
-    if returncode == EXIT_RETRY:
+    if returncode == ExitCode.RETRY:
         return Outcome("retry", error_line(log_path) or tail(log_path), returncode)
     return Outcome(
         "failed", f"trainer crashed (exit code {returncode}):\n{tail(log_path)}", returncode

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 
-from shared import jobs, workers
-from shared.queue import JOIN_JOB_TASK, RUN_JOB_TASK, JobQueue
+from shared import jobs
+from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, JobQueue
+from shared.jobs import workers
 from shared.spec import JobSpec
 from worker import devices, multinode
 from worker.celery_app import app, database, settings, shutting_down

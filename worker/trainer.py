@@ -41,31 +41,26 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 from shared import jobs
-from shared.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from shared.dataset_formats import DatasetFormatError
-from shared.datasets import DatasetError
-from shared.db import Database
+from shared.data.tokenization import tokenizer_from_dict
+from shared.infra.db import Database
+from shared.infra.storage import ArtifactStore
+from shared.protocol import RANK_DIR_ENV, ExitCode, TrainerFailure, metrics_channel
 from shared.settings import Settings
 from shared.spec import JobSpec
-from shared.storage import ArtifactStore
-from shared.tagging_metrics import entity_scores, token_accuracy
-from shared.tbevents import EventWriter
-from shared.tokenization import tokenizer_from_dict
 from shared.zoo import build_model
+from shared.zoo.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from shared.zoo.entity_metrics import entity_scores, token_accuracy
 from worker import data as datalib
 from worker.launch import die_with_parent
+from worker.tbevents import EventWriter
 
 T = TypeVar("T")
 
-EXIT_FENCED = 3
-EXIT_FAILED = 4
-EXIT_DRAINED = 5
-EXIT_RETRY = 75
 # Seconds the trainer keeps retrying a metrics or checkpoint write while the database is down.
 DB_RETRY_SECONDS = 120.0
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TrainerFailure):
     """Training cannot go on (e.g. the loss became NaN); the message becomes the job's error."""
 
 
@@ -620,7 +615,7 @@ class ServiceReporter:
             )
         if self.redis is not None:
             try:
-                self.redis.publish(f"seqtrain:job:{self.job_id}:metrics", json.dumps(rows))
+                self.redis.publish(metrics_channel(self.job_id), json.dumps(rows))
             except Exception as exc:  # live pages are best-effort; SQL already has the rows
                 print(f"metrics fan-out failed: {exc}", file=sys.stderr, flush=True)
 
@@ -707,10 +702,10 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
         reporter.flush()
     except jobs.Fenced as exc:
         print(f"stopping: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FENCED
+        return ExitCode.FENCED
     except Drained as exc:
         print(f"drained: {exc}", flush=True)
-        return EXIT_DRAINED
+        return ExitCode.DRAINED
     print(f"done: step {result.step}, {json.dumps(result.metrics)}", flush=True)
     return 0
 
@@ -723,9 +718,8 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     _STOP.set()
 
 
-# Under worker.launch each rank leaves its pid and exit code here (the launcher forwards
-# SIGUSR1 to rank 0 and exits with the code of the rank that failed first).
-RANK_DIR_ENV = "SEQTRAIN_RANK_DIR"
+# Under worker.launch each rank leaves its pid and exit code in RANK_DIR_ENV's folder (the
+# launcher forwards SIGUSR1 to rank 0 and exits with the code of the rank that failed first).
 
 
 def _rank_file(suffix: str) -> str | None:
@@ -756,10 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         init_distributed()
         return run_attempt(args.job_id, args.attempt, Settings.from_env())
-    except (TrainingError, datalib.DataError, DatasetError, DatasetFormatError) as exc:
+    except TrainerFailure as exc:
         # Expected failures: the message alone is the reason, no traceback.
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except (torch.OutOfMemoryError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
@@ -768,10 +762,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except OperationalError as exc:
         print(f"error: database unreachable: {exc.orig}", file=sys.stderr, flush=True)
-        return EXIT_RETRY
+        return ExitCode.RETRY
 
 
 if __name__ == "__main__":

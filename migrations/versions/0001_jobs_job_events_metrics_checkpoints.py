@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.
@@ -35,14 +35,14 @@ def upgrade() -> None:
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('lease_owner', sa.String(length=200), nullable=True),
-    sa.Column('lease_expires_at', shared.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('lease_expires_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('epoch', sa.Integer(), nullable=False),
     sa.Column('step', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('created_at', shared.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', shared.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('started_at', shared.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', shared.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
@@ -59,7 +59,7 @@ def upgrade() -> None:
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=False),
-    sa.Column('created_at', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -70,7 +70,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('job_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
-    sa.Column('ts', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ts', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('from_status', sa.String(length=16), nullable=True),
     sa.Column('to_status', sa.String(length=16), nullable=True),
     sa.Column('actor', sa.String(length=200), nullable=False),
@@ -90,7 +90,7 @@ def upgrade() -> None:
     sa.Column('split', sa.String(length=16), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('value', sa.Double(), nullable=False),
-    sa.Column('ts', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ts', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

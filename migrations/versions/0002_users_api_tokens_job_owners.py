@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.
@@ -27,7 +27,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('is_admin', sa.Boolean(), nullable=False),
-    sa.Column('created_at', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -37,9 +37,9 @@ def upgrade() -> None:
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('prefix', sa.String(length=16), nullable=False),
     sa.Column('label', sa.String(length=100), nullable=False),
-    sa.Column('created_at', shared.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_used_at', shared.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('revoked_at', shared.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_used_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('token_hash')

@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.
@@ -34,7 +34,7 @@ def upgrade() -> None:
     sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('rows', sa.Integer(), nullable=False),
     sa.Column('stats', sa.JSON(), nullable=False),
-    sa.Column('created_at', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

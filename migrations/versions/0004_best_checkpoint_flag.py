@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.

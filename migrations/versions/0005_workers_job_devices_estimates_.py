@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.
@@ -33,8 +33,8 @@ def upgrade() -> None:
     sa.Column('devices', sa.JSON(), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('current_job_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('started_at', shared.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('heartbeat_at', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('heartbeat_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     with op.batch_alter_table('workers', schema=None) as batch_op:
@@ -44,7 +44,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('devices', sa.Integer(), server_default='1', nullable=False))
         batch_op.add_column(sa.Column('estimate', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('idempotency_key', sa.String(length=200), nullable=True))
-        batch_op.add_column(sa.Column('enqueued_at', shared.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('enqueued_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('ux_jobs_owner_idempotency_key', ['owner_id', 'idempotency_key'], unique=True)
 
     # ### end Alembic commands ###

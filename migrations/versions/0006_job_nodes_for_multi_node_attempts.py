@@ -10,7 +10,7 @@ from typing import Sequence, Union
 from alembic import op
 import sqlalchemy as sa
 
-import shared.models
+import shared.infra.models
 
 
 # revision identifiers, used by Alembic.
@@ -30,7 +30,7 @@ def upgrade() -> None:
     sa.Column('worker', sa.String(length=200), nullable=False),
     sa.Column('address', sa.String(length=200), nullable=True),
     sa.Column('port', sa.Integer(), nullable=True),
-    sa.Column('joined_at', shared.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('joined_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'attempt', 'node_rank')
     )

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from shared.registry import MODEL_TYPES, TASKS
 from shared.spec import ModelSpec
 from shared.zoo.classifier import Classifier
 from shared.zoo.encoders import RecurrentEncoder, TransformerEncoder
 from shared.zoo.lm import LanguageModel
 from shared.zoo.tagger import Tagger
-
-MODEL_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
-TASKS = ("classification", "language_modeling", "tagging")
 
 
 def build_encoder(spec: ModelSpec, vocab_size: int, max_length: int, causal: bool) -> nn.Module:

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
+from shared.protocol import IGNORE_INDEX
+
+IGNORE = IGNORE_INDEX
 
 
 class LanguageModel(nn.Module):

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.protocol import IGNORE_INDEX
 from shared.zoo.crf import CRF
 from shared.zoo.encoders import padding_mask
 
-IGNORE = -100  # target value at padding positions
+IGNORE = IGNORE_INDEX  # target value at padding positions
 
 
 class Tagger(nn.Module):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from shared.dataset_formats import entities
+from shared.data.formats import entities
 
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, Any]:

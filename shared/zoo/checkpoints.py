@@ -10,7 +10,7 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from shared.statecodec import flatten, unflatten
+from shared.zoo.statecodec import flatten, unflatten
 
 CHECKPOINT_FORMAT = "seqtrain.checkpoint/2"
 

@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db import Database, affected_rows
-from shared.models import (
+from shared.infra.db import Database, affected_rows
+from shared.infra.models import (
     TERMINAL_STATUSES,
     Checkpoint,
     Dataset,

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Float, case, cast, func, select
 
-from shared.db import Database
-from shared.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Metric, Worker, utcnow
+from shared.infra.db import Database
+from shared.infra.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Metric, Worker, utcnow
 
 # Upper bounds (seconds) of the job-duration histogram: 10 s to a day.
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 86400.0)

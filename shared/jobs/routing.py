@@ -2,7 +2,7 @@
 
 A job goes to the workers that consume its queue (resources.queue). One of them fits when it
 has at least resources.devices devices and each of its devices has the memory the estimate
-asks for (shared.estimate, for that worker's kind of device); a job on several nodes needs
+asks for (shared.jobs.estimate, for that worker's kind of device); a job on several nodes needs
 resources.nodes such workers. A job no registered worker on its queue fits is refused with
 the numbers. While no worker has registered for the queue, nothing is known and the job is
 accepted (it waits for one).
@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shared import workers
-from shared.db import Database
-from shared.estimate import estimate_training, gib
-from shared.models import Worker
+from shared.infra.db import Database
+from shared.infra.models import Worker
+from shared.jobs import workers
+from shared.jobs.estimate import estimate_training, gib
 from shared.settings import Settings
 from shared.spec import JobSpec
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from shared.db import Database, affected_rows
-from shared.models import Worker, utcnow
+from shared.infra.db import Database, affected_rows
+from shared.infra.models import Worker, utcnow
 
 WORKER_STATES = ("up", "draining", "stopped")
 # Registrations in this process: cached views of the registry (routing) refresh when it moves.

@@ -8,7 +8,7 @@
 Every kind reserves the ids of shared/text.py: <pad> = 0 never appears in an encoding,
 <unk> = 1 stands for whatever the vocabulary cannot spell, and an empty text still encodes
 to [<unk>]. `vocab_size` counts every id, <pad> and <unk> included, as the `tokenizers`
-library counts it (shared.text.Vocabulary's `max_size` counts only the learned tokens).
+library counts it (shared.data.text.Vocabulary's `max_size` counts only the learned tokens).
 A tokenizer saves to a JSON-compatible dict (never pickle), so it rides in a checkpoint's
 metadata; bpe and wordpiece keep the `tokenizers` library's own JSON (`Tokenizer.to_str()`).
 """
@@ -24,7 +24,7 @@ from typing import Any
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-from shared.text import PAD, PAD_ID, UNK, UNK_ID, Vocabulary, tokenize
+from shared.data.text import PAD, PAD_ID, UNK, UNK_ID, Vocabulary, tokenize
 
 KINDS = ("word", "char", "bpe", "wordpiece")
 SPECIAL_TOKENS = (PAD, UNK)  # in id order: trainers give special tokens the first ids
@@ -95,7 +95,7 @@ def word_shape(token: str) -> str:
 
 
 class WordTokenizer(Tokenizer):
-    """Words and punctuation marks (shared.text.tokenize); decode joins them with spaces."""
+    """Words and punctuation marks (shared.data.text.tokenize); decode joins them with spaces."""
 
     kind = "word"
 
@@ -341,7 +341,7 @@ def train_tokenizer(
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """The tokenizer that `to_dict` saved. A dict without "kind" is a
-    shared.text.Vocabulary's (checkpoints written before this module) and loads as "word"."""
+    shared.data.text.Vocabulary's (checkpoints written before this module) and loads as "word"."""
     kind = data.get("kind", "word")
     if kind == "word":
         return WordTokenizer(Vocabulary.from_dict(data), bool(data.get("whole_tokens", False)))

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import exists, select
 
-from shared import builtin_data
-from shared.dataset_formats import (
+from shared.data import builtin as builtin_data
+from shared.data.formats import (
     ParsedDataset,
     parse_conll,
     parse_delimited,
@@ -30,28 +30,18 @@ from shared.dataset_formats import (
     parse_text,
     statistics,
 )
-from shared.db import Database
-from shared.models import Dataset, Job, JobDataset
-from shared.storage import ArtifactStore
+from shared.infra.db import Database
+from shared.infra.models import Dataset, Job, JobDataset
+from shared.infra.storage import ArtifactStore
+from shared.protocol import TrainerFailure
+from shared.registry import TASKS
 
-_BUILTIN_DIR = Path(__file__).with_name("builtin")
+_BUILTIN_DIR = Path(__file__).with_name("builtin_files")
 FORMATS = ("tsv", "csv", "jsonl", "text", "conll")
-# Which formats each task can train on.
-TASK_FORMATS = {
-    "classification": ("tsv", "csv", "jsonl"),
-    "language_modeling": ("text", "tsv", "csv", "jsonl"),
-    "tagging": ("conll",),
-}
-# The built-in dataset a task trains on when the spec names none.
-DEFAULT_DATASETS = {
-    "classification": "sentiment",
-    "language_modeling": "stories",
-    "tagging": "entities",
-}
 ACTIVE_STATUSES = ("queued", "running")
 
 
-class DatasetError(ValueError):
+class DatasetError(TrainerFailure, ValueError):
     """A dataset cannot be used: `field` names the spec field or upload option to fix."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
@@ -347,7 +337,7 @@ def resolve(db: Database, reference: str, owner_id: int, is_admin: bool, field: 
 
 
 def check_task(resolved: Resolved, task: str, field: str) -> None:
-    formats = TASK_FORMATS.get(task, ())
+    formats = TASKS[task].formats if task in TASKS else ()
     fmt = resolved.format
     name = resolved.reference if isinstance(resolved, Builtin) else f"dataset:{resolved.id}"
     if fmt not in formats:

@@ -16,8 +16,8 @@ from sqlalchemy import and_, delete, exists, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import ReturningInsert
 
-from shared.db import Database, affected_rows
-from shared.models import Job, JobNode, UTCDateTime, utcnow
+from shared.infra.db import Database, affected_rows
+from shared.infra.models import Job, JobNode, UTCDateTime, utcnow
 
 
 def _insert_if_running(

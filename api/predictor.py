@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from shared.checkpoints import load_checkpoint
+from shared.data.tokenization import Tokenizer, tokenizer_from_dict
 from shared.spec import JobSpec
-from shared.tokenization import Tokenizer, tokenizer_from_dict
 from shared.zoo import build_model
+from shared.zoo.checkpoints import load_checkpoint
 from shared.zoo.encoders import pad_right
 
 BATCH = 64

@@ -24,12 +24,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from shared.protocol import TrainerFailure
+
 SCHEMES = ("IOB1", "IOB2", "BIOES")
 _BOM = "\ufeff"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(TrainerFailure, ValueError):
     """An uploaded dataset cannot be read: what is wrong, where, and which option to fix.
 
     `field` is the upload option the error concerns ("file", "encoding", "delimiter",

@@ -1,0 +1,122 @@
+"""The names a spec may use, each declared once and torch-free: the model types and the tasks.
+
+A task's facts live here (what data it reads, which metric picks its best checkpoint, which
+models it accepts, the size of its head); its behaviour (targets and loss, metrics, inference)
+is the plug-in beside its head in `shared.zoo`, which `TaskInfo.plugin()` imports on demand,
+so the API and the spec read task facts without importing torch.
+
+Adding a task: a `TaskInfo` below and a plug-in module in `shared/zoo/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+if TYPE_CHECKING:
+    from shared.zoo.task import Task
+
+ModelType = Literal["rnn", "gru", "lstm", "bilstm", "transformer"]
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
+RECURRENT_TYPES = ("rnn", "gru", "lstm", "bilstm")
+# Gate blocks per recurrent cell: an LSTM's four (input, forget, cell, output), a GRU's three.
+RECURRENT_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}
+
+TaskName = Literal["classification", "language_modeling", "tagging"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    summary: str
+    # Upload formats the task can train on, and the built-in dataset it trains on by default.
+    formats: tuple[str, ...]
+    default_dataset: str
+    # The validation metric that picks the best checkpoint and drives early stopping.
+    selection_metric: str
+    maximize: bool
+    # The metric the jobs board shows beside the loss.
+    board_metric: str
+    # "module:Class" of the plug-in (imports torch).
+    plugin_path: str
+    model_types: tuple[str, ...] = MODEL_TYPES
+    # Tokenizer kinds the task can read (None: any).
+    tokenizer_kinds: tuple[str, ...] | None = None
+    # Why a model type outside `model_types` cannot do the task.
+    model_type_reason: str = ""
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether `value` of the selection metric beats `best` (None: nothing yet)."""
+        if best is None:
+            return True
+        return value > best if self.maximize else value < best
+
+    def plugin(self) -> Task:
+        module, _, name = self.plugin_path.partition(":")
+        return getattr(importlib.import_module(module), name)()
+
+
+TASKS: dict[str, TaskInfo] = {
+    info.name: info
+    for info in (
+        TaskInfo(
+            name="classification",
+            summary="text -> label",
+            formats=("tsv", "csv", "jsonl"),
+            default_dataset="sentiment",
+            selection_metric="accuracy",
+            maximize=True,
+            board_metric="accuracy",
+            plugin_path="shared.zoo.classifier:ClassificationTask",
+        ),
+        TaskInfo(
+            name="language_modeling",
+            summary="next token",
+            formats=("text", "tsv", "csv", "jsonl"),
+            default_dataset="stories",
+            selection_metric="loss",
+            maximize=False,
+            board_metric="perplexity",
+            plugin_path="shared.zoo.lm:LanguageModelingTask",
+            model_types=("rnn", "gru", "lstm", "transformer"),
+            model_type_reason="a bidirectional model reads the tokens it must predict; use rnn, "
+            "gru, lstm or transformer for language_modeling",
+        ),
+        TaskInfo(
+            name="tagging",
+            summary="a tag per token, e.g. named entities",
+            formats=("conll",),
+            default_dataset="entities",
+            selection_metric="f1",
+            maximize=True,
+            board_metric="f1",
+            plugin_path="shared.zoo.tagger:TaggingTask",
+            tokenizer_kinds=("word",),
+        ),
+    )
+}
+TASK_NAMES: tuple[str, ...] = get_args(TaskName)
+assert set(TASK_NAMES) == set(TASKS), "every TaskName has a TaskInfo"
+
+
+def task_info(name: str) -> TaskInfo:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}") from None
+
+
+def describe_tasks() -> str:
+    return ", ".join(f"{t.name} ({t.summary})" for t in TASKS.values())
+
+
+__all__: list[Any] = [
+    "MODEL_TYPES",
+    "TASKS",
+    "TASK_NAMES",
+    "ModelType",
+    "TaskInfo",
+    "TaskName",
+    "task_info",
+]
