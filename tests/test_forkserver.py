@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from shared.protocol import RANK_DIR_ENV
 from tests.conftest import wait_until
 from tests.helpers import tiny_spec
 from tests.test_recovery import TERMINAL, Workers, job_of, wait_for
+from worker.forkserver.client import ForkServer
 from worker.procs import trainer_pids
 
 pytestmark = pytest.mark.e2e
@@ -76,3 +78,20 @@ def test_without_the_fork_server_a_plain_child_trains(client, settings, pool):
     pids = trainer_pids(job_id, settings.database_url)
     assert not pids or "(forked)" not in cmdline(pids[0])
     assert wait_for(client, job_id, TERMINAL)["status"] == "succeeded"
+
+
+def test_a_forked_trainer_ends_as_a_fresh_one_does(tmp_path):
+    """The child runs the trainer's whole entry point: its exit file is written (what
+    worker.launch reads) and its exit code comes back to the supervisor."""
+    server = ForkServer(tmp_path / "forkserver.log")
+    try:
+        wait_until(server.ready, 60, message="the fork-server to warm up")
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}", RANK_DIR_ENV: str(tmp_path)}
+        trainer = server.start_trainer(1, 1, env, tmp_path / "trainer.log")
+        assert trainer is not None
+        code = trainer.wait(timeout=60)
+        assert code > 0, (tmp_path / "trainer.log").read_text()  # there is no job 1
+        assert (tmp_path / "rank-0.exit").read_text() == str(code)
+        assert (tmp_path / "rank-0.pid").read_text() == str(trainer.pid)
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 
 from shared import jobs
 from shared.infra.models import JobEvent, Metric
+from shared.protocol import JobStatus
 from shared.spec import parse_spec
 from tests.helpers import tiny_spec
 
@@ -109,11 +110,11 @@ def test_keep_last_prunes_old_checkpoints(db):
 def test_list_is_keyset_paginated_and_filtered(db):
     ids = [new_job(db).id for _ in range(5)]
     jobs.request_cancel(db, ids[0], "u")
-    page, cursor = jobs.list_jobs(db, limit=2)
+    page, cursor, _ = jobs.list_jobs(db, limit=2)
     assert [j.id for j in page] == ids[:-3:-1] and cursor == ids[3]
-    page, cursor = jobs.list_jobs(db, limit=2, before_id=cursor)
+    page, cursor, _ = jobs.list_jobs(db, limit=2, before_id=cursor)
     assert [j.id for j in page] == [ids[2], ids[1]]
-    page, cursor = jobs.list_jobs(db, limit=2, before_id=cursor)
+    page, cursor, _ = jobs.list_jobs(db, limit=2, before_id=cursor)
     assert [j.id for j in page] == [ids[0]] and cursor is None
     assert [j.id for j in jobs.list_jobs(db, status="cancelled")[0]] == [ids[0]]
 
@@ -122,5 +123,5 @@ def test_requeue_of_a_cancelled_job_cancels_it(db):
     job = new_job(db)
     jobs.claim(db, job.id, "w", 60)
     jobs.request_cancel(db, job.id, "u")
-    assert not jobs.requeue(db, job.id, 1, "worker shutting down", "w")
+    assert jobs.requeue(db, job.id, 1, "worker shutting down", "w") == JobStatus.CANCELLED
     assert jobs.get_job(db, job.id).status == "cancelled"

@@ -1,16 +1,37 @@
-"""TensorBoard event files: our writer read back by TensorBoard's own reader, and a job's
-files downloaded through the API."""
+"""TensorBoard event files: our writer read back by TensorBoard's own reader, its framing
+checked record by record, and a job's files downloaded through the API."""
 
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tensorboardX.crc32c import crc32c
+from tensorboardX.record_writer import masked_crc32c
 
 from tests.helpers import tiny_spec
-from worker.tbevents import EventWriter, crc32c, read_records
+from worker.tbevents import EventWriter
+
+
+def read_records(path: Path) -> Iterator[bytes]:
+    """The TFRecords of an event file (uint64 length | uint32 masked crc32c(length) | bytes |
+    uint32 masked crc32c(bytes), little-endian), with both checksums verified."""
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
+        record = data[offset + 12 : offset + 12 + length]
+        (record_crc,) = struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])
+        if header_crc != masked_crc32c(header) or record_crc != masked_crc32c(record):
+            raise ValueError(f"{path}: corrupt record at byte {offset}")
+        yield record
+        offset += 16 + length
 
 
 def test_crc32c_known_values():

@@ -18,6 +18,7 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from worker.agent import WorkerAgent
+    from worker.forkserver.client import ForkServer
 
 settings = Settings.from_env()
 app = make_celery(settings, "seqtrain-worker")
@@ -27,6 +28,12 @@ app.conf.update(imports=["worker.tasks"])
 shutting_down = threading.Event()
 _db: Database | None = None
 _agent: WorkerAgent | None = None
+_forkserver: ForkServer | None = None
+
+
+def forkserver() -> ForkServer | None:
+    """The worker's warm fork-server, handed to each supervisor; None without one."""
+    return _forkserver
 
 
 def database() -> Database:
@@ -48,7 +55,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     # Imported here: the agent's modules are not needed by code that only imports the app.
     from worker.agent import WorkerAgent
 
-    global _agent
+    global _agent, _forkserver
     try:
         queues = sorted(sender.app.amqp.queues.consume_from)
     except AttributeError:
@@ -56,9 +63,11 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     _agent = WorkerAgent(database(), settings, queues)
     _agent.start()
     if settings.forkserver:
-        from worker import forkserver
+        from worker.forkserver.client import ForkServer
 
-        forkserver.launch(settings.var_dir / "logs" / f"forkserver-{settings.worker_name}.log")
+        _forkserver = ForkServer(
+            settings.var_dir / "logs" / f"forkserver-{settings.worker_name}.log"
+        )
 
 
 @signals.worker_shutting_down.connect
@@ -72,6 +81,5 @@ def _on_shutting_down(**_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _agent is not None:
         _agent.shutdown()
-    from worker import forkserver
-
-    forkserver.shutdown()
+    if _forkserver is not None:
+        _forkserver.stop()

@@ -27,10 +27,18 @@ from shared import jobs
 from shared.infra.db import Database
 from shared.infra.queue import JobQueue
 from shared.jobs import nodes
+from shared.protocol import AttemptOutcome, JobStatus
 from shared.settings import Settings
 from shared.spec import JobSpec
 from worker.launch import NodePlan
-from worker.supervisor import Outcome, follow, record, supervise
+from worker.supervisor import (
+    CANCELLED_BY_USER,
+    OWNED_BY_ANOTHER,
+    Outcome,
+    follow,
+    record,
+    supervise,
+)
 
 log = logging.getLogger(__name__)
 # A follower gives up this long after node 0 should have (node 0 normally releases first).
@@ -61,7 +69,7 @@ def lead(
     actor, wanted = settings.worker_name, spec.resources.nodes
     address, port = settings.node_address, free_port()
     if not nodes.reserve_first(db, job_id, attempt, actor, address, port):
-        return Outcome("fenced", "another attempt owns the job", None)
+        return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, None)
     try:
         try:
             JobQueue(settings).ask_to_join(job_id, attempt, spec.resources.queue, wanted - 1)
@@ -85,14 +93,15 @@ def lead(
         # other nodes return without starting anything.
         nodes.release(db, job_id, attempt)
         if state == "cancelled":
-            reason = Outcome("cancelled", "cancelled by user", None)
+            reason = Outcome(AttemptOutcome.CANCELLED, CANCELLED_BY_USER, None)
         elif state == "fenced":
-            reason = Outcome("fenced", "another attempt owns the job", None)
+            reason = Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, None)
         elif state == "shutdown":
-            reason = Outcome("requeued", "worker shutting down while reserving; requeued", None)
+            message = "worker shutting down while reserving; requeued"
+            reason = Outcome(AttemptOutcome.REQUEUED, message, None)
         else:
             reason = Outcome(
-                "retry",
+                AttemptOutcome.RETRY,
                 f"reserved {held} of {wanted} workers within {settings.reserve_seconds:g} s",
                 None,
             )
@@ -112,7 +121,7 @@ def join(
     """Answer a join message: take a free node rank of the attempt, wait for the rest, then
     run this node's ranks until the attempt ends. Returns what happened, for the log."""
     job = jobs.get_job(db, job_id)
-    if job.status != "running" or job.attempt != attempt:
+    if job.status != JobStatus.RUNNING or job.attempt != attempt:
         return "skipped: the attempt is over"
     spec = JobSpec.model_validate(job.spec)
     node_rank = nodes.take_rank(db, job_id, attempt, spec.resources.nodes, settings.worker_name)

@@ -23,7 +23,7 @@ import redis
 from shared import jobs
 from shared.infra.db import Database
 from shared.infra.queue import JobQueue, job_ids_with_messages, redis_client
-from shared.protocol import RECONCILER_LOCK_KEY
+from shared.protocol import RECONCILER_LOCK_KEY, JobStatus
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Reconciler:
             expired = []
         for job_id, attempt in expired:
             status = jobs.recover_expired(self.db, job_id, attempt, self.actor)
-            if status == "queued":
+            if status == JobStatus.QUEUED:
                 done.requeued.append(job_id)
                 try:
                     self.queue.enqueue_job(job_id, jobs.get_job(self.db, job_id).queue)

@@ -20,18 +20,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.exc import OperationalError
 
 from shared import jobs
 from shared.infra.db import Database
 from shared.infra.storage import ArtifactStore
-from shared.protocol import ExitCode, log_key
+from shared.protocol import AttemptOutcome, ExitCode, JobStatus, log_key
 from shared.settings import Settings
 from shared.spec import JobSpec
-from worker import devices, forkserver
+from worker import devices
 from worker.launch import NodePlan, trainer_command
+
+if TYPE_CHECKING:
+    from worker.forkserver.client import ForkServer
 
 LOG_TAIL_LINES = 20
 log = logging.getLogger(__name__)
@@ -54,10 +57,14 @@ class Trainer(Protocol):
 
 @dataclass
 class Outcome:
-    # succeeded | failed | cancelled | requeued | fenced (and retry, before it is recorded)
-    status: str
+    # RETRY only until it is recorded: it becomes REQUEUED, FAILED, CANCELLED or FENCED.
+    status: AttemptOutcome
     message: str
     returncode: int | None
+
+
+OWNED_BY_ANOTHER = "another attempt owns the job"
+CANCELLED_BY_USER = "cancelled by user"
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -90,17 +97,19 @@ def supervise(
     spec: JobSpec,
     shutting_down: threading.Event | None = None,
     node: NodePlan | None = None,
+    forkserver: ForkServer | None = None,
 ) -> Outcome:
     """Run the trainer for a claimed attempt of the job (whose `spec` the caller has read)
     until it ends; record the final status; return it. With `node` (node 0 of a multi-node
-    attempt) the trainer is this node's share of the ranks."""
+    attempt) the trainer is this node's share of the ranks; with the worker's `forkserver`
+    a single-device trainer is forked from it once it is warm."""
     actor = settings.worker_name
     deadline = (
         time.monotonic() + spec.resources.max_runtime_seconds
         if spec.resources.max_runtime_seconds
         else None
     )
-    proc, log_path = _start(settings, job_id, attempt, spec, node)
+    proc, log_path = _start(settings, job_id, attempt, spec, node, forkserver)
     try:
         returncode, reason = _watch(
             db, settings, proc, job_id, attempt, deadline, spec, shutting_down
@@ -116,11 +125,12 @@ def supervise(
 
     if reason is None:
         reason = classify_exit(returncode, log_path)
-        if node is not None and reason.status == "failed" and returncode != ExitCode.FAILED:
+        failed = reason.status == AttemptOutcome.FAILED
+        if node is not None and failed and returncode != ExitCode.FAILED:
             # One node's ranks failing breaks the collectives of all: most often a node that
             # was lost, which another attempt survives.
             reason = Outcome(
-                "retry",
+                AttemptOutcome.RETRY,
                 f"a rank of the {node.nodes}-node run failed (exit code {returncode}; a node "
                 f"lost, or a crash):\n{tail(log_path)}",
                 returncode,
@@ -154,7 +164,12 @@ def follow(
 
 
 def _start(
-    settings: Settings, job_id: int, attempt: int, spec: JobSpec, node: NodePlan | None
+    settings: Settings,
+    job_id: int,
+    attempt: int,
+    spec: JobSpec,
+    node: NodePlan | None,
+    forkserver: ForkServer | None = None,
 ) -> tuple[Trainer, Path]:
     """Start the attempt's trainer child (this node's ranks); returns it and its log file."""
     store = ArtifactStore(settings.artifact_root)
@@ -171,11 +186,10 @@ def _start(
     argv, overrides = trainer_command(spec, job_id, attempt, devices.probe_once(settings), node)
     env.update(overrides)
     proc: Trainer | None = None
-    warm = forkserver.ready_socket() if spec.resources.devices <= 1 and node is None else None
-    if warm is not None:
+    if forkserver is not None and spec.resources.devices <= 1 and node is None:
         # A child of the warm fork-server: torch is imported, the first step is near.
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        proc = forkserver.start_trainer(warm, job_id, attempt, changed, log_path)
+        proc = forkserver.start_trainer(job_id, attempt, changed, log_path)
     if proc is None:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
@@ -209,7 +223,7 @@ def _follow_watch(
         if not owned:
             ended = "the attempt is over"
         elif cancel:
-            ended = "cancelled by user"
+            ended = CANCELLED_BY_USER
         elif shutting_down is not None and shutting_down.is_set():
             ended = "worker shutting down"
         else:
@@ -221,24 +235,27 @@ def _follow_watch(
 def classify_exit(returncode: int, log_path: Path) -> Outcome:
     """What a trainer's exit means when nobody asked it to stop."""
     if returncode == 0:
-        return Outcome("succeeded", "training finished", returncode)
+        return Outcome(AttemptOutcome.SUCCEEDED, "training finished", returncode)
     if returncode == ExitCode.FENCED:
-        return Outcome("fenced", "another attempt owns the job", returncode)
+        return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, returncode)
     if returncode == ExitCode.DRAINED:
-        return Outcome("requeued", "trainer stopped after a checkpoint; requeued", returncode)
+        message = "trainer stopped after a checkpoint; requeued"
+        return Outcome(AttemptOutcome.REQUEUED, message, returncode)
     if returncode == ExitCode.FAILED:
-        return Outcome("failed", error_line(log_path) or tail(log_path), returncode)
+        return Outcome(AttemptOutcome.FAILED, error_line(log_path) or tail(log_path), returncode)
     if returncode < 0:  # killed from outside (the kernel's OOM killer, an operator): retry
         detail = tail(log_path, 5)
         what = " (SIGKILL: out of memory, or killed by an operator)" if returncode == -9 else ""
         message = f"trainer killed by signal {-returncode}{what}" + (
             f":\n{detail}" if detail else ""
         )
-        return Outcome("retry", message, returncode)
+        return Outcome(AttemptOutcome.RETRY, message, returncode)
     if returncode == ExitCode.RETRY:
-        return Outcome("retry", error_line(log_path) or tail(log_path), returncode)
+        return Outcome(AttemptOutcome.RETRY, error_line(log_path) or tail(log_path), returncode)
     return Outcome(
-        "failed", f"trainer crashed (exit code {returncode}):\n{tail(log_path)}", returncode
+        AttemptOutcome.FAILED,
+        f"trainer crashed (exit code {returncode}):\n{tail(log_path)}",
+        returncode,
     )
 
 
@@ -256,16 +273,33 @@ def record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str)
 
 
 def _record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str) -> Outcome:
-    if reason.status in ("succeeded", "failed", "cancelled"):
-        jobs.finish(db, job_id, attempt, reason.status, reason.message, actor)
-    elif reason.status == "requeued":
-        if not jobs.requeue(db, job_id, attempt, reason.message, actor):
-            return Outcome("cancelled", "cancelled by user", reason.returncode)
-    elif reason.status == "retry":
+    """Write the attempt's end and say what it became. A write refused because another
+    attempt owns the job is reported as FENCED, whatever the attempt meant to record."""
+    status = reason.status
+    if status in _FINAL:
+        if not jobs.finish(db, job_id, attempt, _FINAL[status], reason.message, actor):
+            return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, reason.returncode)
+        return reason
+    if status == AttemptOutcome.REQUEUED:
+        ended = jobs.requeue(db, job_id, attempt, reason.message, actor)
+    elif status == AttemptOutcome.RETRY:
         ended = jobs.requeue_or_fail(db, job_id, attempt, reason.message, actor)
-        status = {"queued": "requeued"}.get(ended, ended)
-        return Outcome(status, reason.message, reason.returncode)
-    return reason
+    else:
+        return reason  # FENCED: nothing to write
+    if ended is None:
+        return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, reason.returncode)
+    if ended == JobStatus.CANCELLED:
+        return Outcome(AttemptOutcome.CANCELLED, CANCELLED_BY_USER, reason.returncode)
+    outcome = AttemptOutcome.REQUEUED if ended == JobStatus.QUEUED else AttemptOutcome(ended)
+    return Outcome(outcome, reason.message, reason.returncode)
+
+
+# The outcomes that end the job, and the status each records.
+_FINAL = {
+    AttemptOutcome.SUCCEEDED: JobStatus.SUCCEEDED,
+    AttemptOutcome.FAILED: JobStatus.FAILED,
+    AttemptOutcome.CANCELLED: JobStatus.CANCELLED,
+}
 
 
 def _with_retries(write: Callable[[], Outcome]) -> Outcome:
@@ -313,18 +347,18 @@ def _watch(
                 next_outage_note = now + 10
             continue
         if not owned:
-            reason = Outcome("fenced", "another attempt owns the job", None)
+            reason = Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, None)
         elif cancel:
-            reason = Outcome("cancelled", "cancelled by user", None)
+            reason = Outcome(AttemptOutcome.CANCELLED, CANCELLED_BY_USER, None)
         elif deadline is not None and now >= deadline:
             reason = Outcome(
-                "failed",
+                AttemptOutcome.FAILED,
                 f"max_runtime_seconds ({spec.resources.max_runtime_seconds} s) exceeded",
                 None,
             )
         elif shutting_down is not None and shutting_down.is_set():
-            return drain(proc, settings), Outcome(
-                "requeued", "worker shutting down; job checkpointed and requeued", None
+            return drain(proc, settings, lambda: _renew(db, settings, job_id, attempt)), Outcome(
+                AttemptOutcome.REQUEUED, "worker shutting down; job checkpointed and requeued", None
             )
         elif now >= next_heartbeat:
             with contextlib.suppress(OperationalError):
@@ -335,13 +369,22 @@ def _watch(
             return proc.returncode, reason
 
 
-def drain(proc: Trainer, settings: Settings) -> int:
+def drain(proc: Trainer, settings: Settings, renew: Callable[[], None]) -> int:
     """Ask the trainer to save a checkpoint at its next step and exit (SIGUSR1); stop it if
-    it takes longer than the drain grace."""
+    it takes longer than the drain grace. The lease is renewed meanwhile: a checkpoint that
+    takes longer than a lease must not let the reconciler take the attempt back."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGUSR1)
-    try:
-        return proc.wait(timeout=DRAIN_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        stop_group(proc, settings.kill_grace_seconds)
-        return proc.returncode
+    deadline = time.monotonic() + DRAIN_GRACE_SECONDS
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            return proc.wait(timeout=min(left, settings.heartbeat_seconds))
+        except subprocess.TimeoutExpired:
+            renew()
+    stop_group(proc, settings.kill_grace_seconds)
+    return proc.returncode
+
+
+def _renew(db: Database, settings: Settings, job_id: int, attempt: int) -> None:
+    with contextlib.suppress(OperationalError):
+        jobs.renew_lease(db, job_id, attempt, settings.lease_seconds)

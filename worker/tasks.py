@@ -10,9 +10,10 @@ import logging
 from shared import jobs
 from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, JobQueue
 from shared.jobs import workers
+from shared.protocol import AttemptOutcome
 from shared.spec import JobSpec
 from worker import devices, multinode
-from worker.celery_app import app, database, settings, shutting_down
+from worker.celery_app import app, database, forkserver, settings, shutting_down
 from worker.supervisor import supervise
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def run_job_now(job_id: int) -> str:
         if spec.resources.nodes > 1:
             outcome = multinode.lead(db, settings, job_id, attempt, spec, shutting_down)
         else:
-            outcome = supervise(db, settings, job_id, attempt, spec, shutting_down)
+            outcome = supervise(
+                db, settings, job_id, attempt, spec, shutting_down, forkserver=forkserver()
+            )
     finally:
         _set_current_job(None)
     log.info(
@@ -51,7 +54,7 @@ def run_job_now(job_id: int) -> str:
         outcome.status,
         outcome.message.splitlines()[0],
     )
-    if outcome.status == "requeued":
+    if outcome.status == AttemptOutcome.REQUEUED:
         try:
             JobQueue(settings).enqueue_job(job_id, jobs.get_job(db, job_id).queue)
         except Exception as exc:  # the reconciler enqueues it once Redis is back

@@ -21,8 +21,11 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Tex
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+from shared.protocol import JobStatus
+
+# jobs.status holds a JobStatus value; these keep its order (queued first) for listings.
+JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+TERMINAL_STATUSES: tuple[JobStatus, ...] = tuple(s for s in JobStatus if s.terminal)
 
 # BIGINT on PostgreSQL, INTEGER on SQLite (so that it stays the rowid alias).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -125,7 +128,7 @@ class Job(Base):
     model_type: Mapped[str] = mapped_column(String(32))
     queue: Mapped[str] = mapped_column(String(64))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     # Incremented by every claim; the fencing token for all of an attempt's writes.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

@@ -1,0 +1,27 @@
+"""What the job state machine raises."""
+
+from __future__ import annotations
+
+from shared.infra.models import Job
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class InvalidTransition(Exception):
+    """The job is not in a state that allows the requested change."""
+
+
+class IdempotentReplay(Exception):
+    """The owner already submitted a job with this Idempotency-Key."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"idempotency key already used by job {job.id}")
+        self.job = job
+
+
+class Fenced(Exception):
+    """This attempt no longer owns the job: its writes are refused."""

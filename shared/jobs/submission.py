@@ -1,0 +1,250 @@
+"""Submitting jobs: one insert for a whole batch, idempotency keys, and the queued jobs the
+reconciler puts on Redis again."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+
+from shared.infra.db import Database
+from shared.infra.models import Job, JobDataset, utcnow
+from shared.jobs.errors import IdempotentReplay
+from shared.jobs.events import add_event
+from shared.jobs.queries import get_job
+from shared.protocol import JobStatus
+from shared.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One submission: a validated spec and what the API resolved for it."""
+
+    spec: JobSpec
+    owner_id: int | None
+    actor: str = "api"
+    # role (train | validation | test) -> the dataset version pinned at submit
+    datasets: Mapping[str, int] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    estimate: dict[str, Any] | None = None
+
+
+def create_job(
+    db: Database,
+    spec: JobSpec,
+    owner_id: int | None,
+    actor: str = "api",
+    datasets: dict[str, int] | None = None,
+    idempotency_key: str | None = None,
+    estimate: dict[str, Any] | None = None,
+) -> Job:
+    """Insert a queued job, its dataset links (role -> dataset id) and first event, and commit.
+
+    Enqueue only after this returns. With an `idempotency_key` the owner already used,
+    nothing is inserted and `IdempotentReplay` carries the earlier job.
+    """
+    if idempotency_key is not None:
+        earlier = keyed_job(db, owner_id, idempotency_key)
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
+    new = NewJob(spec, owner_id, actor, datasets or {}, idempotency_key, estimate)
+    result = submit_jobs(db, [new])[0]
+    if isinstance(result, IdempotentReplay):
+        raise result
+    return get_job(db, result)
+
+
+def submit_jobs(db: Database, batch: Sequence[NewJob]) -> list[int | IdempotentReplay]:
+    """Insert a batch of submissions in one transaction; one entry per submission, in order:
+    the new job's id, or `IdempotentReplay` with the job an earlier request made with
+    that key.
+
+    Callers look a key up before they hand the submission in (`keyed_job`), in their own
+    thread; a key taken since (a concurrent retry, or one inside this batch) fails the
+    whole transaction, and the batch is then inserted one submission at a time, so that
+    only the submission that reused the key gets the replay.
+    """
+    try:
+        return list(create_jobs(db, batch))
+    except IntegrityError:
+        if not any(new.idempotency_key for new in batch):
+            raise
+    results: list[int | IdempotentReplay] = []
+    for new in batch:
+        try:
+            results.append(create_jobs(db, [new])[0])
+        except IntegrityError:
+            earlier = (
+                keyed_job(db, new.owner_id, new.idempotency_key)
+                if new.idempotency_key is not None
+                else None
+            )
+            if earlier is None:
+                raise
+            results.append(IdempotentReplay(earlier))
+    return results
+
+
+def keyed_job(db: Database, owner_id: int | None, key: str) -> Job | None:
+    """The job `owner_id` submitted with Idempotency-Key `key`, if any."""
+    with db.session() as session:
+        return session.scalars(
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key)
+        ).first()
+
+
+def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
+    """Insert queued jobs with their dataset links and first events, all or none, and
+    commit. Returns the new ids in the order given. A taken idempotency key raises
+    IntegrityError and inserts nothing."""
+    if not batch:
+        return []
+    now = utcnow()
+    rows = [_job_values(new, now) for new in batch]
+    if not db.is_sqlite:
+        return _insert_jobs_one_statement(db, batch, rows)
+    with db.session() as session:
+        created = [Job(**values) for values in rows]
+        session.add_all(created)
+        session.flush()
+        for job, new in zip(created, batch, strict=True):
+            session.add_all(
+                JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
+                for role, dataset_id in new.datasets.items()
+            )
+            add_event(session, job.id, 0, None, JobStatus.QUEUED, new.actor, "submitted")
+        return [job.id for job in created]
+
+
+def _job_values(new: NewJob, now: datetime) -> dict[str, Any]:
+    """Every inserted column of a new job, Python-side defaults included."""
+    spec = new.spec
+    values: dict[str, Any] = {
+        "owner_id": new.owner_id,
+        "name": spec.name,
+        "task": spec.task,
+        "model_type": spec.model.type,
+        "queue": spec.resources.queue,
+        "spec": spec.model_dump(mode="json"),
+        "status": JobStatus.QUEUED,
+        "attempt": 0,
+        "max_attempts": spec.resources.max_attempts,
+        "devices": spec.resources.devices,
+        "estimate": new.estimate,
+        "idempotency_key": new.idempotency_key,
+        # The API enqueues right after the commit; the reconciler counts from here.
+        "enqueued_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    for column in _JOBS.c:
+        default: Any = column.default
+        if column.key not in values and default is not None and column.key != "id":
+            values[column.key] = default.arg if default.is_scalar else default.arg(None)
+    return values
+
+
+_JOBS = cast(Table, Job.__table__)
+
+
+def _insert_jobs_one_statement(
+    db: Database, batch: Sequence[NewJob], rows: list[dict[str, Any]]
+) -> list[int]:
+    """PostgreSQL: a whole batch in one statement, committed on its own: one round trip
+    whatever the batch size. The rows travel as one JSON document that the server unpacks
+    (`json_to_recordset`), and the SQL text never changes, so it is planned once per
+    connection. Ids are drawn from the jobs sequence per input row before the insert, so
+    each event and dataset link is tied to its job by the row's ordinal, never by the
+    order of RETURNING."""
+    document = [
+        {**values, "event_actor": new.actor, "n": n}
+        for n, (values, new) in enumerate(zip(rows, batch, strict=True))
+    ]
+    links = [
+        {"n": n, "role": role, "dataset_id": dataset_id}
+        for n, new in enumerate(batch)
+        for role, dataset_id in sorted(new.datasets.items())
+    ]
+    params = {"jobs": _json(document), "links": _json(links)}
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        result = conn.exec_driver_sql(_insert_jobs_sql(tuple(rows[0])), params)
+        return [row[0] for row in result]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_iso)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@functools.cache
+def _insert_jobs_sql(names: tuple[str, ...]) -> str:
+    """The batch insert for PostgreSQL (psycopg placeholders), built once per column set."""
+    dialect = postgresql.dialect()
+    quote = dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in names)
+    typed = ", ".join(
+        f"{quote(name)} {_JOBS.c[name].type.compile(dialect=dialect)}" for name in names
+    )
+    # Only the jobs table's own column names and types, and the constant first status, are
+    # spliced in; values are bound.
+    return f"""
+WITH submitted AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, s.*
+    FROM json_to_recordset(CAST(%(jobs)s AS JSON))
+        AS s({typed}, event_actor TEXT, n INTEGER)
+    ORDER BY s.n
+), new_job AS (
+    INSERT INTO jobs (id, {columns}) SELECT id, {columns} FROM submitted
+), first_event AS (
+    INSERT INTO job_events (job_id, attempt, ts, from_status, to_status, actor, message)
+    SELECT id, 0, enqueued_at, NULL, '{JobStatus.QUEUED}', event_actor, 'submitted'
+    FROM submitted
+), dataset_link AS (
+    INSERT INTO job_datasets (job_id, role, dataset_id)
+    SELECT submitted.id, link.role, link.dataset_id
+    FROM json_to_recordset(CAST(%(links)s AS JSON)) AS link(n INTEGER, role TEXT, dataset_id BIGINT)
+    JOIN submitted USING (n)
+)
+SELECT id FROM submitted ORDER BY n"""  # noqa: S608
+
+
+def queued_awaiting_message(
+    db: Database, older_than_seconds: float, limit: int = 1000
+) -> list[tuple[int, str]]:
+    """(job id, queue) of queued jobs enqueued more than `older_than_seconds` ago, the
+    longest-waiting first: the order in which their messages queue up on Redis."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    with db.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.queue)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff),
+            )
+            .order_by(Job.enqueued_at, Job.id)
+            .limit(limit)
+        ).all()
+    return [(row.id, row.queue) for row in rows]
+
+
+def mark_enqueued(db: Database, job_ids: Sequence[int]) -> None:
+    """Note that these queued jobs were just put on Redis again (one UPDATE)."""
+    with db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+            .values(enqueued_at=utcnow())
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from worker.forkserver.server import main
+
+sys.exit(main())
