@@ -5,22 +5,30 @@ torch is imported on the first prediction only; each checkpoint is loaded once p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Blueprint, Response
 
 from api import services
 from api.auth import require_principal
 from api.errors import ApiError
-from api.jobs import JOB, json_body, owned_job, reply
+from api.http import JOB, json_body, owned_job, reply
 from api.openapi import API_PREFIX, operation
 from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, PredictResponse
 from shared import jobs
 from shared.infra.models import Job
+from shared.registry import InferenceInputError, tasks_serving
+
+if TYPE_CHECKING:
+    from api.predictor import Predictor
 
 bp = Blueprint("inference", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
 
 
-def predictor_for(job: Job, tasks: tuple[str, ...]) -> tuple[int, object]:
+def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
+    """The job's best checkpoint, loaded, if the job's task answers `route`."""
+    tasks = tasks_serving(route)
     if job.task not in tasks:
         raise ApiError(
             409, "conflict", f"job {job.id} is a {job.task} job; this needs {' or '.join(tasks)}"
@@ -49,19 +57,16 @@ def predict(job_id: int) -> Response:
     job's best checkpoint."""
     request_body = PredictRequest.model_validate(json_body())
     job = owned_job(job_id)
-    checkpoint_id, predictor = predictor_for(job, ("classification", "tagging"))
-    if job.task == "classification":
-        if request_body.texts is None:
-            raise ApiError(
-                422,
-                "validation_error",
-                "classification takes texts",
-                [{"path": "texts", "message": "required for classification", "type": "missing"}],
-            )
-        predictions = predictor.classify(request_body.texts)  # type: ignore[attr-defined]
-    else:
-        sentences = request_body.tokens or [t.split() for t in request_body.texts or []]
-        predictions = predictor.tag(sentences)  # type: ignore[attr-defined]
+    checkpoint_id, predictor = predictor_for(job, "predict")
+    try:
+        predictions = predictor.predict(request_body.texts, request_body.tokens)
+    except InferenceInputError as exc:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{job.task} takes {exc.path}",
+            [{"path": exc.path, "message": str(exc), "type": "missing"}],
+        ) from None
     return reply(
         PredictResponse.model_validate({"checkpoint_id": checkpoint_id, "predictions": predictions})
     )
@@ -81,8 +86,8 @@ def generate(job_id: int) -> Response:
     """Continues `prompt` with `length` tokens sampled at `temperature` among the `top_k` likeliest."""
     params = GenerateRequest.model_validate(json_body())
     job = owned_job(job_id)
-    checkpoint_id, predictor = predictor_for(job, ("language_modeling",))
+    checkpoint_id, predictor = predictor_for(job, "generate")
     text = predictor.generate(
         params.prompt, params.length, params.temperature, params.top_k, params.seed
-    )  # type: ignore[attr-defined]
+    )
     return reply(GenerateResponse(checkpoint_id=checkpoint_id, prompt=params.prompt, text=text))

@@ -36,10 +36,11 @@ def rank_main(data: Path, steps: int, out: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    from shared.data.examples import Splits
     from shared.data.formats import parse_delimited
     from shared.spec import parse_spec
-    from worker.data import Splits
-    from worker.trainer import Reporter, init_distributed, rank_and_world, train
+    from worker.distributed import init_distributed, rank_and_world
+    from worker.trainer import Reporter, train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     init_distributed()

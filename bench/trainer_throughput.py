@@ -92,9 +92,9 @@ def run_baseline(data: Path) -> dict[str, float]:
 
 def run_seqtrain(data: Path) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
+    from shared.data.examples import Splits
     from shared.data.formats import parse_delimited
     from shared.spec import parse_spec
-    from worker.data import Splits
     from worker.trainer import Reporter, train
 
     spec = parse_spec(

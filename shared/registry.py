@@ -11,11 +11,16 @@ Adding a task: a `TaskInfo` below and a plug-in module in `shared/zoo/`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
+    from shared.spec import ModelSpec
     from shared.zoo.task import Task
+
+# (model, encoder width, vocabulary size, label count) -> a number about the task's head.
+HeadFormula = Callable[["ModelSpec", int, int, int], Any]
 
 ModelType = Literal["rnn", "gru", "lstm", "bilstm", "transformer"]
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
@@ -24,6 +29,14 @@ RECURRENT_TYPES = ("rnn", "gru", "lstm", "bilstm")
 RECURRENT_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}
 
 TaskName = Literal["classification", "language_modeling", "tagging"]
+
+
+class InferenceInputError(ValueError):
+    """A prediction request lacks what the task needs; `path` names the request's field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,12 @@ class TaskInfo:
     board_metric: str
     # "module:Class" of the plug-in (imports torch).
     plugin_path: str
+    # The head's exact parameter count, and the (floats, mask bytes) a token of a training
+    # batch keeps in it for backward (shared.jobs.estimate).
+    head_parameters: HeadFormula = lambda *_: 0
+    head_activations: HeadFormula = lambda *_: (0.0, 0.0)
+    # The inference route a trained job answers: POST /jobs/<id>/predict or /generate.
+    serves: Literal["predict", "generate"] = "predict"
     model_types: tuple[str, ...] = MODEL_TYPES
     # Tokenizer kinds the task can read (None: any).
     tokenizer_kinds: tuple[str, ...] | None = None
@@ -57,6 +76,35 @@ class TaskInfo:
         return getattr(importlib.import_module(module), name)()
 
 
+def _pooled_head(model: ModelSpec, width: int, vocab: int, labels: int) -> int:
+    attention = width + 1 if model.pooling == "attention" and model.type != "transformer" else 0
+    return attention + width * labels + labels
+
+
+def _pooled_activations(model: ModelSpec, width: int, vocab: int, labels: int) -> tuple:
+    # The states a pooling reads, and its products (a recurrent `last` reads one state).
+    pools = model.type == "transformer" or model.pooling != "last"
+    return (2 * width if pools else 0, 0)
+
+
+def _tag_head(model: ModelSpec, width: int, vocab: int, tags: int) -> int:
+    crf = tags * tags + 2 * tags if model.crf else 0
+    return width * tags + tags + crf
+
+
+def _tag_activations(model: ModelSpec, width: int, vocab: int, tags: int) -> tuple:
+    return (2 * width + 3 * tags, width)  # states, dropout, emissions; the dropout's mask
+
+
+def _vocabulary_head(model: ModelSpec, width: int, vocab: int, labels: int) -> int:
+    return width * vocab + vocab
+
+
+def _vocabulary_activations(model: ModelSpec, width: int, vocab: int, labels: int) -> tuple:
+    # The states, the logits, their log-softmax and, in backward, the logits' gradient.
+    return (width + 3 * vocab, 0)
+
+
 TASKS: dict[str, TaskInfo] = {
     info.name: info
     for info in (
@@ -69,6 +117,8 @@ TASKS: dict[str, TaskInfo] = {
             maximize=True,
             board_metric="accuracy",
             plugin_path="shared.zoo.classifier:ClassificationTask",
+            head_parameters=_pooled_head,
+            head_activations=_pooled_activations,
         ),
         TaskInfo(
             name="language_modeling",
@@ -79,6 +129,9 @@ TASKS: dict[str, TaskInfo] = {
             maximize=False,
             board_metric="perplexity",
             plugin_path="shared.zoo.lm:LanguageModelingTask",
+            head_parameters=_vocabulary_head,
+            head_activations=_vocabulary_activations,
+            serves="generate",
             model_types=("rnn", "gru", "lstm", "transformer"),
             model_type_reason="a bidirectional model reads the tokens it must predict; use rnn, "
             "gru, lstm or transformer for language_modeling",
@@ -92,6 +145,8 @@ TASKS: dict[str, TaskInfo] = {
             maximize=True,
             board_metric="f1",
             plugin_path="shared.zoo.tagger:TaggingTask",
+            head_parameters=_tag_head,
+            head_activations=_tag_activations,
             tokenizer_kinds=("word",),
         ),
     )
@@ -105,6 +160,11 @@ def task_info(name: str) -> TaskInfo:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}") from None
+
+
+def tasks_serving(route: str) -> tuple[str, ...]:
+    """The tasks whose trained jobs answer `route` ("predict" or "generate")."""
+    return tuple(name for name, info in TASKS.items() if info.serves == route)
 
 
 def describe_tasks() -> str:

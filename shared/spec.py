@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shared.data.datasets import BUILTIN_DATASETS
-from shared.registry import MODEL_TYPES, TASKS, ModelType, TaskName, describe_tasks
+from shared.registry import MODEL_TYPES, RECURRENT_GATES, TASKS, ModelType, TaskName, describe_tasks
 
 # Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
 # 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
@@ -317,16 +317,10 @@ def estimate_parameters(
         total += 2 * emb  # final LayerNorm (pre-norm encoder)
         width = emb
     else:
-        gates = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}[model.type]
+        gates = RECURRENT_GATES[model.type]
         directions = 2 if model.type == "bilstm" else 1
         for layer in range(layers):
             inputs = emb if layer == 0 else hidden * directions
             total += directions * gates * (inputs * hidden + hidden * hidden + 2 * hidden)
         width = hidden * directions
-    if task == "language_modeling":
-        return total + width * vocab_size + vocab_size
-    if task == "tagging":
-        crf = num_classes * num_classes + 2 * num_classes if model.crf else 0
-        return total + width * num_classes + num_classes + crf
-    attention = width + 1 if model.pooling == "attention" and model.type != "transformer" else 0
-    return total + attention + width * num_classes + num_classes
+    return total + int(TASKS[task].head_parameters(model, width, vocab_size, num_classes))

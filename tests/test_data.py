@@ -4,10 +4,7 @@ import pytest
 import torch
 
 from shared.data.datasets import BUILTIN_DATASETS, load
-from shared.data.text import PAD_ID, UNK_ID
-from shared.infra.storage import ArtifactStore
-from shared.spec import DataSpec, JobSpec, TokenizerSpec
-from worker.data import (
+from shared.data.examples import (
     DataError,
     Splits,
     batch_order,
@@ -16,6 +13,9 @@ from worker.data import (
     prepare,
     split_indices,
 )
+from shared.data.text import PAD_ID, UNK_ID
+from shared.infra.storage import ArtifactStore
+from shared.spec import DataSpec, JobSpec, TokenizerSpec
 
 STORE = ArtifactStore(Path("."))
 

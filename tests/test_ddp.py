@@ -23,6 +23,8 @@ from tests.helpers import tiny_spec
 from worker.launch import single_node_options
 from worker.trainer import Reporter, train
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, PER_RANK_BATCH = 20, 8
 

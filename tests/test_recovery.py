@@ -29,7 +29,7 @@ from worker.procs import trainer_pids
 from worker.reconciler import Reconciler
 from worker.trainer import Reporter, train
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 # Long enough to be interrupted (~200 steps), small enough to finish in a few seconds.

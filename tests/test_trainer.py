@@ -65,8 +65,8 @@ def test_resume_from_a_checkpoint_ends_with_identical_weights(tmp_path):
 
 
 def test_the_checkpoint_carries_the_trained_tokenizer(tmp_path):
+    from shared.data.examples import load_splits, prepare
     from shared.data.tokenization import tokenizer_from_dict
-    from worker.data import load_splits, prepare
 
     spec = parse_spec(
         tiny_spec(training={"epochs": 1}, data={"tokenizer": {"kind": "bpe", "vocab_size": 80}})

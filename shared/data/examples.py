@@ -1,4 +1,5 @@
-"""Datasets -> encoded examples -> padded, length-bucketed batches, for every task.
+"""Datasets -> encoded examples -> padded, length-bucketed batches; each task's plug-in
+(shared.zoo) picks its `prepare_*` function.
 
 classification  one text -> one label            SequenceExamples (targets: ints)
 tagging         tokens -> one tag per token      SequenceExamples (targets: a tag per piece,
@@ -164,8 +165,7 @@ def _label_ids(labels: list[str], seen: set[str], split: str, what: str) -> dict
     return index
 
 
-def prepare(
-    task: str,
+def prepare_classification(
     data: DataSpec,
     seed: int,
     splits: Splits,
@@ -173,43 +173,9 @@ def prepare(
     labels: list[str] | None = None,
 ) -> Prepared:
     """Split (seeded) unless validation data is given, train the tokenizer on the training
-    split only (or reuse a checkpoint's), and encode every split for `task`."""
-    if task == "language_modeling":
-        return _prepare_lm(data, splits, tokenizer)
+    split only (or reuse a checkpoint's), and encode each text with its label's id."""
     train_rows, val_rows = _rows(splits, data, seed)
     test_rows = splits.test.rows if splits.test is not None else None
-    if task == "tagging":
-        cfg = data.tokenizer
-        tokenizer = tokenizer or WordTokenizer.train_whole(
-            (r["tokens"] for r in train_rows), cfg.vocab_size, cfg.min_frequency, cfg.lowercase
-        )
-        labels = labels or sorted({t for r in train_rows for t in r["tags"]})
-
-        def encode_tagged(rows: list[Any], split: str) -> SequenceExamples:
-            index = _label_ids(labels, {t for r in rows for t in r["tags"]}, split, "tags")
-            ids, targets = [], []
-            for row in rows:
-                pieces, words = tokenizer.encode_words(row["tokens"])
-                pieces, words = pieces[: data.max_length], words[: data.max_length]
-                first = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
-                ids.append(pieces)
-                targets.append(
-                    [
-                        index[row["tags"][w]] if f else IGNORE
-                        for w, f in zip(words, first, strict=True)
-                    ]
-                )
-            return SequenceExamples(ids, targets)
-
-        test = encode_tagged(test_rows, "test") if test_rows is not None else None
-        return Prepared(
-            tokenizer,
-            labels,
-            encode_tagged(train_rows, "train"),
-            encode_tagged(val_rows, "validation"),
-            test,
-        )
-
     tokenizer = tokenizer or _tokenizer(data, (r["text"] for r in train_rows))
     labels = labels or sorted({r["label"] for r in train_rows})
     if len(labels) < 2:
@@ -228,8 +194,54 @@ def prepare(
     )
 
 
-def _prepare_lm(data: DataSpec, splits: Splits, tokenizer: Tokenizer | None) -> Prepared:
-    """The first (1 - val_fraction) of the text trains, the rest validates (no shuffling:
+def prepare_tagging(
+    data: DataSpec,
+    seed: int,
+    splits: Splits,
+    tokenizer: Tokenizer | None = None,
+    labels: list[str] | None = None,
+) -> Prepared:
+    """As for classification, with a whole-word vocabulary and a tag on each word's first
+    piece (IGNORE on the others)."""
+    train_rows, val_rows = _rows(splits, data, seed)
+    test_rows = splits.test.rows if splits.test is not None else None
+    cfg = data.tokenizer
+    tokenizer = tokenizer or WordTokenizer.train_whole(
+        (r["tokens"] for r in train_rows), cfg.vocab_size, cfg.min_frequency, cfg.lowercase
+    )
+    labels = labels or sorted({t for r in train_rows for t in r["tags"]})
+
+    def encode_tagged(rows: list[Any], split: str) -> SequenceExamples:
+        index = _label_ids(labels, {t for r in rows for t in r["tags"]}, split, "tags")
+        ids, targets = [], []
+        for row in rows:
+            pieces, words = tokenizer.encode_words(row["tokens"])
+            pieces, words = pieces[: data.max_length], words[: data.max_length]
+            first = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+            ids.append(pieces)
+            targets.append(
+                [index[row["tags"][w]] if f else IGNORE for w, f in zip(words, first, strict=True)]
+            )
+        return SequenceExamples(ids, targets)
+
+    test = encode_tagged(test_rows, "test") if test_rows is not None else None
+    return Prepared(
+        tokenizer,
+        labels,
+        encode_tagged(train_rows, "train"),
+        encode_tagged(val_rows, "validation"),
+        test,
+    )
+
+
+def prepare_language_modeling(
+    data: DataSpec,
+    seed: int,
+    splits: Splits,
+    tokenizer: Tokenizer | None = None,
+    labels: list[str] | None = None,
+) -> Prepared:
+    """One token stream in fixed-context windows (no labels). The first (1 - val_fraction) of the text trains, the rest validates (no shuffling:
     neighbouring windows would leak)."""
     text = splits.train.text or "\n".join(r["text"] for r in splits.train.rows)
     if splits.validation is not None:
@@ -300,3 +312,17 @@ def rebatch(batches: list[list[int]], batch_size: int) -> list[list[int]]:
     """
     flat = [i for batch in batches for i in batch]
     return [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+
+
+def prepare(
+    task: str,
+    data: DataSpec,
+    seed: int,
+    splits: Splits,
+    tokenizer: Tokenizer | None = None,
+    labels: list[str] | None = None,
+) -> Prepared:
+    """Encode `splits` for `task`, as its plug-in does."""
+    from shared.registry import task_info
+
+    return task_info(task).plugin().prepare(data, seed, splits, tokenizer, labels)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.registry import TASKS
 from shared.spec import JobSpec, estimate_parameters
 
 FLOAT = 4  # bytes of an fp32 value
@@ -75,14 +76,9 @@ def activation_bytes_per_token(spec: JobSpec, vocab: int, num_classes: int, gpu:
                 floats += hidden * directions
                 masks += hidden * directions
         width = hidden * directions
-    if task == "language_modeling":
-        # The states, the logits, their log-softmax and, in backward, the logits' gradient.
-        floats += width + 3 * vocab
-    elif task == "tagging":
-        floats += 2 * width + 3 * num_classes  # states, dropout, emissions
-        masks += width
-    elif model.type == "transformer" or model.pooling != "last":
-        floats += 2 * width  # the states a pooling reads, and its products
+    head_floats, head_masks = TASKS[task].head_activations(model, width, vocab, num_classes)
+    floats += head_floats
+    masks += head_masks
     return floats * FLOAT + masks
 
 

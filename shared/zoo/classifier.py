@@ -1,12 +1,19 @@
-"""Text classifier: encoder states -> one pooled vector -> label logits."""
+"""Text classifier: encoder states -> one pooled vector -> label logits; the classification
+task's plug-in (labels, accuracy)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.zoo.encoders import RecurrentEncoder
+from shared.data.examples import Prepared, Splits, prepare_classification
+from shared.data.tokenization import Tokenizer
+from shared.spec import DataSpec, ModelSpec
+from shared.zoo.encoders import RecurrentEncoder, build_encoder
+from shared.zoo.task import INFERENCE_BATCH, Evaluation, InferenceInputError, Task, pad_batch
 
 
 class Classifier(nn.Module):
@@ -47,3 +54,87 @@ class Classifier(nn.Module):
         """(B, C) class probabilities."""
         logits, _ = self(tokens, lengths)
         return torch.softmax(logits.float(), dim=-1)
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    train_count_keys = ("correct",)
+
+    def prepare(
+        self,
+        data: DataSpec,
+        seed: int,
+        splits: Splits,
+        tokenizer: Tokenizer | None,
+        labels: list[str] | None,
+    ) -> Prepared:
+        return prepare_classification(data, seed, splits, tokenizer, labels)
+
+    def build(
+        self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
+    ) -> nn.Module:
+        encoder = build_encoder(model, vocab_size, max_length, causal=False)
+        # A transformer has no last state to pool: it always takes the mean over real tokens.
+        pooling = "mean" if model.type == "transformer" else model.pooling
+        return Classifier(encoder, num_labels, pooling, model.dropout)
+
+    def count_targets(self, targets: torch.Tensor) -> int:
+        return len(targets)
+
+    def train_counts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+        return {"correct": int((logits.argmax(-1) == targets).sum())}
+
+    def train_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        return {"train/accuracy": totals["correct"] / max(totals["weight"], 1)}
+
+    def evaluation(self, labels: list[str]) -> Evaluation:
+        return _Accuracy()
+
+    def predict(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        labels: list[str],
+        max_length: int,
+        texts: list[str] | None,
+        tokens: list[list[str]] | None,
+    ) -> list[dict[str, Any]]:
+        """Each text's label and every label's probability."""
+        if texts is None:
+            raise InferenceInputError("texts", "required for classification")
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(texts), INFERENCE_BATCH):
+            ids = [tokenizer.encode(t, max_length) for t in texts[start : start + INFERENCE_BATCH]]
+            probs = model.predict(*pad_batch(ids))  # type: ignore[operator]  # (B, C)
+            for row in probs.tolist():
+                best = max(range(len(row)), key=row.__getitem__)
+                out.append(
+                    {
+                        "label": labels[best],
+                        "probabilities": {
+                            lab: round(p, 6) for lab, p in zip(labels, row, strict=True)
+                        },
+                    }
+                )
+        return out
+
+
+class _Accuracy(Evaluation):
+    def __init__(self) -> None:
+        self.correct = 0
+
+    def add(
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
+        self.correct += int((logits.argmax(-1) == targets).sum())
+
+    def sums(self) -> dict[str, float]:
+        return {"correct": self.correct}
+
+    def finish(self, loss: float, sums: dict[str, float]) -> dict[str, float]:
+        return {"accuracy": int(sums["correct"]) / max(int(sums["weight"]), 1)}

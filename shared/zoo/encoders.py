@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from shared.data.text import PAD_ID
+from shared.registry import MODEL_TYPES
+from shared.spec import ModelSpec
 
 _CELLS: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
     "rnn": nn.RNN,
@@ -163,3 +165,29 @@ class TransformerEncoder(nn.Module):
         else:
             hidden = self.layers(self.dropout(x), src_key_padding_mask=padding)
         return hidden, padding, None
+
+
+def build_encoder(spec: ModelSpec, vocab_size: int, max_length: int, causal: bool) -> nn.Module:
+    if spec.type == "transformer":
+        return TransformerEncoder(
+            vocab_size,
+            spec.embedding_dim,
+            spec.nhead,
+            spec.dim_feedforward,
+            spec.num_layers,
+            spec.dropout,
+            max_length,
+            causal=causal,
+        )
+    if spec.type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {spec.type!r}; valid: {', '.join(MODEL_TYPES)}")
+    cell = "lstm" if spec.type == "bilstm" else spec.type
+    return RecurrentEncoder(
+        cell,
+        vocab_size,
+        spec.embedding_dim,
+        spec.hidden_size,
+        spec.num_layers,
+        spec.dropout,
+        bidirectional=spec.type == "bilstm",
+    )

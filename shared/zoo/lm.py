@@ -1,12 +1,20 @@
-"""Language model: encoder states -> next-token logits; sampling with temperature and top-k."""
+"""Language model: encoder states -> next-token logits; sampling with temperature and top-k;
+the language-modelling task's plug-in (loss in nats per token, perplexity)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.data.examples import Prepared, Splits, prepare_language_modeling
+from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
+from shared.spec import DataSpec, ModelSpec
+from shared.zoo.encoders import build_encoder
+from shared.zoo.task import Evaluation, Task
 
 IGNORE = IGNORE_INDEX
 
@@ -51,3 +59,51 @@ class LanguageModel(nn.Module):
             probs = torch.softmax(logits, dim=-1)
             ids.append(int(torch.multinomial(probs, 1, generator=generator)))
         return ids[len(prompt) :]
+
+
+class LanguageModelingTask(Task):
+    name = "language_modeling"
+
+    def prepare(
+        self,
+        data: DataSpec,
+        seed: int,
+        splits: Splits,
+        tokenizer: Tokenizer | None,
+        labels: list[str] | None,
+    ) -> Prepared:
+        return prepare_language_modeling(data, seed, splits, tokenizer, labels)
+
+    def build(
+        self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
+    ) -> nn.Module:
+        encoder = build_encoder(model, vocab_size, max_length, causal=True)
+        return LanguageModel(encoder, vocab_size, max_length)
+
+    def evaluation(self, labels: list[str]) -> Evaluation:
+        return _Perplexity()
+
+    def generate(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        prompt: str,
+        length: int,
+        temperature: float,
+        top_k: int | None,
+        seed: int | None,
+    ) -> str:
+        """`prompt` continued by `length` sampled tokens (seeded: the same text each time)."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        ids = tokenizer.encode(prompt) if prompt else [tokenizer.encode("\n")[0]]
+        new = model.generate(ids, length, temperature, top_k, generator)  # type: ignore[operator]
+        text = tokenizer.decode(new)
+        # Words are joined by spaces, so the continuation of a word-level prompt starts with one.
+        if tokenizer.kind == "word" and prompt and not prompt[-1].isspace():
+            text = " " + text
+        return text
+
+
+class _Perplexity(Evaluation):
+    def finish(self, loss: float, sums: dict[str, float]) -> dict[str, float]:
+        return {"perplexity": math.exp(min(loss, 50.0))}

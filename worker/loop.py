@@ -1,0 +1,435 @@
+"""The training loop, one for every task and model: `train(spec, report)` sets a run up once
+(device, process group share, data, model, optimizer, schedule, resumed state), then trains
+epoch by epoch, evaluates, keeps the best checkpoint and stops early. What differs between
+tasks (targets, metrics) is asked of the task's plug-in (`shared.zoo.task.Task`); rank 0
+alone reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from shared.data import examples as datalib
+from shared.protocol import TrainerFailure
+from shared.registry import TaskInfo
+from shared.spec import JobSpec
+from shared.zoo.checkpoints import CHECKPOINT_FORMAT
+from shared.zoo.task import Task
+from worker.distributed import (
+    all_reduce_sums,
+    any_rank,
+    autocast_dtype,
+    pick_device,
+    rank_and_world,
+    to_device,
+)
+from worker.optim import lr_factor, optimizer_step
+from worker.reporting import Reporter, silent
+from worker.state import TrainState
+
+
+class TrainingError(TrainerFailure):
+    """Training cannot go on (e.g. the loss became NaN); the message becomes the job's error."""
+
+
+class Drained(Exception):
+    """A stop was requested; a checkpoint at the current step has been saved."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} after saving a checkpoint")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+@dataclass
+class Run:
+    """Everything a run holds once it is set up; `state` is what changes as it trains."""
+
+    spec: JobSpec
+    task: Task
+    data: datalib.Prepared
+    model: nn.Module  # the module itself, for evaluation and state dicts
+    ddp: nn.Module  # the same module wrapped for the training forward when world > 1
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: torch.dtype | None
+    device: torch.device
+    rank: int
+    world: int
+    total_steps: int
+    report: Reporter
+    state: TrainState
+
+    @property
+    def info(self) -> TaskInfo:
+        return self.task.info
+
+    def checkpoint(self, next_batch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """What a checkpoint holds: state dicts, the loop's state, tokenizer, labels, spec."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "task": self.task.name,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **self.state.state_dict(),
+            "next_batch": next_batch,
+            "tokenizer": self.data.tokenizer.to_dict(),
+            "labels": self.data.labels,
+            "spec": self.spec.model_dump(mode="json"),
+            "metrics": metrics,
+        }
+
+
+def train(
+    spec: JobSpec,
+    report: Reporter,
+    resume: dict[str, Any] | None = None,
+    splits: datalib.Splits | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train `spec` on `splits` (default: its built-in datasets), resuming from a checkpoint's state."""
+    run = setup(spec, report, resume, splits, device)
+    cfg, state = spec.training, run.state
+    announce(run)
+    run.model.train()
+    last: dict[str, float] = {}
+    stopped_early = False
+    while state.epoch < cfg.epochs and state.step < run.total_steps and not stopped_early:
+        totals, seconds = train_epoch(run, epoch_order(run), last)
+        state.epoch, state.next_batch = state.epoch + 1, 0
+        last = end_of_epoch(run, totals, seconds)
+        stopped_early = keep_best(run, last)
+    if run.data.test is not None:
+        test = evaluate(run, run.data.test)
+        last.update({f"test/{k}": v for k, v in test.items()})
+        run.report.log_metrics(
+            [_row(state.step, state.epoch, "test", k, v) for k, v in test.items()],
+            state.epoch,
+            state.step,
+        )
+        run.report.flush()
+        print("test " + " ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
+    return TrainResult(state.step, state.epoch, last, stopped_early)
+
+
+# ---------------------------------------------------------------- setting a run up
+
+
+def seed_everything(spec: JobSpec) -> None:
+    cfg = spec.training
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def setup(
+    spec: JobSpec,
+    report: Reporter,
+    resume: dict[str, Any] | None,
+    splits: datalib.Splits | None,
+    device: torch.device | None,
+) -> Run:
+    """Build the run: the order of every seeded step here is part of exact resume."""
+    cfg = spec.training
+    seed_everything(spec)
+    device = device or pick_device()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 matmuls autocast leaves
+        torch.backends.cudnn.allow_tf32 = True
+    # Each rank takes `batch_size` examples of every global batch of batch_size * world.
+    rank, world = rank_and_world()
+    state = TrainState(global_batch=cfg.batch_size * world, world_size=world)
+    task = spec_task(spec)
+    data = task.prepare(
+        spec.data,
+        cfg.seed,
+        splits or datalib.load_splits(spec, None),
+        tokenizer_of(resume),
+        resume["labels"] if resume else None,
+    )
+    model = task.build(
+        spec.model, data.tokenizer.vocab_size, max(len(data.labels), 2), spec.data.max_length
+    ).to(device)
+    # Every rank built the same weights from the same seed (DDP also broadcasts rank 0's);
+    # from here each rank draws its own dropout masks.
+    if rank != 0:
+        torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    # The fused kernel updates every parameter in one pass: several times faster than the
+    # per-tensor loop on CPUs, where the optimizer step is a large share of a small model's step.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    total_steps = len(data.train.batch_order(state.global_batch, cfg.seed)) * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = (
+        cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(200, total_steps // 20))
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.scheduler)
+    )
+    amp = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    run = Run(
+        spec, task, data, model, ddp, optimizer, scheduler, scaler, amp, device, rank, world,
+        total_steps, report if rank == 0 else silent(report), state,
+    )  # fmt: skip
+    if resume:
+        restore(run, resume)
+    return run
+
+
+def spec_task(spec: JobSpec) -> Task:
+    from shared.registry import task_info
+
+    return task_info(spec.task).plugin()
+
+
+def tokenizer_of(resume: dict[str, Any] | None) -> Any:
+    from shared.data.tokenization import tokenizer_from_dict
+
+    return tokenizer_from_dict(resume["tokenizer"]) if resume else None
+
+
+def restore(run: Run, resume: dict[str, Any]) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, position, RNG states."""
+    run.model.load_state_dict(resume["model"])
+    run.optimizer.load_state_dict(resume["optimizer"])
+    run.scheduler.load_state_dict(resume["scheduler"])
+    state = run.state
+    state.load_state_dict(resume)
+    if run.rank != 0:  # rank 0's RNG state was restored on every rank: draw apart again
+        torch.manual_seed(run.spec.training.seed + 1_000_003 * run.rank + state.step)
+    print(
+        f"resumed at epoch {state.epoch} batch {state.next_batch} (step {state.step})", flush=True
+    )
+
+
+def announce(run: Run) -> None:
+    spec, data = run.spec, run.data
+    print(
+        f"training {spec.model.type} for {spec.task}: "
+        f"{sum(p.numel() for p in run.model.parameters()):,} parameters on {run.device}"
+        f"{f' (world size {run.world})' if run.world > 1 else ''}, "
+        f"{data.tokenizer.kind} tokenizer of {data.tokenizer.vocab_size:,} ids, "
+        f"{len(data.labels)} labels, {len(data.train)} train / {len(data.val)} val examples",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+def epoch_order(run: Run) -> list[list[int]]:
+    """This epoch's global batches: a pure function of (seed, epoch), so a checkpoint's batch
+    index is enough to resume; a position saved with another global batch is re-cut."""
+    state, seed = run.state, run.spec.training.seed + run.state.epoch
+    if state.recut():
+        assert state.saved_batch is not None
+        saved_order = run.data.train.batch_order(state.saved_batch, seed)
+        order = datalib.rebatch(saved_order[state.next_batch :], state.global_batch)
+        state.next_batch = 0
+        return order
+    return run.data.train.batch_order(state.global_batch, seed)
+
+
+def new_window() -> dict[str, float]:
+    """Running sums of one log interval; `start` is when it began."""
+    return {
+        "loss": 0.0,
+        "n": 0,
+        "samples": 0,
+        "tokens": 0,
+        "slots": 0,
+        "start": time.perf_counter(),
+    }
+
+
+def train_epoch(
+    run: Run, order: list[list[int]], last: dict[str, float]
+) -> tuple[dict[str, float], float]:
+    """Train the epoch's batches from `state.next_batch` on; returns its sums and seconds.
+    Logs every `log_every_steps`, checkpoints every `every_steps` and on a stop request."""
+    cfg, state, report = run.spec.training, run.state, run.report
+    every_steps = run.spec.checkpoint.every_steps
+    totals = {"loss": 0.0, "weight": 0, "samples": 0, "tokens": 0, "slots": 0}
+    totals.update(dict.fromkeys(run.task.train_count_keys, 0))
+    window, started = new_window(), time.perf_counter()
+    for index in range(state.next_batch, len(order)):
+        grad_norm = train_step(run, order[index], totals, window)
+        if state.step % cfg.log_every_steps == 0:
+            log_interval(run, window, grad_norm)
+            window = new_window()
+        saved = bool(every_steps) and state.step % every_steps == 0
+        if saved:
+            report.save(run.checkpoint(index + 1, last), state.epoch, state.step, last, False)
+        if any_rank(report.stop_requested(), run.device):  # every rank stops at the same step
+            if not saved:
+                report.save(run.checkpoint(index + 1, last), state.epoch, state.step, last, False)
+            report.flush()
+            raise Drained(state.step)
+        if state.step >= run.total_steps:
+            break
+    return totals, time.perf_counter() - started
+
+
+def train_step(
+    run: Run, batch: list[int], totals: dict[str, float], window: dict[str, float]
+) -> float:
+    """One optimizer step on one global batch (this rank's share of it); returns the
+    gradients' norm and adds the step's counts to `totals` and `window`."""
+    rank, world, device = run.rank, run.world, run.device
+    # A rank past the end of a short last batch trains on a stand-in weighed zero.
+    stand_in = world > 1 and rank >= len(batch)
+    tokens, lengths, targets = to_device(
+        run.data.train.collate(datalib.shard(batch, rank, world) if world > 1 else batch), device
+    )
+    n = 0 if stand_in else run.task.count_targets(targets)
+    with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        logits, loss = run.ddp(tokens, lengths, targets)
+    objective = loss
+    if world > 1:
+        # DDP averages the ranks' gradients. Weighing each rank's mean loss by its share
+        # of the global batch's targets makes that average the gradient of the global
+        # batch's mean loss: the same step as one process with the whole batch.
+        targets_in_batch = all_reduce_sums({"n": n}, device)["n"]
+        objective = loss * (n * world / max(targets_in_batch, 1.0))
+    grad_norm = optimizer_step(objective, run.optimizer, run.scaler, run.spec.training.grad_clip)
+    run.scheduler.step()
+    run.state.step += 1
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise TrainingError(f"loss became {loss_value} at step {run.state.step}")
+    real, slots = (0, 0) if stand_in else (int(lengths.sum()), tokens.numel())
+    for bucket in (totals, window):
+        bucket["loss"] += loss_value * n
+        bucket["samples"] += 0 if stand_in else len(lengths)
+        bucket["tokens"] += real
+        bucket["slots"] += slots
+    totals["weight"] += n
+    window["n"] += n
+    if not stand_in:
+        for key, count in run.task.train_counts(logits, targets).items():
+            totals[key] += count
+    return grad_norm
+
+
+def log_interval(run: Run, window: dict[str, float], grad_norm: float) -> None:
+    """The interval's train metrics: loss, learning rate, gradient norm, speed, padding."""
+    seconds = time.perf_counter() - window["start"]
+    seen = all_reduce_sums(
+        {k: window[k] for k in ("loss", "n", "samples", "tokens", "slots")}, run.device
+    )
+    values = {
+        "loss": seen["loss"] / max(seen["n"], 1),
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "tokens_per_s": seen["tokens"] / seconds,
+        "samples_per_s": seen["samples"] / seconds,
+        "padding_ratio": 1 - seen["tokens"] / max(seen["slots"], 1),
+    }
+    step, epoch = run.state.step, run.state.epoch
+    run.report.log_metrics(
+        [_row(step, epoch, "train", k, v) for k, v in values.items()], epoch, step
+    )
+
+
+# ---------------------------------------------------------------- evaluation and selection
+
+
+def evaluate(run: Run, examples: datalib.Examples) -> dict[str, float]:
+    """The task's metrics on `examples`. With several ranks each evaluates its share of the
+    batches and the sums are reduced, unless the task's metrics need the whole set on each."""
+    model, device, task = run.model, run.device, run.task
+    model.eval()
+    rank, world = (run.rank, run.world) if task.shard_evaluation else (0, 1)
+    evaluation = task.evaluation(run.data.labels)
+    total_loss, weight = 0.0, 0
+    with torch.no_grad():
+        for batch in examples.batch_order(run.spec.training.batch_size, seed=None)[rank::world]:
+            tokens, lengths, targets = (t.to(device) for t in examples.collate(batch))
+            logits, loss = model(tokens, lengths, targets)
+            n = task.count_targets(targets)
+            total_loss += float(loss) * n
+            weight += n
+            evaluation.add(model, tokens, lengths, targets, logits)
+    model.train()
+    sums = {"loss": total_loss, "weight": weight, **evaluation.sums()}
+    if world > 1:
+        sums = all_reduce_sums(sums, device)
+    result = {"loss": sums["loss"] / max(int(sums["weight"]), 1)}
+    result.update(evaluation.finish(result["loss"], sums))
+    return result
+
+
+def end_of_epoch(run: Run, totals: dict[str, float], seconds: float) -> dict[str, float]:
+    """The epoch's train sums (over every rank) and a validation pass, written and printed."""
+    state, cfg = run.state, run.spec.training
+    totals.update(all_reduce_sums(totals, run.device))
+    val = evaluate(run, run.data.val)
+    last = {
+        "train/loss": totals["loss"] / max(totals["weight"], 1),
+        "train/samples_per_s": totals["samples"] / seconds,
+        "train/tokens_per_s": totals["tokens"] / seconds,
+    }
+    last.update(run.task.train_metrics(totals))
+    last.update({f"val/{k}": v for k, v in val.items()})
+    rows = [_row(state.step, state.epoch, *key.split("/"), value) for key, value in last.items()]
+    run.report.log_metrics(rows, state.epoch, state.step)
+    run.report.flush()
+    print(
+        f"epoch {state.epoch}/{cfg.epochs} step {state.step}: train loss {last['train/loss']:.4f} | "
+        + " ".join(f"val {k} {v:.4f}" for k, v in val.items())
+        + f" | {last['train/samples_per_s']:.0f} samples/s",
+        flush=True,
+    )
+    return last
+
+
+def keep_best(run: Run, last: dict[str, float]) -> bool:
+    """Track the selection metric, checkpoint the best (and every `every_epochs`, and the
+    last) epoch; returns whether early stopping ends the run."""
+    state, cfg, info = run.state, run.spec.training, run.info
+    value = last[f"val/{info.selection_metric}"]
+    is_best = info.better(value, state.best)
+    if is_best:
+        state.best, state.stale = value, 0
+    else:
+        state.stale += 1
+    patience = cfg.early_stopping_patience
+    stopped_early = patience is not None and state.stale >= patience
+    final = state.epoch == cfg.epochs or state.step >= run.total_steps or stopped_early
+    if is_best or final or state.epoch % run.spec.checkpoint.every_epochs == 0:
+        run.report.save(run.checkpoint(0, last), state.epoch, state.step, last, is_best)
+    if stopped_early:
+        print(
+            f"early stop: val {info.selection_metric} did not improve for {state.stale} evaluations",
+            flush=True,
+        )
+    return stopped_early
+
+
+def _row(step: int, epoch: int, split: str, name: str, value: float) -> dict[str, Any]:
+    return {"step": step, "epoch": epoch, "split": split, "name": name, "value": float(value)}

@@ -1,0 +1,180 @@
+"""Where a training run's results go: `Reporter` is what the loop calls (metric rows, a
+checkpoint, a flush, whether to stop); `ServiceReporter` is the service's implementation:
+metric rows batched into fenced SQL writes, fanned out on Redis pub/sub for live pages and
+written to TensorBoard files; checkpoints to the artifact store and SQL, riding out a
+database outage with retries."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
+
+from shared import jobs
+from shared.infra.db import Database
+from shared.infra.storage import ArtifactStore
+from shared.protocol import metrics_channel
+from shared.spec import JobSpec
+from shared.zoo.checkpoints import save_checkpoint
+from worker.tbevents import EventWriter
+
+T = TypeVar("T")
+# Seconds the trainer keeps retrying a metrics or checkpoint write while the database is down.
+DB_RETRY_SECONDS = 120.0
+
+
+@dataclass
+class Reporter:
+    """Where the loop's results go. The service writes SQL; tests and local runs may collect.
+
+    save(state, epoch, step, metrics, is_best)
+    """
+
+    log_metrics: Callable[[list[dict[str, Any]], int, int], None]
+    save: Callable[..., None]
+    flush: Callable[[], None] = lambda: None
+    # True once the trainer should checkpoint and stop (the worker is draining).
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+def silent(report: Reporter) -> Reporter:
+    """What ranks other than 0 report: nothing (rank 0 alone writes metrics and checkpoints)."""
+    return Reporter(lambda *a: None, lambda *a, **k: None, stop_requested=report.stop_requested)
+
+
+class ServiceReporter:
+    """Batches metric rows into fenced SQL writes and fans them out on Redis pub/sub."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(
+        self,
+        db: Database,
+        store: ArtifactStore,
+        job_id: int,
+        attempt: int,
+        spec: JobSpec,
+        redis_url: str,
+    ) -> None:
+        self.db, self.store, self.job_id, self.attempt, self.spec = db, store, job_id, attempt, spec
+        self.pending: list[dict[str, Any]] = []
+        self.progress = (0, 0)
+        self.last_flush = 0.0  # the first rows go out at once: a live page shows them soon
+        self.redis = _redis_or_none(redis_url)
+        self.events = (
+            EventWriter(store.path(f"jobs/{job_id}/tensorboard/attempt-{attempt}"))
+            if spec.training.tensorboard
+            else None
+        )
+
+    def log_metrics(self, rows: list[dict[str, Any]], epoch: int, step: int) -> None:
+        self.pending.extend(rows)
+        self.progress = (epoch, step)
+        if time.monotonic() - self.last_flush >= self.FLUSH_SECONDS:
+            self.try_flush()
+
+    def try_flush(self) -> None:
+        """Flush, or keep the rows for the next flush while the database is down."""
+        try:
+            self.flush(wait=False)
+        except OperationalError as exc:
+            self.last_flush = time.monotonic()
+            print(
+                f"database unreachable; {len(self.pending)} metric rows kept for later "
+                f"({type(exc.orig).__name__})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def flush(self, wait: bool = True) -> None:
+        """Write the pending rows; with `wait`, ride out a database outage of up to
+        DB_RETRY_SECONDS (epoch ends, checkpoints and the end of training must not lose rows)."""
+        if not self.pending:
+            return
+        epoch, step = self.progress
+        rows = self.pending
+        with_db_retries(
+            lambda: jobs.write_metrics(
+                self.db, self.job_id, self.attempt, rows, epoch=epoch, step=step
+            ),
+            seconds=DB_RETRY_SECONDS if wait else 0.0,
+        )
+        self.pending = []
+        self.last_flush = time.monotonic()
+        if self.events is not None:
+            self.events.add_scalars(
+                (f"{r['split']}/{r['name']}", r["step"], r["value"]) for r in rows
+            )
+        if self.redis is not None:
+            try:
+                self.redis.publish(metrics_channel(self.job_id), json.dumps(rows))
+            except Exception as exc:  # live pages are best-effort; SQL already has the rows
+                print(f"metrics fan-out failed: {exc}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Close the TensorBoard file and the Redis connection (every row is already written)."""
+        if self.events is not None:
+            self.events.close()
+        if self.redis is not None:
+            self.redis.close()
+
+    def save(
+        self, state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
+    ) -> None:
+        where = "end" if state["next_batch"] == 0 else f"b{state['next_batch']}"
+        key = f"jobs/{self.job_id}/checkpoints/step-{step:09d}-{where}.safetensors"
+        staging = self.store.staging_path(key)
+        save_checkpoint(staging, state)
+        size, digest = self.store.commit(staging, key)
+        dropped = with_db_retries(
+            lambda: jobs.add_checkpoint(
+                self.db,
+                self.job_id,
+                self.attempt,
+                step=step,
+                epoch=epoch,
+                uri=key,
+                sha256=digest,
+                size=size,
+                metrics=metrics,
+                keep_last=self.spec.checkpoint.keep_last,
+                is_best=is_best,
+            )
+        )
+        for old in dropped:
+            self.store.delete(old)
+        print(f"checkpoint {key} ({size:,} bytes)", flush=True)
+
+
+def with_db_retries(write: Callable[[], T], seconds: float = DB_RETRY_SECONDS) -> T:
+    """Run a database write, retrying with backoff for up to `seconds` while the database is
+    unreachable (0: a single try)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            return write()
+        except OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            print(
+                f"database unreachable ({type(exc.orig).__name__}); retrying in {delay:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _redis_or_none(url: str) -> Any:
+    try:
+        import redis
+
+        return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    except Exception:
+        return None
