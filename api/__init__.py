@@ -1,35 +1,45 @@
 """The HTTP API and pages: a Flask app factory and its blueprints.
 
-errors.py   one JSON error shape for every failure: {"error": {code, message, fields}}
-auth.py     bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownership checks
-openapi.py  route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
-schemas.py  response and query models
-jobs.py     /api/v1/jobs: submit, list, detail, metrics, checkpoints (+ download), cancel
-submissions.py  concurrent submissions committed and enqueued together (group commit)
-datasets.py /api/v1/datasets: upload (multipart), list, detail with statistics, delete
-inference.py  /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
-health.py   /healthz (open): database and Redis reachability
-metrics.py  /metrics for Prometheus (loopback, or SEQTRAIN_METRICS_TOKEN)
-live.py     what the status pages poll and stream: jobs board, logs, events, SSE, retry, workers
-pages.py    /login, /logout, the status pages (jobs, job, workers, submit), /api/v1/docs
-wsgi.py     `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
+errors.py       one JSON error shape for every failure: {"error": {code, message, fields}}
+auth.py         bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownership checks
+openapi.py      route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
+schemas.py      response and query models
+http.py         what the blueprints share: JSON body, query parameters, owned job, reply
+jobs.py         /api/v1/jobs: submit, retry, list, detail, metrics, checkpoints, cancel
+submissions.py  how a job is created: Idempotency-Key, placement check, group commit
+batching.py     the group commit: concurrent requests share one flush
+datasets.py     /api/v1/datasets: upload (multipart), list, detail with statistics, delete
+inference.py    /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
+predictor.py    loaded checkpoints for inference, cached per process
+board.py        /api/v1/jobs/board: the jobs page's rows with progress and latest metrics
+logs.py         /api/v1/jobs/<id>/logs (an attempt's output, by offset) and /events
+stream.py       /api/v1/jobs/<id>/stream: server-sent events of metrics and status
+workers.py      /api/v1/workers: workers, their devices and current jobs; queue depths
+tensorboard.py  /api/v1/jobs/<id>/tensorboard: the event files as one .tar.gz
+health.py       /healthz (open): database and Redis reachability
+metrics.py      /metrics for Prometheus (loopback, or SEQTRAIN_METRICS_TOKEN)
+stats.py        the figures /metrics reads from SQL at each scrape
+pages.py        /login, /logout, the status pages (jobs, job, workers, submit), /api/v1/docs
+wsgi.py         `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Request, Response, current_app
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
-from api.submissions import Submissions
-from shared.auth import PrincipalCache, auth_cache_seconds
+from shared.auth import PrincipalCache
 from shared.infra.db import Database
 from shared.infra.queue import JobQueue
 from shared.infra.storage import ArtifactStore
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from api.submissions import Submissions
 
 SECURITY_HEADERS = {
     # No inline script or style anywhere: user-supplied text can never run.
@@ -71,9 +81,23 @@ def services() -> Services:
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
-    from api import datasets, errors, health, inference, jobs, live, metrics, pages
+    from api import (
+        board,
+        datasets,
+        errors,
+        health,
+        inference,
+        jobs,
+        logs,
+        metrics,
+        pages,
+        stream,
+        tensorboard,
+        workers,
+    )
     from api.auth import FailureLimiter
     from api.openapi import IdConverter
+    from api.submissions import Submissions
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -99,7 +123,9 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         queue=queue,
         store=ArtifactStore(settings.artifact_root),
         limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
-        tokens=PrincipalCache(float(app.config.get("AUTH_CACHE_SECONDS", auth_cache_seconds()))),
+        tokens=PrincipalCache(
+            float(app.config.get("AUTH_CACHE_SECONDS", settings.auth_cache_seconds))
+        ),
         submissions=Submissions(db, queue, settings.submit_batch),
     )
     app.url_map.converters["id"] = IdConverter
@@ -108,7 +134,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(jobs.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(inference.bp)
-    app.register_blueprint(live.bp)
+    for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
+        app.register_blueprint(live.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
 

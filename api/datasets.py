@@ -10,13 +10,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api import services
 from api.auth import authorize, current_principal, require_principal
 from api.errors import ApiError
-from api.jobs import query, reply
+from api.http import query, reply
 from api.openapi import API_PREFIX, id_rule, operation
 from api.schemas import DatasetList, DatasetOut, ListDatasetsQuery
 from shared.data import datasets as registry
 from shared.data.formats import DatasetFormatError
 from shared.infra.models import Dataset
-from shared.jobs import owner_names
+from shared.jobs import Owner, owners
 
 bp = Blueprint("datasets", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
@@ -122,10 +122,9 @@ def index() -> Response:
         params.limit,
         params.cursor,
     )
-    owners = owner_names(services().db, {d.owner_id for d in rows})
-    return reply(
-        DatasetList(datasets=[view(d, owners.get(d.owner_id)) for d in rows], next_cursor=cursor)
-    )
+    found = owners(services().db, user_ids={d.owner_id for d in rows})
+    items = [view(d, found.get(d.owner_id, Owner()).name) for d in rows]
+    return reply(DatasetList(datasets=items, next_cursor=cursor))
 
 
 @operation(
@@ -139,9 +138,8 @@ def index() -> Response:
 )
 def show(dataset_id: int) -> Response:
     dataset = owned_dataset(dataset_id)
-    return reply(
-        view(dataset, owner_names(services().db, {dataset.owner_id}).get(dataset.owner_id))
-    )
+    owner = owners(services().db, user_ids={dataset.owner_id}).get(dataset.owner_id, Owner())
+    return reply(view(dataset, owner.name))
 
 
 @operation(

@@ -1,15 +1,16 @@
-"""/api/v1/jobs: thin routes. Parse and validate -> call shared.jobs -> serialize."""
+"""/api/v1/jobs: submit, retry, list, detail, metrics, checkpoints (+ download), cancel. Thin
+routes: parse and validate -> call api.submissions or shared.jobs -> serialize."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import Blueprint, Response, request, send_file, url_for
-from pydantic import BaseModel, ValidationError
+from flask import Blueprint, Response, send_file, url_for
 
-from api import services
+from api import services, submissions
 from api.auth import authorize, current_principal, require_principal
-from api.errors import ApiError, validation_fields
+from api.errors import ApiError
+from api.http import JOB, job_url, json_body, owned_job, query, reply, summary
 from api.openapi import API_PREFIX, BINARY, id_rule, operation
 from api.schemas import (
     CheckpointList,
@@ -23,139 +24,23 @@ from api.schemas import (
     MetricsQuery,
 )
 from shared import jobs
-from shared.data import datasets as registry
-from shared.infra.models import Dataset, Job
-from shared.jobs.routing import PlacementError, check_placement
-from shared.spec import JobSpec, dataset_references, parse_spec
+from shared.infra.models import TERMINAL_STATUSES
+from shared.jobs.progress import job_progress
+from shared.spec import JobSpec, parse_spec
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
-JOB = "/jobs/" + id_rule("job_id")
-Q = TypeVar("Q", bound=BaseModel)
 
 
-def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(model.model_dump_json(), status=status, mimetype="application/json")
-    response.headers.update(headers or {})
-    return response
-
-
-def json_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise ApiError(
-            415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
-        )
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "bad_request", "the body is not valid JSON")
-    if not isinstance(body, dict):
-        raise ApiError(
-            422,
-            "validation_error",
-            "the body must be a JSON object",
-            [{"path": "", "message": "expected an object", "type": "dict_type"}],
-        )
-    return body
-
-
-def query(model: type[Q]) -> Q:
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        fields = validation_fields(exc)
-        names = ", ".join(f["path"] for f in fields)
-        raise ApiError(
-            400, "invalid_parameter", f"invalid query parameter: {names}", fields
-        ) from None
-
-
-def owned_job(job_id: int) -> Job:
-    job = jobs.get_job(services().db, job_id)
-    authorize(job.owner_id, f"job {job_id}")
-    return job
-
-
-SUMMARY_FIELDS = tuple(name for name in JobSummary.model_fields if hasattr(Job, name))
-
-
-def summary(job: Any, owner: str | None = None, jobs_url: str | None = None) -> dict[str, Any]:
-    """A job's (or a summary row's) fields; `jobs_url` (url_for("jobs.index")) saves a URL
-    build per job."""
-    fields = {name: getattr(job, name) for name in SUMMARY_FIELDS}
-    fields["owner"] = owner
-    fields["url"] = (
-        f"{jobs_url}/{job.id}" if jobs_url is not None else url_for("jobs.show", job_id=job.id)
+def created(result: submissions.Submitted) -> Response:
+    """201 with the new job, or 200 with the job an Idempotency-Key made first."""
+    location = job_url(result.job_id)
+    body = JobCreated(
+        id=result.job_id, status=result.status, enqueued=result.enqueued, url=location
     )
-    return fields
-
-
-def job_url(job_id: int) -> str:
-    """What url_for(".show", job_id=...) gives, without a URL map lookup per submission."""
-    return f"{request.script_root}{API_PREFIX}/jobs/{job_id}"
-
-
-def resolve_datasets(spec: JobSpec) -> dict[str, int]:
-    """Pin each dataset the spec names to a version the caller may use: role -> dataset id."""
-    principal, links, errors = current_principal(), {}, []
-    fields = {"train": "dataset", "validation": "validation_dataset", "test": "test_dataset"}
-    for role, reference in dataset_references(spec).items():
-        field = fields[role]
-        if reference is None:
-            continue
-        try:
-            resolved = registry.resolve(
-                services().db, reference, principal.user_id, principal.is_admin, f"data.{field}"
-            )
-            registry.check_task(resolved, spec.task, f"data.{field}")
-        except registry.DatasetError as exc:
-            errors.append(
-                {"path": exc.field or f"data.{field}", "message": exc.message, "type": "dataset"}
-            )
-            continue
-        if isinstance(resolved, Dataset):
-            links[role] = resolved.id
-    if errors:
-        paths = ", ".join(e["path"] for e in errors)
-        raise ApiError(422, "validation_error", f"invalid job spec: {paths}", errors)
-    return links
-
-
-IDEMPOTENCY_KEY_MAX = 200
-
-
-def idempotency_key() -> str | None:
-    """The request's Idempotency-Key header: 1-200 printable ASCII characters, or None."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(c) < 127 for c in key):
-        raise ApiError(
-            400,
-            "bad_header",
-            "Idempotency-Key must be 1-200 printable ASCII characters without spaces",
-            fields=[{"path": "Idempotency-Key", "message": "invalid", "type": "header"}],
-        )
-    return key
-
-
-def replayed(job: Job, spec: JobSpec) -> Response:
-    """The answer to a retried POST: the job the key created first, if the spec is the same."""
-    if job.spec != spec.model_dump(mode="json"):
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            f"Idempotency-Key was already used for job {job.id} with a different spec",
-            fields=[
-                {
-                    "path": "Idempotency-Key",
-                    "message": "reused with a different spec",
-                    "type": "header",
-                }
-            ],
-        )
-    location = url_for(".show", job_id=job.id)
-    body = JobCreated(id=job.id, status=job.status, enqueued=True, url=location)
-    return reply(body, 200, {"Location": location, "Idempotent-Replayed": "true"})
+    if result.replayed:
+        return reply(body, 200, {"Location": location, "Idempotent-Replayed": "true"})
+    return reply(body, 201, {"Location": location})
 
 
 @operation(
@@ -171,27 +56,8 @@ def submit() -> Response:
     """Validates the spec, stores the job (`queued`) and enqueues its id. A bad spec is a 422
     naming every failing field, and nothing is stored. With an `Idempotency-Key` header, a
     retried POST answers 200 with the job the key created first (`Idempotent-Replayed`)."""
-    key = idempotency_key()
-    spec = parse_spec(json_body())
-    svc, principal = services(), current_principal()
-    if key is not None:  # a retried POST: looked up here, in parallel, not in the group's flush
-        earlier = jobs.keyed_job(svc.db, principal.user_id, key)
-        if earlier is not None:
-            return replayed(earlier, spec)
-    links = resolve_datasets(spec)
-    try:  # a job no registered worker could ever hold is refused, with the numbers
-        estimate = check_placement(svc.db, spec, svc.settings)
-    except PlacementError as exc:
-        fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
-        raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
-    new = jobs.NewJob(spec, principal.user_id, principal.name, links, key, estimate)
-    try:
-        job_id, enqueued = svc.submissions.submit(new)
-    except jobs.IdempotentReplay as replay:
-        return replayed(replay.job, spec)
-    location = job_url(job_id)
-    created = JobCreated(id=job_id, status="queued", enqueued=enqueued, url=location)
-    return reply(created, 201, {"Location": location})
+    key = submissions.idempotency_key()
+    return created(submissions.submit(parse_spec(json_body()), key))
 
 
 @operation(
@@ -208,7 +74,7 @@ def index() -> Response:
     params = query(ListJobsQuery)
     principal = current_principal()
     owner = None if principal.is_admin else principal.user_id
-    page, next_cursor = jobs.list_jobs(
+    page, next_cursor, _ = jobs.list_jobs(
         services().db,
         status=params.status,
         limit=params.limit,
@@ -235,6 +101,7 @@ def show(job_id: int) -> Response:
     detail.update(
         spec=job.spec,
         latest_metrics=latest,
+        progress=job_progress(job, latest)._asdict(),
         events=events,
         devices=job.devices,
         estimate=job.estimate,
@@ -326,5 +193,28 @@ def cancel(job_id: int) -> Response:
     """A queued job is cancelled at once; a running one is stopped within 2 s."""
     owned_job(job_id)
     job = jobs.request_cancel(services().db, job_id, actor=current_principal().name)
-    owner = jobs.owner_names(services().db, {job.owner_id}).get(job.owner_id)
+    owner = jobs.owners(services().db, job_ids={job_id}).get(job_id, jobs.Owner()).name
     return reply(JobSummary.model_validate(summary(job, owner)), 202)
+
+
+@operation(
+    bp,
+    "POST",
+    JOB + "/retry",
+    summary="Run a finished job again as a new job",
+    responses={201: JobCreated, 200: JobCreated},
+    errors=(400, 404, 409, 422),
+)
+def retry(job_id: int) -> Response:
+    """A new job with the same spec and the same dataset versions, owned by the caller and
+    queued at once. Allowed for succeeded, failed and cancelled jobs. Placement and the
+    `Idempotency-Key` header work as on submit."""
+    job = owned_job(job_id)
+    key = submissions.idempotency_key()
+    if job.status not in TERMINAL_STATUSES:
+        raise ApiError(409, "conflict", f"job {job_id} is {job.status}; retry a finished job")
+    links = {
+        role: dataset.id for role, dataset in jobs.dataset_links(services().db, job_id).items()
+    }
+    spec = JobSpec.model_validate(job.spec)
+    return created(submissions.submit(spec, key, links, note=f"retry of job {job_id}"))

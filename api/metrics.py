@@ -3,31 +3,38 @@
 Who may read it: with SEQTRAIN_METRICS_TOKEN set, any client sending
 `Authorization: Bearer <that token>` (Prometheus' `authorization` setting), and no one else;
 without it, clients on the loopback only. The figures are read from SQL and Redis at each
-scrape, so every API process answers the same.
+scrape (a collector on the app's own registry, not the process-wide default one), so every
+API process answers the same.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flask import Blueprint, Response, current_app, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from api import services, stats
+from api import Services, stats
 from api.errors import ApiError
 from shared.infra.queue import queue_depths, redis_client
 
 bp = Blueprint("metrics", __name__)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+REGISTRY = "seqtrain.metrics"  # the app.extensions key of the app's CollectorRegistry
 
 
 @bp.record_once
 def _configure(state: object) -> None:
     app = state.app  # type: ignore[attr-defined]
-    app.config.setdefault("METRICS_TOKEN", os.environ.get("SEQTRAIN_METRICS_TOKEN", ""))
+    app.config.setdefault("METRICS_TOKEN", app.extensions["seqtrain"].settings.metrics_token)
+    registry = CollectorRegistry()
+    registry.register(ServiceFigures(app.extensions["seqtrain"]))
+    app.extensions[REGISTRY] = registry
 
 
 def _allowed() -> None:
@@ -46,113 +53,115 @@ def _allowed() -> None:
         )
 
 
-def _escape(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _LastLabel(str):
+    """A label name that sorts after every other. `generate_latest` writes label names in
+    sorted order; a bucket's bound goes last, `{status="failed",le="10"}`, as it always has
+    on this endpoint."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return other != self
 
 
-def _labels(**labels: object) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+LE = _LastLabel("le")
 
 
-def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-
-
-def _number(value: float) -> str:
+def _bound(value: float) -> str:
     return repr(float(value)) if value != int(value) else str(int(value))
 
 
-def exposition() -> str:
-    """Every metric family, each read once."""
-    svc = services()
-    db, settings = svc.db, svc.settings
-    lines: list[str] = []
-    lines += _family(
-        "seqtrain_jobs",
-        "gauge",
-        "Jobs by status.",
-        (
-            f"seqtrain_jobs{_labels(status=s)} {n}"
-            for s, n in sorted(stats.jobs_by_status(db).items())
-        ),
+def _labelled(
+    name: str, help_text: str, label: str, samples: Iterable[tuple[object, float]]
+) -> Metric:
+    family = GaugeMetricFamily(name, help_text, labels=[label])
+    for key, value in samples:
+        family.add_metric([str(key)], value)
+    return family
+
+
+def _durations(histograms: dict[str, stats.Histogram]) -> Metric:
+    name = "seqtrain_job_duration_seconds"
+    family = Metric(
+        name, "Seconds from a finished job's first start to its end, by final status.", "histogram"
     )
-    queues = stats.queues_in_use(db) | {settings.default_queue}
-    up = 1
-    try:
-        client = redis_client(settings.redis_url)
-        try:
-            depths = queue_depths(client, queues)
-        finally:
-            client.close()
-    except Exception:  # Redis down: say so, still report what SQL knows
-        depths, up = {}, 0
-    lines += _family(
-        "seqtrain_redis_up", "gauge", "1 when Redis answered.", [f"seqtrain_redis_up {up}"]
-    )
-    lines += _family(
-        "seqtrain_queue_depth",
-        "gauge",
-        "Messages waiting on each Celery queue (not yet taken by a worker).",
-        (f"seqtrain_queue_depth{_labels(queue=q)} {n}" for q, n in sorted(depths.items())),
-    )
-    samples = []
-    for status, hist in sorted(stats.job_durations(db).items()):
+    for status, hist in sorted(histograms.items()):
         for bound, count in hist.buckets:
-            samples.append(
-                f"seqtrain_job_duration_seconds_bucket{_labels(status=status, le=_number(bound))} {count}"
-            )
-        samples.append(
-            f"seqtrain_job_duration_seconds_bucket{_labels(status=status, le='+Inf')} {hist.count}"
+            family.add_sample(f"{name}_bucket", {"status": status, LE: _bound(bound)}, count)
+        family.add_sample(f"{name}_bucket", {"status": status, LE: "+Inf"}, hist.count)
+        family.add_sample(f"{name}_sum", {"status": status}, hist.total)
+        family.add_sample(f"{name}_count", {"status": status}, hist.count)
+    return family
+
+
+class ServiceFigures(Collector):
+    """Every metric family, each read once per scrape from SQL and Redis."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        families = self._read()
+        yield from families
+        yield GaugeMetricFamily(
+            "seqtrain_metrics_scrape_seconds",
+            "Time spent reading these figures.",
+            value=time.perf_counter() - started,
         )
-        samples.append(f"seqtrain_job_duration_seconds_sum{_labels(status=status)} {hist.total}")
-        samples.append(f"seqtrain_job_duration_seconds_count{_labels(status=status)} {hist.count}")
-    lines += _family(
-        "seqtrain_job_duration_seconds",
-        "histogram",
-        "Seconds from a finished job's first start to its end, by final status.",
-        samples,
-    )
-    workers = stats.workers_by_state(db, settings.worker_stale_seconds)
-    lines += _family(
-        "seqtrain_workers_live",
-        "gauge",
-        "Workers whose heartbeat is recent.",
-        [f"seqtrain_workers_live {workers['live']}"],
-    )
-    lines += _family(
-        "seqtrain_workers_busy",
-        "gauge",
-        "Live workers training a job.",
-        [f"seqtrain_workers_busy {workers['busy']}"],
-    )
-    speeds = stats.running_tokens_per_second(db)
-    lines += _family(
-        "seqtrain_training_tokens_per_second",
-        "gauge",
-        "Newest training throughput (real tokens/s) of each running job.",
-        (
-            f"seqtrain_training_tokens_per_second{_labels(job_id=j)} {v}"
-            for j, v in sorted(speeds.items())
-        ),
-    )
-    lines += _family(
-        "seqtrain_training_tokens_per_second_total",
-        "gauge",
-        "Sum over running jobs of their newest training throughput.",
-        [f"seqtrain_training_tokens_per_second_total {sum(speeds.values())}"],
-    )
-    return "\n".join(lines) + "\n"
+
+    def _read(self) -> list[Metric]:
+        db, settings = self.svc.db, self.svc.settings
+        jobs = stats.jobs_by_status(db)
+        queues = stats.queues_in_use(db) | {settings.default_queue}
+        up = 1
+        try:
+            client = redis_client(settings.redis_url)
+            try:
+                depths = queue_depths(client, queues)
+            finally:
+                client.close()
+        except Exception:  # Redis down: say so, still report what SQL knows
+            depths, up = {}, 0
+        durations = stats.job_durations(db)
+        workers = stats.workers_by_state(db, settings.worker_stale_seconds)
+        speeds = stats.running_tokens_per_second(db)
+        return [
+            _labelled("seqtrain_jobs", "Jobs by status.", "status", sorted(jobs.items())),
+            GaugeMetricFamily("seqtrain_redis_up", "1 when Redis answered.", value=up),
+            _labelled(
+                "seqtrain_queue_depth",
+                "Messages waiting on each Celery queue (not yet taken by a worker).",
+                "queue",
+                sorted(depths.items()),
+            ),
+            _durations(durations),
+            GaugeMetricFamily(
+                "seqtrain_workers_live", "Workers whose heartbeat is recent.", value=workers["live"]
+            ),
+            GaugeMetricFamily(
+                "seqtrain_workers_busy", "Live workers training a job.", value=workers["busy"]
+            ),
+            _labelled(
+                "seqtrain_training_tokens_per_second",
+                "Newest training throughput (real tokens/s) of each running job.",
+                "job_id",
+                sorted(speeds.items()),
+            ),
+            GaugeMetricFamily(
+                "seqtrain_training_tokens_per_second_total",
+                "Sum over running jobs of their newest training throughput.",
+                value=sum(speeds.values()),
+            ),
+        ]
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus scrape target (not part of the JSON API's OpenAPI document)."""
     _allowed()
-    started = time.perf_counter()
-    body = exposition()
-    body += (
-        "# HELP seqtrain_metrics_scrape_seconds Time spent reading these figures.\n"
-        "# TYPE seqtrain_metrics_scrape_seconds gauge\n"
-        f"seqtrain_metrics_scrape_seconds {time.perf_counter() - started:.6f}\n"
-    )
-    return Response(body, mimetype=None, content_type=CONTENT_TYPE)
+    body = generate_latest(current_app.extensions[REGISTRY])
+    return Response(body, mimetype=None, content_type=CONTENT_TYPE_PLAIN_0_0_4)

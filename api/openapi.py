@@ -11,14 +11,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
 from werkzeug.routing import BaseConverter
 
 from api.schemas import MAX_ID, ErrorBody
+
+if TYPE_CHECKING:
+    from pydantic.dataclasses import PydanticDataclass
+
+    # (model, "validation" or "serialization") -> its {"$ref": ...} in components.schemas
+    Refs = dict[tuple[type[BaseModel] | type[PydanticDataclass], JsonSchemaMode], JsonSchemaValue]
 
 API_PREFIX = "/api/v1"
 # A response: a JSON model, a media type (binary), (media type, model of each item) for a
@@ -144,77 +150,10 @@ def _query_parameters(model: type[BaseModel], schemas: dict[str, Any]) -> list[d
 
 
 def document() -> dict[str, Any]:
-    models: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
-    for op in OPERATIONS:
-        if op.body is not None:
-            models.append((op.body, "validation"))
-        for m in op.responses.values():
-            if isinstance(m, tuple):
-                models.append((m[1], "serialization"))
-            elif m is not None and not isinstance(m, str):
-                models.append((m, "serialization"))
-    refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
-    components = defs.get("$defs", {})
-
-    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
-        return refs[(model, mode)]
-
+    refs, components = _schemas(OPERATIONS)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
-        responses: dict[str, Any] = {}
-        for status, model in op.responses.items():
-            if model is None:
-                responses[str(status)] = {"description": HTTPStatus(status).phrase}
-                continue
-            if isinstance(model, tuple):
-                content = {model[0]: {"schema": ref(model[1], "serialization")}}
-            elif isinstance(model, str):
-                content = {model: {"schema": {"type": "string", "format": "binary"}}}
-            else:
-                content = {"application/json": {"schema": ref(model, "serialization")}}
-            responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": content}
-        for status in op.errors:
-            responses[str(status)] = {
-                "description": HTTPStatus(status).phrase,
-                "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}},
-            }
-        entry: dict[str, Any] = {
-            "operationId": op.operation_id,
-            "summary": op.summary,
-            "tags": [op.tag],
-            "parameters": _path_parameters(op.rule),
-            "responses": responses,
-        }
-        if op.description:
-            entry["description"] = op.description
-        if op.query is not None:
-            entry["parameters"] += _query_parameters(op.query, op.query.model_json_schema())
-        if op.body is not None:
-            entry["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": ref(op.body, "validation")}},
-            }
-        if op.form is not None:
-            fields = op.form.model_json_schema()
-            entry["requestBody"] = {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "file": {"type": "string", "format": "binary"},
-                                **fields["properties"],
-                            },
-                            "required": ["file", *fields.get("required", [])],
-                            "additionalProperties": False,
-                        }
-                    }
-                },
-            }
-        if op.public:
-            entry["security"] = []
-        paths.setdefault(openapi_path(op.rule, op.prefix), {})[op.method] = entry
+        paths.setdefault(openapi_path(op.rule, op.prefix), {})[op.method] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -229,5 +168,89 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _schemas(operations: list[Operation]) -> tuple[Refs, dict[str, Any]]:
+    """The $ref of every model the operations use, and the schemas they point to."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
+    for op in operations:
+        if op.body is not None:
+            models.append((op.body, "validation"))
+        for m in op.responses.values():
+            if isinstance(m, tuple):
+                models.append((m[1], "serialization"))
+            elif m is not None and not isinstance(m, str):
+                models.append((m, "serialization"))
+    refs, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return refs, defs.get("$defs", {})
+
+
+def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
+    """One operation object: parameters, request body, responses and security."""
+    entry: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": _path_parameters(op.rule),
+        "responses": _responses(op, refs),
+    }
+    if op.description:
+        entry["description"] = op.description
+    if op.query is not None:
+        # A query field's enum (JobStatus) is one of the components the responses use too.
+        schema = op.query.model_json_schema(ref_template="#/components/schemas/{model}")
+        entry["parameters"] += _query_parameters(op.query, schema)
+    if op.body is not None:
+        entry["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+        }
+    if op.form is not None:
+        entry["requestBody"] = _form_body(op.form)
+    if op.public:
+        entry["security"] = []
+    return entry
+
+
+def _responses(op: Operation, refs: Refs) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, model in op.responses.items():
+        if model is None:
+            responses[str(status)] = {"description": HTTPStatus(status).phrase}
+            continue
+        if isinstance(model, tuple):
+            content = {model[0]: {"schema": refs[(model[1], "serialization")]}}
+        elif isinstance(model, str):
+            content = {model: {"schema": {"type": "string", "format": "binary"}}}
+        else:
+            content = {"application/json": {"schema": refs[(model, "serialization")]}}
+        responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": content}
+    for status in op.errors:
+        responses[str(status)] = {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": refs[(ErrorBody, "serialization")]}},
+        }
+    return responses
+
+
+def _form_body(form: type[BaseModel]) -> dict[str, Any]:
+    """A multipart/form-data body: the uploaded `file` and the form model's fields."""
+    fields = form.model_json_schema()
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        **fields["properties"],
+                    },
+                    "required": ["file", *fields.get("required", [])],
+                    "additionalProperties": False,
+                }
+            }
         },
     }

@@ -1,10 +1,10 @@
 """Pages: sign in with a token, sign out, the status pages, and the API's own documents.
 
 The status pages are shells: Jinja renders what the server knows at once (escaped), and
-the scripts in static/js/ fill in and refresh the rest from the API (api/live.py, api/jobs.py)
-with the session cookie and its CSRF token. Every page is rendered with autoescaping, the
-scripts write text with textContent, and the Content-Security-Policy forbids inline script,
-so user-supplied text stays text.
+the scripts in static/js/ fill in and refresh the rest from the API (api/board.py, logs.py,
+stream.py, workers.py, jobs.py) with the session cookie and its CSRF token. Every page is
+rendered with autoescaping, the scripts write text with textContent, and the
+Content-Security-Policy forbids inline script, so user-supplied text stays text.
 
 /             jobs: filter, search, sort, pages, refreshed live
 /jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.protocol import JobStatus
+
 MAX_ID = 2**63 - 1
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class _Out(BaseModel):
@@ -36,7 +37,7 @@ class ErrorBody(_Out):
 
 class JobCreated(_Out):
     id: int
-    status: Status
+    status: JobStatus
     enqueued: bool = Field(description="False when Redis was unreachable; the job waits in SQL.")
     url: str
 
@@ -45,7 +46,7 @@ class JobSummary(_Out):
     id: int
     name: str
     owner: str | None
-    status: Status
+    status: JobStatus
     task: str
     model_type: str
     queue: str
@@ -65,8 +66,8 @@ class JobSummary(_Out):
 class JobEventOut(_Out):
     ts: datetime
     attempt: int
-    from_status: str | None
-    to_status: str | None
+    from_status: JobStatus | None
+    to_status: JobStatus | None
     actor: str
     message: str
 
@@ -77,8 +78,16 @@ class MetricValue(_Out):
     epoch: int
 
 
+class ProgressOut(_Out):
+    fraction: float | None = Field(
+        description="Fraction of the planned steps done (0-1); null before it can be told."
+    )
+    eta_seconds: float | None = Field(description="Seconds left at the current pace (running).")
+
+
 class JobDetail(JobSummary):
     spec: dict[str, Any]
+    progress: ProgressOut = Field(description="The same numbers the jobs board shows.")
     latest_metrics: dict[str, MetricValue] = Field(description='Keyed "<split>/<name>".')
     events: list[JobEventOut]
     devices: int = Field(1, description="Devices per node one attempt trains on.")
@@ -144,7 +153,7 @@ class _Query(BaseModel):
 
 
 class ListJobsQuery(_Query):
-    status: Status | None = Field(None, description="Only jobs in this status.")
+    status: JobStatus | None = Field(None, description="Only jobs in this status.")
     limit: int = Field(50, ge=1, le=500, description="Page size.")
     cursor: int | None = Field(
         None, ge=1, le=MAX_ID, description="`next_cursor` of the previous page."
@@ -240,13 +249,13 @@ class GenerateResponse(_Out):
     text: str
 
 
-# ---------------------------------------------------------------- status pages (api/live.py)
+# ---------------------------------------------------------------- status pages
 
 JobSort = Literal["newest", "oldest", "name", "status", "updated"]
 
 
 class BoardQuery(_Query):
-    status: Status | None = Field(None, description="Only jobs in this status.")
+    status: JobStatus | None = Field(None, description="Only jobs in this status.")
     q: str | None = Field(
         None, max_length=200, description="Case-insensitive substring of the job's name."
     )
@@ -301,8 +310,8 @@ class TimelineEvent(_Out):
     id: int
     ts: datetime
     attempt: int
-    from_status: str | None
-    to_status: str | None
+    from_status: JobStatus | None
+    to_status: JobStatus | None
     actor: str
     message: str
 
@@ -315,7 +324,7 @@ class JobProgress(_Out):
     """The `status` event of GET /jobs/<id>/stream."""
 
     id: int
-    status: Status
+    status: JobStatus
     attempt: int
     max_attempts: int
     epoch: int

@@ -62,7 +62,8 @@ def job_durations(
         .group_by(Job.status)
     )
     found = {
-        status: Histogram([(bound, 0) for bound in buckets], 0.0, 0) for status in TERMINAL_STATUSES
+        str(status): Histogram([(bound, 0) for bound in buckets], 0.0, 0)
+        for status in TERMINAL_STATUSES
     }
     with db.session() as session:
         for status, count, total, *counts in session.execute(query):

@@ -1,22 +1,33 @@
-"""Job submissions, committed and enqueued in groups.
+"""How a job is created over HTTP, for POST /jobs and a retry alike: the Idempotency-Key,
+dataset versions pinned, the placement check, and a group commit.
 
-Concurrent POST /jobs requests in one API process share a flush (`api.batching`): one
-SQL transaction inserts all their jobs, dataset links and first events, and one Redis
-round trip enqueues them, after the commit. A request that arrives while the service is
-idle is flushed at once, alone. Each request still gets its own answer: its job, or its
-own error (a reused Idempotency-Key), or the batch's error (the database is down: 503).
+Concurrent submissions in one API process share a flush (`api.batching`): one SQL
+transaction inserts all their jobs, dataset links and first events, and one Redis round
+trip enqueues them, after the commit. A request that arrives while the service is idle is
+flushed at once, alone. Each request still gets its own answer: its job, or its own error
+(a reused Idempotency-Key), or the batch's error (the database is down: 503).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from flask import request
+
+from api import services
+from api.auth import current_principal
 from api.batching import GroupCommit
+from api.errors import ApiError
 from shared import jobs
+from shared.data import datasets as registry
 from shared.infra.db import Database
+from shared.infra.models import Dataset, Job
 from shared.infra.queue import JobQueue
 from shared.jobs import IdempotentReplay, NewJob
+from shared.jobs.routing import PlacementError, check_placement
+from shared.spec import JobSpec, dataset_references
 
 log = logging.getLogger("seqtrain.api")
 
@@ -55,3 +66,107 @@ class Submissions:
             except Exception as note_error:  # the jobs are committed; the reconciler has them
                 log.warning("enqueue failure not noted (%s)", type(note_error).__name__)
         return [(job_id, enqueued) if isinstance(job_id, int) else job_id for job_id in results]
+
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The answer to one submission: the new job, or the one its Idempotency-Key made first."""
+
+    job_id: int
+    status: str
+    enqueued: bool
+    replayed: bool = False
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header: 1-200 printable ASCII characters, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(c) < 127 for c in key):
+        raise ApiError(
+            400,
+            "bad_header",
+            "Idempotency-Key must be 1-200 printable ASCII characters without spaces",
+            fields=[{"path": "Idempotency-Key", "message": "invalid", "type": "header"}],
+        )
+    return key
+
+
+def submit(
+    spec: JobSpec,
+    key: str | None,
+    datasets: Mapping[str, int] | None = None,
+    note: str | None = None,
+) -> Submitted:
+    """Create one job for the caller. A key the caller already used answers with the job it
+    made (a 422 if that job's spec differs); `datasets` (role -> dataset id) pins versions
+    already chosen, else the spec's references are resolved for the caller; a job no
+    registered worker could hold is refused with the numbers; `note` goes on the new job's
+    timeline."""
+    svc, principal = services(), current_principal()
+    if key is not None:  # a retried request: looked up here, in parallel, not in the flush
+        earlier = jobs.keyed_job(svc.db, principal.user_id, key)
+        if earlier is not None:
+            return replayed(earlier, spec)
+    links = resolve_datasets(spec) if datasets is None else dict(datasets)
+    try:  # a job no registered worker could ever hold is refused, with the numbers
+        estimate = check_placement(svc.db, spec, svc.settings)
+    except PlacementError as exc:
+        fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
+        raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
+    new = NewJob(spec, principal.user_id, principal.name, links, key, estimate)
+    try:
+        job_id, enqueued = svc.submissions.submit(new)
+    except IdempotentReplay as replay:
+        return replayed(replay.job, spec)
+    if note:
+        jobs.note_event(svc.db, job_id, principal.name, note)
+    return Submitted(job_id, "queued", enqueued)
+
+
+def replayed(job: Job, spec: JobSpec) -> Submitted:
+    """The job a key created first, if its spec is the same."""
+    if job.spec != spec.model_dump(mode="json"):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"Idempotency-Key was already used for job {job.id} with a different spec",
+            fields=[
+                {
+                    "path": "Idempotency-Key",
+                    "message": "reused with a different spec",
+                    "type": "header",
+                }
+            ],
+        )
+    return Submitted(job.id, job.status, enqueued=True, replayed=True)
+
+
+def resolve_datasets(spec: JobSpec) -> dict[str, int]:
+    """Pin each dataset the spec names to a version the caller may use: role -> dataset id."""
+    principal, links, errors = current_principal(), {}, []
+    fields = {"train": "dataset", "validation": "validation_dataset", "test": "test_dataset"}
+    for role, reference in dataset_references(spec).items():
+        field = fields[role]
+        if reference is None:
+            continue
+        try:
+            resolved = registry.resolve(
+                services().db, reference, principal.user_id, principal.is_admin, f"data.{field}"
+            )
+            registry.check_task(resolved, spec.task, f"data.{field}")
+        except registry.DatasetError as exc:
+            errors.append(
+                {"path": exc.field or f"data.{field}", "message": exc.message, "type": "dataset"}
+            )
+            continue
+        if isinstance(resolved, Dataset):
+            links[role] = resolved.id
+    if errors:
+        paths = ", ".join(e["path"] for e in errors)
+        raise ApiError(422, "validation_error", f"invalid job spec: {paths}", errors)
+    return links

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.settings import Settings
+
 
 def json_logs() -> bool:
-    return os.environ.get("SEQTRAIN_LOG_FORMAT", "text").lower() == "json"
+    return Settings.from_env().log_format == "json"
 
 
 class JsonFormatter(logging.Formatter):

@@ -220,7 +220,7 @@ def test_tokens_never_reach_the_logs(anon, accounts, caplog):
 
 
 def test_first_start_creates_an_admin_and_a_private_token_file(db, tmp_path, settings):
-    from cli.main import ensure_dev_token
+    from cli.serve import ensure_dev_token
 
     note = ensure_dev_token(settings.database_url, tmp_path)
     token_file = tmp_path / "dev-token"

@@ -13,6 +13,8 @@ from werkzeug.serving import make_server
 from tests.conftest import ROOT
 from tests.helpers import SMALL_TSV, tiny_spec, upload
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def api_url(app):
@@ -189,35 +191,6 @@ def test_submit_follow_prints_progress_then_the_result(api_url, settings, worker
     snapshots = [r["progress"] for r in records[:-1]]
     assert snapshots and all({"epoch", "step", "loss", "eta_seconds"} <= set(p) for p in snapshots)
     assert records[-1]["status"] == "succeeded"
-
-
-def test_job_progress_tells_fraction_and_eta():
-    from datetime import UTC, datetime, timedelta
-
-    from cli.main import job_progress, progress_line
-
-    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    job = {
-        "id": 7,
-        "status": "running",
-        "attempt": 1,
-        "epoch": 1,
-        "step": 15,
-        "started_at": (now - timedelta(seconds=30)).isoformat(),
-        "spec": {"training": {"epochs": 4}},
-        "latest_metrics": {
-            "train/loss": {"value": 0.25, "step": 15, "epoch": 1},
-            "val/loss": {"value": 0.3, "step": 10, "epoch": 1},  # 10 steps an epoch
-        },
-    }
-    p = job_progress(job, now)
-    assert p["progress"] == 15 / 40 and p["eta_seconds"] == 50.0 and p["loss"] == 0.25
-    line = progress_line(p)
-    assert "epoch 1/4" in line and "step 15" in line and "ETA 0:00:50" in line and "38%" in line
-    job["latest_metrics"] = {}  # the first epoch has not told the pace yet
-    assert job_progress(job, now)["progress"] is None and "?" in progress_line(
-        job_progress(job, now)
-    )
 
 
 def test_logs_and_retry(api_url, settings, worker, tmp_path):

@@ -18,14 +18,21 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.serving import make_server
 
+import api.board
 import api.datasets
 import api.health
 import api.jobs  # noqa: F401  (registers the routes the document describes)
-import api.live  # noqa: F401
+import api.logs
+import api.stream
+import api.tensorboard
+import api.workers  # noqa: F401
 from api.openapi import document
 from shared import jobs
 from shared.spec import parse_spec
 from tests.conftest import ROOT
+
+# Fuzzing every route takes minutes on a loaded machine: outside the fast tier.
+pytestmark = pytest.mark.slow
 
 SCHEMA = schemathesis.openapi.from_dict(document())
 CHECKS = [

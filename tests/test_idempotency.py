@@ -1,5 +1,7 @@
-"""Idempotency-Key on POST /jobs: a retried submit returns the first job, never a second."""
+"""Idempotency-Key on POST /jobs and POST /jobs/<id>/retry: a retried request returns the first
+job, never a second."""
 
+from shared import jobs
 from shared.infra.models import Job
 from tests.helpers import row_count, tiny_spec
 
@@ -47,3 +49,24 @@ def test_a_malformed_key_is_a_400_naming_the_header(client, db):
         assert response.status_code == 400, bad
         assert response.json["error"]["fields"][0]["path"] == "Idempotency-Key"
     assert row_count(db, Job) == 0
+
+
+def test_a_retried_retry_returns_the_same_job(client, db):
+    spec = tiny_spec(resources={"queue": "nobody-listens"})
+    source = client.post("/api/v1/jobs", json=spec).json["id"]
+    jobs.request_cancel(db, source, "alice")
+    headers = {"Idempotency-Key": "retry-51c2"}
+    first = client.post(f"/api/v1/jobs/{source}/retry", headers=headers)
+    again = client.post(f"/api/v1/jobs/{source}/retry", headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json["id"] == first.json["id"] != source
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert row_count(db, Job) == 2
+    notes = [e.message for e in jobs.job_events(db, first.json["id"])]
+    assert notes.count(f"retry of job {source}") == 1
+    # The key belongs to the retry now: a submit with another spec may not reuse it.
+    reused = client.post("/api/v1/jobs", json=tiny_spec(name="other"), headers=headers)
+    assert reused.status_code == 422 and reused.json["error"]["code"] == "idempotency_key_reused"
+    bad = client.post(f"/api/v1/jobs/{source}/retry", headers={"Idempotency-Key": "has space"})
+    assert bad.status_code == 400 and row_count(db, Job) == 2

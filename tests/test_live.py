@@ -1,5 +1,6 @@
-"""The status pages' API (api/live.py) and pages: board, logs, events, the SSE stream,
-retry, workers; ownership on each; and the pages' shells."""
+"""The status pages' API (api/board.py, logs.py, stream.py, workers.py, jobs.py's retry) and
+pages: board, logs, events, the SSE stream, retry, workers; ownership on each; and the pages'
+shells."""
 
 import json
 import re
@@ -8,11 +9,13 @@ import time
 import pytest
 import redis
 
-from api.live import LOG_CHUNK_BYTES, LOG_KEY
+from api.logs import LOG_CHUNK_BYTES
 from shared import jobs
+from shared.infra.models import Job
 from shared.jobs import workers
+from shared.protocol import log_key
 from shared.spec import parse_spec
-from tests.helpers import SMALL_TSV, tiny_spec, upload
+from tests.helpers import SMALL_TSV, row_count, tiny_spec, upload
 
 NOBODY = {"queue": "nobody-listens"}
 
@@ -33,7 +36,7 @@ def run_epoch(db, job_id, attempt, step=10, epoch=1, loss=0.5, accuracy=0.8):
 
 
 def write_log(settings, job_id, attempt, data: bytes):
-    path = settings.artifact_root / LOG_KEY.format(job_id=job_id, attempt=attempt)
+    path = settings.artifact_root / log_key(job_id, attempt)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as handle:
         handle.write(data)
@@ -100,9 +103,7 @@ def test_board_bad_parameters_are_400_naming_them(client, query, field):
 
 
 def test_logs_follow_by_offset_in_bounded_chunks(client, db, accounts, settings):
-    from worker.supervisor import log_key
-
-    assert LOG_KEY.format(job_id=7, attempt=2) == log_key(7, 2)
+    # The API reads where the worker writes: both take the key from shared.protocol.log_key.
     job_id = make_job(db, accounts["alice"])
     empty = client.get(f"/api/v1/jobs/{job_id}/logs").json
     assert empty == {
@@ -231,9 +232,9 @@ def test_stream_relays_metrics_and_status_then_ends(app, client, db, accounts, s
 
 
 def test_stream_lifetime_heartbeat_and_idle_jobs(app, client, db, accounts, monkeypatch):
-    import api.live
+    import api.stream
 
-    monkeypatch.setattr(api.live, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(api.stream, "HEARTBEAT_SECONDS", 0.2)
     app.config["SEQTRAIN_STREAM_SECONDS"] = 1
     job_id = make_job(db, accounts["alice"])
     jobs.claim(db, job_id, "w", 60)
@@ -283,6 +284,28 @@ def test_retry_creates_a_new_queued_job_for_the_caller(client, db, accounts, set
 
     bob = client.post(f"/api/v1/jobs/{job_id}/retry", headers=accounts["bob"].headers)
     assert bob.status_code == 403
+
+
+def test_retry_is_refused_like_a_submit_when_no_worker_can_hold_the_job(client, db, accounts):
+    queue = "retry-placement"
+    spec = parse_spec(tiny_spec(resources={"queue": queue, "devices": 4}))
+    job_id = jobs.create_job(db, spec, accounts["alice"].user_id).id
+    jobs.request_cancel(db, job_id, "alice")  # submitted while no worker had registered
+    workers.register(
+        db,
+        name="two-devices",
+        hostname="host",
+        pid=1,
+        queues=[queue],
+        device_kind="cpu",
+        device_count=2,
+        devices=[{"index": i, "name": "cpu", "memory_bytes": 8 << 30} for i in range(2)],
+    )
+    refused = client.post(f"/api/v1/jobs/{job_id}/retry")
+    assert refused.status_code == 422
+    field = refused.json["error"]["fields"][0]
+    assert field["path"] == "resources.devices" and "at most 2" in field["message"]
+    assert row_count(db, Job) == 1
 
 
 # ---------------------------------------------------------------- workers

@@ -1,0 +1,114 @@
+"""Users and API tokens: `seqtrain users` and `seqtrain tokens`, which talk to DATABASE_URL
+directly (run them where the service runs)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cli.common import database, fail, json_option
+
+
+@click.group()
+def users() -> None:
+    """Manage users (talks to DATABASE_URL directly; run it where the service runs)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May see and manage every user's jobs.")
+@json_option
+def users_create(name: str, admin: bool, as_json: bool) -> None:
+    """Create a user."""
+    from shared.auth import AuthError, create_user
+
+    try:
+        user = create_user(database(), name, is_admin=admin)
+    except AuthError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"id": user.id, "name": user.name, "is_admin": user.is_admin}))
+        return
+    click.echo(f"user {user.name} created (id {user.id}{', admin' if admin else ''})")
+
+
+@users.command("list")
+@json_option
+def users_list(as_json: bool) -> None:
+    """List users."""
+    from shared.auth import list_users
+
+    rows = [{"id": u.id, "name": u.name, "is_admin": u.is_admin} for u in list_users(database())]
+    if as_json:
+        click.echo(json.dumps(rows))
+    for row in [] if as_json else rows:
+        click.echo(f"{row['id']:>4}  {row['name']}{'  (admin)' if row['is_admin'] else ''}")
+
+
+@click.group()
+def tokens() -> None:
+    """Manage API tokens (talks to DATABASE_URL directly)."""
+
+
+@tokens.command("create")
+@click.argument("user")
+@click.option("--label", default="", help="A note to tell tokens apart.")
+@json_option
+def tokens_create(user: str, label: str, as_json: bool) -> None:
+    """Create a token for USER and print it (shown once; only a hash is stored)."""
+    from shared.auth import AuthError, create_token
+
+    try:
+        row, token = create_token(database(), user, label)
+    except AuthError as exc:
+        fail(str(exc))
+    click.echo(
+        json.dumps({"id": row.id, "user": user, "label": label, "token": token})
+        if as_json
+        else token
+    )
+
+
+@tokens.command("list")
+@click.argument("user")
+@json_option
+def tokens_list(user: str, as_json: bool) -> None:
+    """List USER's tokens (prefixes only)."""
+    from shared.auth import list_tokens
+
+    rows = list_tokens(database(), user)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "prefix": r.prefix,
+                        "label": r.label,
+                        "created_at": r.created_at.isoformat(),
+                        "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                    }
+                    for r in rows
+                ]
+            )
+        )
+        return
+    for row in rows:
+        state = "revoked" if row.revoked_at else "active"
+        click.echo(f"{row.id:>4}  {row.prefix}...  {state:<8} {row.label}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@json_option
+def tokens_revoke(token_id: int, as_json: bool) -> None:
+    """Revoke a token by id (see `tokens list`)."""
+    from shared.auth import revoke_token
+
+    if not revoke_token(database(), token_id):
+        fail(f"no active token with id {token_id}")
+    click.echo(
+        json.dumps({"id": token_id, "revoked": True}) if as_json else f"token {token_id} revoked"
+    )

@@ -1,0 +1,114 @@
+"""`seqtrain train --local`: train a spec in this process with the service's trainer code,
+without the API or the queue."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.common import fail, json_option, load_spec
+
+
+def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> Any:
+    if path is None:
+        return None
+    from shared.data.datasets import DatasetUpload, parse
+    from shared.data.formats import DatasetFormatError
+
+    if fmt is None:
+        fail("--format is required with data files")
+    try:
+        upload = DatasetUpload.model_validate(
+            {"format": fmt, **{k: v for k, v in options.items() if v is not None}}
+        )
+        return parse(Path(path).read_bytes(), upload.format, upload.parse_options())
+    except DatasetFormatError as exc:
+        fail(f"{path}: {exc}")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@click.command("train")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--local", is_flag=True, required=True, help="Train in this process, without the queue."
+)
+@click.option("--train-file", help="Training data (default: the spec's built-in dataset).")
+@click.option(
+    "--validation-file", help="Validation data (default: val_fraction of the training data)."
+)
+@click.option("--test-file", help="Test data, evaluated once at the end.")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl", "text", "conll"]))
+@click.option("--text-column")
+@click.option("--label-column")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), help="Directory for checkpoints.")
+@json_option
+def train_local(
+    spec_file: str,
+    local: bool,
+    train_file: str | None,
+    validation_file: str | None,
+    test_file: str | None,
+    fmt: str | None,
+    text_column: str | None,
+    label_column: str | None,
+    encoding: str,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Train SPEC_FILE here with the service's trainer code; prints the final metrics."""
+    from pydantic import ValidationError
+
+    from shared.data.examples import Splits, load_splits
+    from shared.spec import parse_spec
+    from shared.zoo.checkpoints import save_checkpoint
+    from worker.trainer import Reporter, train
+
+    try:
+        spec = parse_spec(load_spec(spec_file))
+    except ValidationError as exc:
+        fail(
+            "invalid spec:\n"
+            + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        )
+    options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
+    if train_file:
+        splits = Splits(
+            _local_file(train_file, fmt, options),
+            _local_file(validation_file, fmt, options),
+            _local_file(test_file, fmt, options),
+        )
+    else:
+        splits = load_splits(spec, None)
+    out_dir = Path(output) if output else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(
+        state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
+    ) -> None:
+        if out_dir is not None:
+            save_checkpoint(
+                out_dir / f"step-{step:09d}{'-best' if is_best else ''}.safetensors", state
+            )
+
+    # With --json, stdout carries only the result; the trainer's progress goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
+        result = train(spec, Reporter(lambda rows, epoch, step: None, save), splits=splits)
+    summary = {
+        "step": result.step,
+        "epoch": result.epoch,
+        "stopped_early": result.stopped_early,
+        **result.metrics,
+    }
+    click.echo(
+        json.dumps(summary) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items())
+    )
