@@ -7,7 +7,6 @@ safe verifier: there is nothing to brute-force that a slow hash would protect.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import threading
@@ -133,20 +132,8 @@ def authenticate(db: Database, token: str) -> Principal | None:
     return Principal(user_id=row[2], name=row[3], is_admin=row[4], token_id=row[0])
 
 
-AUTH_CACHE_SECONDS = 15.0
 AUTH_CACHE_ENTRIES = 10_000
 _CACHES: weakref.WeakSet[PrincipalCache] = weakref.WeakSet()
-
-
-def auth_cache_seconds() -> float:
-    """`SEQTRAIN_AUTH_CACHE_SECONDS` (default 15; 0 turns the cache off)."""
-    raw = os.environ.get("SEQTRAIN_AUTH_CACHE_SECONDS", "")
-    try:
-        return max(0.0, float(raw)) if raw else AUTH_CACHE_SECONDS
-    except ValueError:
-        raise ValueError(
-            f"environment variable SEQTRAIN_AUTH_CACHE_SECONDS must be a number, got {raw!r}"
-        ) from None
 
 
 class PrincipalCache:

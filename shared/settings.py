@@ -2,95 +2,264 @@
 
 No configuration means: SQLite under ./var/, Redis at the URL `seqtrain up` starts (or
 redis://127.0.0.1:6379/0), artifacts under ./var/artifacts.
+
+Each setting is declared once, as a field of `Settings`: its environment variable, its
+default, the parser of the variable's text and a description. README.md's configuration
+table is generated from the declarations (`python -m shared.settings --markdown`) and
+tests/test_settings.py checks that it is current.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+# A parser turns a variable's text into the field's value; on bad text it raises a
+# ValueError whose message says what was expected ("an integer").
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def integer(raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+        raise ValueError("an integer") from None
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def number(raw: str) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+        raise ValueError("a number") from None
+
+
+def at_least_one(raw: str) -> int:
+    return max(1, integer(raw))
+
+
+def not_negative(raw: str) -> float:
+    return max(0.0, number(raw))
+
+
+def flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("1 or 0 (true/false, yes/no, on/off)")
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+def _worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def setting(
+    env: str,
+    default: Any = None,
+    help: str = "",
+    parse: Callable[[str], Any] = str,
+    shown: str | None = None,
+    factory: Callable[[], Any] | None = None,
+    from_var_dir: Callable[[Path], Any] | None = None,
+) -> Any:
+    """A declared setting. `shown` replaces the default in the README table where the real
+    default is not a constant; `from_var_dir` makes the default from SEQTRAIN_VAR_DIR when
+    the variable is unset (from_env; a plain `Settings()` keeps `default`)."""
+    metadata = {"env": env, "parse": parse, "help": help, "shown": shown, "var_dir": from_var_dir}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Service settings. Build with `Settings.from_env()`; override fields in tests."""
 
-    # Where local state lives when nothing else is configured.
-    var_dir: Path = Path("var")
-    # SQLAlchemy URL; PostgreSQL in production: postgresql+psycopg://user@host/db
-    database_url: str = "sqlite:///var/seqtrain.db"
-    # Redis broker (Celery transport + pub/sub).
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Root of the artifact store: checkpoints, logs. A shared mount when several hosts run workers.
-    artifact_root: Path = Path("var/artifacts")
-    # Celery queue a job goes to when its spec names none.
-    default_queue: str = "default"
-    # Seconds a running attempt's lease lasts without a heartbeat.
-    lease_seconds: float = 60.0
-    # Seconds between supervisor heartbeats (lease renewals).
-    heartbeat_seconds: float = 5.0
-    # Seconds between the supervisor's checks of the cancel flag.
-    cancel_poll_seconds: float = 0.2
-    # Seconds between SIGTERM and SIGKILL when stopping a trainer.
-    kill_grace_seconds: float = 1.0
-    # Redis redelivers an unacknowledged task after this many seconds; redelivery is a no-op.
-    visibility_timeout_seconds: int = 900
-    # Signs status-page session cookies. Empty: generated once into <var_dir>/secret-key.
-    secret_key: str = ""
-    # Send session cookies over HTTPS only (set behind a TLS-terminating proxy).
-    secure_cookies: bool = False
-    # Failed sign-ins (bad tokens) per client address per minute before 429.
-    auth_failure_limit: int = 20
-    # Largest request body accepted by the JSON API, in bytes.
-    max_request_bytes: int = 1 << 20
-    # Most submissions one API process commits and enqueues together (1: each on its own).
-    submit_batch: int = 64
-    # Largest dataset upload, in bytes.
-    max_dataset_bytes: int = 200 << 20
-    # Devices a worker offers one job: CPU processes for gloo DDP; GPUs are probed instead.
-    worker_devices: int = 1
-    # Seconds between reconciler passes (lost queue messages, expired leases).
-    reconcile_seconds: float = 5.0
-    # A queued job whose message is on no Redis list this many seconds after its enqueue
-    # is enqueued again.
-    enqueue_grace_seconds: float = 10.0
-    # A worker silent for this many seconds is shown as lost.
-    worker_stale_seconds: float = 30.0
-    # Run the reconciler loop inside each worker (off: run `seqtrain reconcile` instead).
-    worker_reconciler: bool = True
-    # Seconds an API process reuses the worker list it read for the submit-time placement check.
-    registry_cache_seconds: float = 2.0
-    # Start single-device trainers from a warm fork-server (torch already imported).
-    forkserver: bool = True
-    # The address other workers reach this one at for a multi-node job's rendezvous (node 0
-    # hosts it on a free port); 127.0.0.1 serves workers on one machine only.
-    node_address: str = "127.0.0.1"
-    # Seconds a multi-node job's node 0 waits for all its workers before it gives the job back.
-    reserve_seconds: float = 60.0
-    # Worker identity written into leases and events.
-    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    database_url: str = setting(
+        "DATABASE_URL",
+        "sqlite:///var/seqtrain.db",
+        "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://user:pass@host/db`",
+        from_var_dir=lambda var_dir: f"sqlite:///{var_dir / 'seqtrain.db'}",
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Celery broker and pub/sub",
+        shown="`seqtrain up`: a private Redis it starts; otherwise `redis://127.0.0.1:6379/0`",
+    )
+    artifact_root: Path = setting(
+        "ARTIFACT_ROOT",
+        Path("var/artifacts"),
+        "checkpoints and logs; a shared mount when workers run on several hosts",
+        Path,
+        from_var_dir=lambda var_dir: var_dir / "artifacts",
+    )
+    var_dir: Path = setting("SEQTRAIN_VAR_DIR", Path("var"), "where the defaults above live", Path)
+    api_url: str = setting("SEQTRAIN_URL", "http://127.0.0.1:8000", "the API the CLI talks to")
+    api_token: str = setting(
+        "SEQTRAIN_TOKEN", "", "the CLI's API token", shown="`var/dev-token` if present"
+    )
+    log_format: str = setting(
+        "SEQTRAIN_LOG_FORMAT",
+        "text",
+        "`json`: one JSON object a log line (API and workers)",
+        choice("text", "json"),
+    )
+    secret_key: str = setting(
+        "SEQTRAIN_SECRET_KEY",
+        "",
+        "signs session cookies; set the same value on every API host",
+        shown="generated once into `var/secret-key`",
+    )
+    secure_cookies: bool = setting(
+        "SEQTRAIN_SECURE_COOKIES", False, "`1` behind HTTPS", flag, shown="off"
+    )
+    auth_failure_limit: int = setting(
+        "SEQTRAIN_AUTH_FAILURE_LIMIT",
+        20,
+        "failed sign-ins per address per minute before 429",
+        integer,
+    )
+    auth_cache_seconds: float = setting(
+        "SEQTRAIN_AUTH_CACHE_SECONDS",
+        15.0,
+        "each API process remembers a valid token this long (`0`: never); a token revoked"
+        " elsewhere is refused within it",
+        not_negative,
+    )
+    metrics_token: str = setting(
+        "SEQTRAIN_METRICS_TOKEN",
+        "",
+        "bearer token that reads `/metrics` from anywhere (empty: the loopback only)",
+        shown="none",
+    )
+    max_request_bytes: int = setting(
+        "SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20, "largest JSON request body", integer
+    )
+    submit_batch: int = setting(
+        "SEQTRAIN_SUBMIT_BATCH",
+        64,
+        "most concurrent submissions one API process commits and enqueues together"
+        " (`1`: each alone)",
+        at_least_one,
+    )
+    max_dataset_bytes: int = setting(
+        "SEQTRAIN_MAX_DATASET_BYTES", 200 << 20, "largest dataset upload (413 above it)", integer
+    )
+    default_queue: str = setting(
+        "SEQTRAIN_DEFAULT_QUEUE",
+        "default",
+        "Celery's default queue (a spec's `resources.queue` decides where a job goes;"
+        " `seqtrain worker -Q` which queues a worker takes)",
+    )
+    lease_seconds: float = setting(
+        "SEQTRAIN_LEASE_SECONDS", 60.0, "lease of a running attempt without heartbeat", number
+    )
+    heartbeat_seconds: float = setting(
+        "SEQTRAIN_HEARTBEAT_SECONDS", 5.0, "supervisor heartbeat interval", number
+    )
+    cancel_poll_seconds: float = setting(
+        "SEQTRAIN_CANCEL_POLL_SECONDS", 0.2, "how often the supervisor checks for cancel", number
+    )
+    kill_grace_seconds: float = setting(
+        "SEQTRAIN_KILL_GRACE_SECONDS",
+        1.0,
+        "SIGTERM to SIGKILL grace when stopping a trainer",
+        number,
+    )
+    visibility_timeout_seconds: int = setting(
+        "SEQTRAIN_VISIBILITY_TIMEOUT",
+        900,
+        "Redis redelivery of unacknowledged tasks (redelivery is a no-op)",
+        integer,
+    )
+    torch_threads: int | None = setting(
+        "SEQTRAIN_TORCH_THREADS",
+        None,
+        "intra-op threads of each trainer",
+        integer,
+        shown="torch's default",
+    )
+    worker_name: str = setting(
+        "SEQTRAIN_WORKER_NAME",
+        help="worker identity in leases, events and the workers page",
+        shown="`host:pid`",
+        factory=_worker_identity,
+    )
+    worker_devices: int = setting(
+        "SEQTRAIN_WORKER_DEVICES",
+        1,
+        "CPU processes a CPU worker offers one job (gloo DDP above 1); GPUs are probed",
+        integer,
+    )
+    worker_device_kind: str = setting(
+        "SEQTRAIN_WORKER_DEVICE_KIND",
+        "auto",
+        "`auto`: GPUs when an NVIDIA driver is present, else CPU processes; `cpu`: CPU"
+        " processes on a GPU machine too",
+        choice("auto", "cpu"),
+    )
+    node_address: str = setting(
+        "SEQTRAIN_NODE_ADDRESS",
+        "127.0.0.1",
+        "the address other workers reach this one at, as node 0 of a multi-node job"
+        " (its rendezvous)",
+    )
+    reserve_seconds: float = setting(
+        "SEQTRAIN_RESERVE_SECONDS",
+        60.0,
+        "how long a multi-node job's node 0 waits for all its workers before it gives the"
+        " attempt back",
+        number,
+    )
+    worker_reconciler: bool = setting(
+        "SEQTRAIN_WORKER_RECONCILER",
+        True,
+        "run the reconciler loop inside each worker (`0`: run `seqtrain reconcile` instead)",
+        flag,
+    )
+    reconcile_seconds: float = setting(
+        "SEQTRAIN_RECONCILE_SECONDS", 5.0, "seconds between reconciler passes", number
+    )
+    enqueue_grace_seconds: float = setting(
+        "SEQTRAIN_ENQUEUE_GRACE_SECONDS",
+        10.0,
+        "a queued job with no message on Redis this long after its enqueue is enqueued again",
+        number,
+    )
+    worker_stale_seconds: float = setting(
+        "SEQTRAIN_WORKER_STALE_SECONDS", 30.0, "a worker silent this long is shown as lost", number
+    )
+    registry_cache_seconds: float = setting(
+        "SEQTRAIN_REGISTRY_CACHE_SECONDS",
+        2.0,
+        "how long an API process reuses the worker list for submit's placement check",
+        number,
+    )
+    forkserver: bool = setting(
+        "SEQTRAIN_FORKSERVER",
+        True,
+        "start single-device trainers from the worker's warm fork-server (`0`: a fresh"
+        " `python -m worker.trainer` each time)",
+        flag,
+    )
 
     def session_secret(self) -> str:
         """The configured secret, or one generated once and kept in <var_dir>/secret-key (0600)."""
@@ -111,35 +280,52 @@ class Settings:
         return path.read_text().strip()
 
     @classmethod
-    def from_env(cls) -> Settings:
-        var_dir = Path(os.environ.get("SEQTRAIN_VAR_DIR", "var"))
-        return cls(
-            var_dir=var_dir,
-            database_url=os.environ.get("DATABASE_URL") or f"sqlite:///{var_dir / 'seqtrain.db'}",
-            redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
-            artifact_root=Path(os.environ.get("ARTIFACT_ROOT") or var_dir / "artifacts"),
-            default_queue=os.environ.get("SEQTRAIN_DEFAULT_QUEUE", "default"),
-            lease_seconds=_env_float("SEQTRAIN_LEASE_SECONDS", 60.0),
-            heartbeat_seconds=_env_float("SEQTRAIN_HEARTBEAT_SECONDS", 5.0),
-            cancel_poll_seconds=_env_float("SEQTRAIN_CANCEL_POLL_SECONDS", 0.2),
-            kill_grace_seconds=_env_float("SEQTRAIN_KILL_GRACE_SECONDS", 1.0),
-            visibility_timeout_seconds=_env_int("SEQTRAIN_VISIBILITY_TIMEOUT", 900),
-            secret_key=os.environ.get("SEQTRAIN_SECRET_KEY", ""),
-            secure_cookies=os.environ.get("SEQTRAIN_SECURE_COOKIES", "") in ("1", "true", "yes"),
-            auth_failure_limit=_env_int("SEQTRAIN_AUTH_FAILURE_LIMIT", 20),
-            max_request_bytes=_env_int("SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20),
-            submit_batch=max(1, _env_int("SEQTRAIN_SUBMIT_BATCH", 64)),
-            max_dataset_bytes=_env_int("SEQTRAIN_MAX_DATASET_BYTES", 200 << 20),
-            worker_devices=_env_int("SEQTRAIN_WORKER_DEVICES", 1),
-            reconcile_seconds=_env_float("SEQTRAIN_RECONCILE_SECONDS", 5.0),
-            enqueue_grace_seconds=_env_float("SEQTRAIN_ENQUEUE_GRACE_SECONDS", 10.0),
-            worker_stale_seconds=_env_float("SEQTRAIN_WORKER_STALE_SECONDS", 30.0),
-            worker_reconciler=os.environ.get("SEQTRAIN_WORKER_RECONCILER", "1")
-            not in ("0", "false", "no"),
-            registry_cache_seconds=_env_float("SEQTRAIN_REGISTRY_CACHE_SECONDS", 2.0),
-            forkserver=os.environ.get("SEQTRAIN_FORKSERVER", "1") not in ("0", "false", "no"),
-            node_address=os.environ.get("SEQTRAIN_NODE_ADDRESS") or "127.0.0.1",
-            reserve_seconds=_env_float("SEQTRAIN_RESERVE_SECONDS", 60.0),
-            worker_name=os.environ.get("SEQTRAIN_WORKER_NAME")
-            or f"{socket.gethostname()}:{os.getpid()}",
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `environ` (the process environment by default); an unset or empty
+        variable leaves the default. A malformed value is a ValueError naming the variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = environ.get(spec.metadata["env"], "")
+            if raw != "":
+                values[spec.name] = _parse(spec, raw)
+        var_dir = values.get("var_dir", Path("var"))
+        for spec in dataclasses.fields(cls):
+            derive = spec.metadata["var_dir"]
+            if derive is not None and spec.name not in values:
+                values[spec.name] = derive(var_dir)
+        return cls(**values)
+
+
+def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
+    try:
+        return spec.metadata["parse"](raw)
+    except ValueError as exc:
+        name = spec.metadata["env"]
+        raise ValueError(f"environment variable {name} must be {exc}, got {raw!r}") from None
+
+
+def _shown_default(spec: dataclasses.Field[Any]) -> str:
+    if spec.metadata["shown"] is not None:
+        return str(spec.metadata["shown"])
+    default = spec.default
+    if isinstance(default, bool):
+        return f"`{int(default)}`"
+    if isinstance(default, float) and default.is_integer():
+        return f"`{int(default)}`"
+    return f"`{default}`"
+
+
+def markdown_table() -> str:
+    """README.md's configuration table: one row a setting, in declaration order."""
+    rows = ["| variable | default | what |", "|---|---|---|"]
+    for spec in dataclasses.fields(Settings):
+        env, text = spec.metadata["env"], spec.metadata["help"]
+        rows.append(f"| `{env}` | {_shown_default(spec)} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m shared.settings --markdown")
+    sys.stdout.write(markdown_table())

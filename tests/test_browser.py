@@ -32,6 +32,7 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 pytestmark = [
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.e2e,
+    pytest.mark.browser,
 ]
 
 

@@ -16,6 +16,8 @@ from tests.helpers import tiny_spec
 from worker.devices import DeviceInfo
 from worker.launch import NodePlan, trainer_command
 
+pytestmark = pytest.mark.e2e
+
 CPUS = DeviceInfo("cpu", 2, [{"index": i, "name": "cpu", "memory_bytes": 1 << 33} for i in (0, 1)])
 
 

@@ -70,7 +70,7 @@ def probe_cuda(timeout: float = PROBE_TIMEOUT_SECONDS) -> list[dict[str, Any]]:
 
 
 def probe(settings: Settings) -> DeviceInfo:
-    if os.environ.get("SEQTRAIN_WORKER_DEVICE_KIND", "") != "cpu" and nvidia_driver_present():
+    if settings.worker_device_kind != "cpu" and nvidia_driver_present():
         gpus = probe_cuda()
         if gpus:
             listed = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.protocol import RANK_DIR_ENV, SUPERVISOR_PID_ENV
+from shared.settings import Settings
 from shared.spec import JobSpec
 from worker.devices import DeviceInfo
 
@@ -73,8 +74,8 @@ def trainer_command(
     if wanted <= 1 and node is None:
         return [sys.executable, *trainer], env
     # Intra-op threads per rank: the cores shared out (torchrun would set 1 for every rank).
-    configured = os.environ.get("SEQTRAIN_TORCH_THREADS")
-    threads = configured or str(max(1, (os.cpu_count() or 1) // wanted))
+    configured = Settings.from_env().torch_threads
+    threads = str(configured or max(1, (os.cpu_count() or 1) // wanted))
     env.update(OMP_NUM_THREADS=threads, SEQTRAIN_TORCH_THREADS=threads)
     if node is not None:
         launcher = [
