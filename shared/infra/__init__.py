@@ -1,0 +1,7 @@
+"""The infrastructure every process talks to.
+
+db.py       engine and session factory (SQLite pragmas, PostgreSQL pooling), affected rows
+models.py   SQLAlchemy ORM tables: jobs, events, metrics, checkpoints, datasets, users, workers
+storage.py  the artifact store (a local or shared directory), content hashes, atomic commits
+queue.py    the small Celery client the API enqueues with (by task name, ids only)
+"""
