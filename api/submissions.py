@@ -105,8 +105,8 @@ def submit(
     """Create one job for the caller. A key the caller already used answers with the job it
     made (a 422 if that job's spec differs); `datasets` (role -> dataset id) pins versions
     already chosen, else the spec's references are resolved for the caller; a job no
-    registered worker could hold is refused with the numbers; `note` goes on the new job's
-    timeline."""
+    registered worker could hold is refused with the numbers; `note` is the message of the
+    new job's first event (default "submitted"), written in the same transaction."""
     svc, principal = services(), current_principal()
     if key is not None:  # a retried request: looked up here, in parallel, not in the flush
         earlier = jobs.keyed_job(svc.db, principal.user_id, key)
@@ -118,13 +118,13 @@ def submit(
     except PlacementError as exc:
         fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
         raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
-    new = NewJob(spec, principal.user_id, principal.name, links, key, estimate)
+    new = NewJob(
+        spec, principal.user_id, principal.name, links, key, estimate, message=note or "submitted"
+    )
     try:
         job_id, enqueued = svc.submissions.submit(new)
     except IdempotentReplay as replay:
         return replayed(replay.job, spec)
-    if note:
-        jobs.note_event(svc.db, job_id, principal.name, note)
     return Submitted(job_id, "queued", enqueued)
 
 

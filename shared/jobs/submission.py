@@ -34,6 +34,8 @@ class NewJob:
     datasets: Mapping[str, int] = field(default_factory=dict)
     idempotency_key: str | None = None
     estimate: dict[str, Any] | None = None
+    # The first event's message: how the job came to be.
+    message: str = "submitted"
 
 
 def create_job(
@@ -119,7 +121,7 @@ def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
                 JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
                 for role, dataset_id in new.datasets.items()
             )
-            add_event(session, job.id, 0, None, JobStatus.QUEUED, new.actor, "submitted")
+            add_event(session, job.id, 0, None, JobStatus.QUEUED, new.actor, new.message)
         return [job.id for job in created]
 
 
@@ -164,7 +166,7 @@ def _insert_jobs_one_statement(
     each event and dataset link is tied to its job by the row's ordinal, never by the
     order of RETURNING."""
     document = [
-        {**values, "event_actor": new.actor, "n": n}
+        {**values, "event_actor": new.actor, "event_message": new.message, "n": n}
         for n, (values, new) in enumerate(zip(rows, batch, strict=True))
     ]
     links = [
@@ -204,13 +206,13 @@ def _insert_jobs_sql(names: tuple[str, ...]) -> str:
 WITH submitted AS MATERIALIZED (
     SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, s.*
     FROM json_to_recordset(CAST(%(jobs)s AS JSON))
-        AS s({typed}, event_actor TEXT, n INTEGER)
+        AS s({typed}, event_actor TEXT, event_message TEXT, n INTEGER)
     ORDER BY s.n
 ), new_job AS (
     INSERT INTO jobs (id, {columns}) SELECT id, {columns} FROM submitted
 ), first_event AS (
     INSERT INTO job_events (job_id, attempt, ts, from_status, to_status, actor, message)
-    SELECT id, 0, enqueued_at, NULL, '{JobStatus.QUEUED}', event_actor, 'submitted'
+    SELECT id, 0, enqueued_at, NULL, '{JobStatus.QUEUED}', event_actor, event_message
     FROM submitted
 ), dataset_link AS (
     INSERT INTO job_datasets (job_id, role, dataset_id)
