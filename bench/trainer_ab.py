@@ -7,7 +7,9 @@ imports its own tree's code.
 
     .venv/bin/python bench/trainer_ab.py --base REV [--rounds 3] [--data DIR]
 
-Progress goes to stderr; the last line of stdout is one JSON object of figures.
+Besides samples/s of the epoch (wall time), it reports each run's CPU seconds, which vary
+less than wall time when other work shares the cores. Progress goes to stderr; the last
+line of stdout is one JSON object of figures.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "sst2"
+
+
+def child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_tree(tree: Path, data: Path) -> dict[str, float]:
@@ -36,15 +44,23 @@ def run_tree(tree: Path, data: Path) -> dict[str, float]:
     ]
     # The tree comes first on the path, so its own packages are the ones imported.
     env = dict(os.environ, PYTHONPATH=str(tree))
+    before = child_cpu_seconds()
     done = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    # CPU seconds of the whole run (reading, tokenizing, the epoch, evaluation): the same work
+    # on both sides, and steadier than wall time when other processes share the cores.
+    figures["cpu_seconds"] = child_cpu_seconds() - before
+    return figures
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, object]:
     speeds = [r["samples_per_s"] for r in runs]
+    cpu = [r["cpu_seconds"] for r in runs]
     return {
         "samples_per_s": [round(s, 1) for s in speeds],
         "median_samples_per_s": round(statistics.median(speeds), 1),
+        "cpu_seconds": [round(c, 1) for c in cpu],
+        "median_cpu_seconds": round(statistics.median(cpu), 1),
         "dev_accuracy": sorted({round(r["dev_accuracy"], 4) for r in runs}),
     }
 
@@ -75,11 +91,16 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
     base, head = summary(runs["base"]), summary(runs["head"])
     ratio = head["median_samples_per_s"] / base["median_samples_per_s"]  # type: ignore[operator]
-    print(
-        json.dumps(
-            {"base": args.base, "base_runs": base, "head_runs": head, "ratio": round(ratio, 3)}
-        )
-    )
+    cpu_ratio = head["median_cpu_seconds"] / base["median_cpu_seconds"]  # type: ignore[operator]
+    figures = {
+        "base": args.base,
+        "base_runs": base,
+        "head_runs": head,
+        "samples_per_s_ratio": round(ratio, 3),
+        "cpu_seconds_ratio": round(cpu_ratio, 3),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
