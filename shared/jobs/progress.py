@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from shared.infra.models import Job, utcnow
+from shared.protocol import JobStatus
 
 
 class Progress(NamedTuple):
@@ -20,7 +21,7 @@ def job_progress(
     """From the job's step and the step count of its finished epochs (`latest` is
     `latest_metrics`, keyed "<split>/<name>"). The planned steps are `max_steps`, or the
     steps per epoch times `epochs` once an epoch ended, whichever is fewer."""
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         return Progress(1.0, None)
     training = job.spec.get("training", {})
     epochs, max_steps = training.get("epochs") or 0, training.get("max_steps")
@@ -32,7 +33,7 @@ def job_progress(
         return Progress(0.0, None) if job.step == 0 else Progress(None, None)
     fraction = min(1.0, job.step / min(planned))
     eta = None
-    if job.status == "running" and job.started_at is not None and 0 < fraction < 1:
+    if job.status == JobStatus.RUNNING and job.started_at is not None and 0 < fraction < 1:
         elapsed = ((now or utcnow()) - job.started_at).total_seconds()
         eta = max(0.0, elapsed * (1 - fraction) / fraction)
     return Progress(fraction, eta)

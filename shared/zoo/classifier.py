@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data.examples import Prepared, Splits, prepare_classification
+from shared.data.examples import prepare_classification
 from shared.data.tokenization import Tokenizer
-from shared.spec import DataSpec, ModelSpec
+from shared.spec import ModelSpec
 from shared.zoo.encoders import RecurrentEncoder, build_encoder
 from shared.zoo.task import INFERENCE_BATCH, Evaluation, InferenceInputError, Task, pad_batch
 
@@ -60,15 +60,7 @@ class ClassificationTask(Task):
     name = "classification"
     train_count_keys = ("correct",)
 
-    def prepare(
-        self,
-        data: DataSpec,
-        seed: int,
-        splits: Splits,
-        tokenizer: Tokenizer | None,
-        labels: list[str] | None,
-    ) -> Prepared:
-        return prepare_classification(data, seed, splits, tokenizer, labels)
+    prepare_examples = staticmethod(prepare_classification)
 
     def build(
         self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int

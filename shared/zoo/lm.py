@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data.examples import Prepared, Splits, prepare_language_modeling
+from shared.data.examples import prepare_language_modeling
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
-from shared.spec import DataSpec, ModelSpec
+from shared.spec import ModelSpec
 from shared.zoo.encoders import build_encoder
 from shared.zoo.task import Evaluation, Task
 
@@ -64,15 +64,7 @@ class LanguageModel(nn.Module):
 class LanguageModelingTask(Task):
     name = "language_modeling"
 
-    def prepare(
-        self,
-        data: DataSpec,
-        seed: int,
-        splits: Splits,
-        tokenizer: Tokenizer | None,
-        labels: list[str] | None,
-    ) -> Prepared:
-        return prepare_language_modeling(data, seed, splits, tokenizer, labels)
+    prepare_examples = staticmethod(prepare_language_modeling)
 
     def build(
         self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data.examples import Prepared, Splits, prepare_tagging
+from shared.data.examples import prepare_tagging
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
-from shared.spec import DataSpec, ModelSpec
+from shared.spec import ModelSpec
 from shared.zoo.crf import CRF
 from shared.zoo.encoders import build_encoder, padding_mask
 from shared.zoo.entity_metrics import entity_scores, token_accuracy
@@ -61,15 +61,7 @@ class TaggingTask(Task):
     # Entity F1 is not a sum over batches: every rank evaluates the whole set.
     shard_evaluation = False
 
-    def prepare(
-        self,
-        data: DataSpec,
-        seed: int,
-        splits: Splits,
-        tokenizer: Tokenizer | None,
-        labels: list[str] | None,
-    ) -> Prepared:
-        return prepare_tagging(data, seed, splits, tokenizer, labels)
+    prepare_examples = staticmethod(prepare_tagging)
 
     def build(
         self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int

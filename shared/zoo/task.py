@@ -9,6 +9,7 @@ finish into metrics, and what inference returns (labels, tags, samples).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,6 +68,10 @@ class Task:
     def info(self) -> TaskInfo:
         return task_info(self.name)
 
+    # How rows become examples: (data spec, seed, splits, tokenizer or None, labels or None)
+    # -> Prepared, where a checkpoint's tokenizer and labels are reused when given.
+    prepare_examples: Callable[..., Prepared]
+
     def prepare(
         self,
         data: DataSpec,
@@ -75,7 +80,7 @@ class Task:
         tokenizer: Tokenizer | None,
         labels: list[str] | None,
     ) -> Prepared:
-        raise NotImplementedError
+        return self.prepare_examples(data, seed, splits, tokenizer, labels)
 
     def build(
         self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
