@@ -33,7 +33,14 @@ from flask import (
 )
 
 from api import services
-from api.auth import check_csrf, client_address, csrf_token, guard_failures
+from api.auth import (
+    SESSION_ID,
+    check_csrf,
+    check_token,
+    client_address,
+    csrf_token,
+    page_principal,
+)
 from api.errors import ApiError
 from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
@@ -55,7 +62,8 @@ training:
 
 @bp.app_context_processor
 def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "signed_in_as": session.get("user_name")}
+    principal = g.get("principal")
+    return {"csrf_token": csrf_token, "signed_in_as": principal.name if principal else None}
 
 
 def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,12 +71,9 @@ def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        user_id = session.get("user_id")
-        principal = (
-            auth.principal_for_user(services().db, user_id) if isinstance(user_id, int) else None
-        )
+        svc = services()
+        principal = page_principal(svc.db, svc.tokens)
         if principal is None:
-            session.clear()
             return redirect(url_for(".login"))
         g.principal = principal
         return view(*args, **kwargs)
@@ -116,7 +121,8 @@ def workers_page() -> Any:
 def submit_page() -> Any:
     """The submit form, prefilled with the quickstart example or (?from=<id>) a job's spec."""
     source = request.args.get("from", "")
-    job = visible_job(int(source)) if source.isdigit() and len(source) < 19 else None
+    ascii_id = source.isascii() and source.isdigit() and len(source) < 19
+    job = visible_job(int(source)) if ascii_id else None
     if job is not None:
         text = spec_yaml(job.spec)
     else:
@@ -131,25 +137,31 @@ def login() -> Any:
 
 @bp.post("/login")
 def login_submit() -> Any:
+    """Sign in with a token: a new session row, tied to the token, and a fresh cookie (and
+    CSRF token). A session this browser had before ends."""
     check_csrf(request.form.get("csrf_token"))
-    limiter = services().limiter
+    svc = services()
     try:
-        guard_failures(limiter)
+        principal = check_token(svc.db, svc.limiter, request.form.get("token", "").strip())
     except ApiError as exc:
-        return render_template("login.html", error=exc.message), 429
-    principal = auth.authenticate(services().db, request.form.get("token", "").strip())
-    if principal is None:
-        limiter.record_failure(client_address())
-        return render_template("login.html", error="Unknown or revoked token."), 401
-    session.clear()  # a fresh session (and CSRF token) on sign-in
+        message = "Unknown or revoked token." if exc.status == 401 else exc.message
+        headers = {k: v for k, v in exc.headers.items() if k == "Retry-After"}
+        return render_template("login.html", error=message), exc.status, headers
+    if previous := session.get(SESSION_ID):
+        auth.end_sessions(svc.db, secret=str(previous))
+    _, secret = auth.create_session(svc.db, principal, svc.settings.session_hours, client_address())
+    session.clear()
     session.permanent = True
-    session.update(user_id=principal.user_id, user_name=principal.name)
+    session[SESSION_ID] = secret
     return redirect(url_for(".home"))
 
 
 @bp.post("/logout")
 def logout() -> Any:
+    """Sign out: the session ends on the server, so a copy of the cookie stops working too."""
     check_csrf(request.form.get("csrf_token"))
+    if secret := session.get(SESSION_ID):
+        auth.end_sessions(services().db, secret=str(secret))
     session.clear()
     return redirect(url_for(".login"))
 

@@ -1,9 +1,10 @@
-"""Users and API tokens: `seqtrain users` and `seqtrain tokens`, which talk to DATABASE_URL
-directly (run them where the service runs)."""
+"""Users, API tokens and status-page sessions: `seqtrain users`, `seqtrain tokens` and
+`seqtrain sessions`, which talk to DATABASE_URL directly (run them where the service runs)."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -112,3 +113,73 @@ def tokens_revoke(token_id: int, as_json: bool) -> None:
     click.echo(
         json.dumps({"id": token_id, "revoked": True}) if as_json else f"token {token_id} revoked"
     )
+
+
+@click.group()
+def sessions() -> None:
+    """List and end status-page sessions (talks to DATABASE_URL directly)."""
+
+
+@sessions.command("list")
+@click.argument("user")
+@click.option("--all", "include_ended", is_flag=True, help="Also ended and expired sessions.")
+@json_option
+def sessions_list(user: str, include_ended: bool, as_json: bool) -> None:
+    """List USER's live sessions (signed in at /login), newest first."""
+    from shared.auth import get_user, list_sessions
+    from shared.infra.models import utcnow
+
+    db = database()
+    found = get_user(db, user)
+    if found is None:
+        fail(f"no user named {user!r}")
+    now = utcnow()
+    rows = [
+        {
+            "id": r.id,
+            "token_id": r.token_id,
+            "address": r.address,
+            "created_at": r.created_at.isoformat(),
+            "last_seen_at": r.last_seen_at.isoformat(),
+            "expires_at": r.expires_at.isoformat(),
+            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            "active": r.ended_at is None and r.expires_at > now,
+        }
+        for r in list_sessions(db, found.id, include_ended=include_ended)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = "active" if row["active"] else ("ended" if row["ended_at"] else "expired")
+        click.echo(
+            f"{row['id']:>4}  {state:<8} token {row['token_id']:<4} {row['address']:<15} "
+            f"since {row['created_at'][:19]}  last seen {row['last_seen_at'][:19]}"
+        )
+
+
+@sessions.command("end")
+@click.argument("session_ids", nargs=-1, type=int)
+@click.option("--user", default=None, help="End every live session of this user.")
+@json_option
+def sessions_end(session_ids: tuple[int, ...], user: str | None, as_json: bool) -> None:
+    """End sessions by id (see `sessions list`), or all of a user's with --user. API
+    processes refuse them within SEQTRAIN_AUTH_CACHE_SECONDS."""
+    from shared.auth import end_sessions, get_user
+
+    if not session_ids and user is None:
+        fail("name session ids, or --user NAME")
+    db = database()
+    ended = [i for sid in session_ids for i in end_sessions(db, session_id=sid)]
+    if user is not None:
+        found = get_user(db, user)
+        if found is None:
+            fail(f"no user named {user!r}")
+        ended += end_sessions(db, user_id=found.id)
+    missing = sorted(set(session_ids) - set(ended))
+    if as_json:
+        click.echo(json.dumps({"ended": ended, "not_live": missing}))
+    else:
+        click.echo(f"{len(ended)} session(s) ended" + (f"; not live: {missing}" if missing else ""))
+    if missing:
+        sys.exit(1)

@@ -26,6 +26,7 @@ for command in (
     serve.up,
     accounts.users,
     accounts.tokens,
+    accounts.sessions,
     jobs.submit,
     jobs.retry,
     jobs.logs,

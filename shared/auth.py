@@ -1,7 +1,11 @@
-"""Users and API tokens. A token is shown once at creation; only its sha256 is stored.
+"""Users, API tokens and status-page sessions. A token is shown once at creation; only its
+sha256 is stored.
 
 Tokens look like `st_<43 url-safe characters>` (256 random bits), so a plain sha256 is a
-safe verifier: there is nothing to brute-force that a slow hash would protect.
+safe verifier: there is nothing to brute-force that a slow hash would protect. A session
+(one sign-in at /login) is a row tied to the token it came from; its cookie carries another
+256-bit random value, stored the same way. Revoking the token, logging out, an admin, or
+its expiry ends it.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared.infra.db import Database, affected_rows
-from shared.infra.models import ApiToken, User, utcnow
+from shared.infra.models import ApiToken, User, UserSession, utcnow
 
 TOKEN_PREFIX = "st_"  # noqa: S105 (a prefix, not a secret)
 LAST_USED_RESOLUTION = timedelta(minutes=5)
@@ -39,6 +44,7 @@ class Principal:
     name: str
     is_admin: bool
     token_id: int | None = None
+    session_id: int | None = None  # set when the caller signed in at /login
 
     def may_see(self, owner_id: int | None) -> bool:
         return self.is_admin or (owner_id is not None and owner_id == self.user_id)
@@ -96,6 +102,12 @@ def revoke_token(db: Database, token_id: int) -> bool:
             .values(revoked_at=utcnow())
         )
         revoked = bool(affected_rows(result))
+        # Its sessions end with it (a session is refused anyway once its token is revoked).
+        session.execute(
+            update(UserSession)
+            .where(UserSession.token_id == token_id, UserSession.ended_at.is_(None))
+            .values(ended_at=utcnow())
+        )
     for cache in list(_CACHES):
         cache.forget_token(token_id)
     return revoked
@@ -137,8 +149,8 @@ _CACHES: weakref.WeakSet[PrincipalCache] = weakref.WeakSet()
 
 
 class PrincipalCache:
-    """Token hash -> principal for a few seconds, so a valid token costs no database round
-    trip on every request. Only valid tokens are kept (an unknown token always reaches the
+    """Token hash (or session key) -> principal for a few seconds, so a valid token or live
+    session costs no database round trip on every request. Only valid tokens are kept (an unknown token always reaches the
     database and the failure limiter), at most `max_entries` of them, least recently used
     out first. A token revoked through `revoke_token` in this process is forgotten at once;
     revoked anywhere else, it is refused within `ttl` seconds."""
@@ -170,8 +182,16 @@ class PrincipalCache:
                 self._entries.popitem(last=False)
 
     def forget_token(self, token_id: int) -> None:
+        """Forget the token and every session signed in with it."""
+        self._forget(lambda p: p.token_id == token_id)
+
+    def forget_sessions(self, session_ids: set[int]) -> None:
+        if session_ids:
+            self._forget(lambda p: p.session_id in session_ids)
+
+    def _forget(self, matches: Callable[[Principal], bool]) -> None:
         with self._lock:
-            for key in [k for k, (_, p) in self._entries.items() if p.token_id == token_id]:
+            for key in [k for k, (_, p) in self._entries.items() if matches(p)]:
                 del self._entries[key]
 
     def clear(self) -> None:
@@ -193,11 +213,123 @@ def authenticate_cached(db: Database, token: str, cache: PrincipalCache) -> Prin
     return principal
 
 
-def principal_for_user(db: Database, user_id: int) -> Principal | None:
-    """A session's principal (the status page): the user, if it still exists."""
+SESSION_KEY_PREFIX = "session:"  # a session's entry in a PrincipalCache, beside token hashes
+SESSION_RETENTION = timedelta(days=30)  # ended or expired rows are kept this long for listings
+
+
+def create_session(
+    db: Database, principal: Principal, hours: float, address: str = ""
+) -> tuple[UserSession, str]:
+    """A new session for a principal that signed in with a token: the row and the value for
+    its cookie (never stored; only its sha256 is)."""
+    if principal.token_id is None:
+        raise AuthError("a session starts from a token")
+    secret = secrets.token_urlsafe(32)
+    now = utcnow()
     with db.session() as session:
-        user = session.get(User, user_id)
-        return None if user is None else Principal(user.id, user.name, user.is_admin)
+        session.execute(
+            delete(UserSession).where(
+                UserSession.user_id == principal.user_id,
+                UserSession.expires_at < now - SESSION_RETENTION,
+            )
+        )
+        row = UserSession(
+            id_hash=hash_token(secret),
+            user_id=principal.user_id,
+            token_id=principal.token_id,
+            address=address[:64],
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + timedelta(hours=hours),
+        )
+        session.add(row)
+        session.flush()
+    return row, secret
+
+
+def session_principal(
+    db: Database, secret: str, cache: PrincipalCache | None = None
+) -> Principal | None:
+    """The principal of a live session (not ended, not expired, its token not revoked), or
+    None. With `cache`, a live session costs no database round trip for `cache.ttl` seconds."""
+    if not secret or len(secret) > 200:
+        return None
+    key = SESSION_KEY_PREFIX + hash_token(secret)
+    principal = cache.get(key) if cache is not None else None
+    if principal is not None:
+        return principal
+    now = utcnow()
+    with db.session() as session:
+        row = session.execute(
+            select(
+                UserSession.id,
+                UserSession.last_seen_at,
+                ApiToken.id,
+                User.id,
+                User.name,
+                User.is_admin,
+            )
+            .join(ApiToken, ApiToken.id == UserSession.token_id)
+            .join(User, User.id == UserSession.user_id)
+            .where(
+                UserSession.id_hash == hash_token(secret),
+                UserSession.ended_at.is_(None),
+                UserSession.expires_at > now,
+                ApiToken.revoked_at.is_(None),
+            )
+        ).first()
+        if row is None:
+            return None
+        if now - row.last_seen_at > LAST_USED_RESOLUTION:
+            session.execute(
+                update(UserSession).where(UserSession.id == row[0]).values(last_seen_at=now)
+            )
+    principal = Principal(row[3], row[4], row[5], token_id=row[2], session_id=row[0])
+    if cache is not None:
+        cache.put(key, principal)
+    return principal
+
+
+def get_session(db: Database, session_id: int) -> UserSession | None:
+    with db.session() as session:
+        return session.get(UserSession, session_id)
+
+
+def list_sessions(db: Database, user_id: int, include_ended: bool = False) -> list[UserSession]:
+    """A user's sessions, newest first: the live ones, or (include_ended) every one kept."""
+    query = select(UserSession).where(UserSession.user_id == user_id)
+    if not include_ended:
+        query = query.where(UserSession.ended_at.is_(None), UserSession.expires_at > utcnow())
+    with db.session() as session:
+        return list(session.scalars(query.order_by(UserSession.id.desc())))
+
+
+def end_sessions(
+    db: Database, *, session_id: int | None = None, secret: str = "", user_id: int | None = None
+) -> list[int]:
+    """End one session (by id or by its cookie value) or every session of a user; returns the
+    ids ended. Caches in this process forget them at once; an API process elsewhere refuses
+    them within its cache's lifetime (`SEQTRAIN_AUTH_CACHE_SECONDS`)."""
+    query = select(UserSession.id).where(UserSession.ended_at.is_(None))
+    if session_id is not None:
+        query = query.where(UserSession.id == session_id)
+    elif secret:
+        query = query.where(UserSession.id_hash == hash_token(secret))
+    elif user_id is not None:
+        query = query.where(UserSession.user_id == user_id)
+    else:
+        return []
+    with db.session() as session:
+        ids = list(session.scalars(query))
+        if ids:
+            session.execute(
+                update(UserSession)
+                .where(UserSession.id.in_(ids), UserSession.ended_at.is_(None))
+                .values(ended_at=utcnow())
+            )
+    for cache in list(_CACHES):
+        cache.forget_sessions(set(ids))
+    return ids
 
 
 def ensure_admin(db: Database, name: str = "admin") -> tuple[User, str | None]:

@@ -2,6 +2,7 @@
 
 import logging
 import re
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -170,23 +171,29 @@ def test_failed_auth_is_rate_limited(settings, accounts, redis_url):
     app = create_app(replace(settings, auth_failure_limit=3), {"TESTING": True})
     client = app.test_client()
     env = {"REMOTE_ADDR": "10.9.8.7"}
-    for _ in range(3):
-        response = client.get(
-            "/api/v1/jobs", headers={"Authorization": "Bearer st_guess"}, environ_base=env
-        )
+    guesses = [f"Bearer st_guess-{uuid.uuid4().hex}" for _ in range(5)]
+    for guess in guesses[:3]:
+        response = client.get("/api/v1/jobs", headers={"Authorization": guess}, environ_base=env)
         assert response.status_code == 401
-    blocked = client.get("/api/v1/jobs", headers=accounts["alice"].headers, environ_base=env)
+    blocked = client.get("/api/v1/jobs", headers={"Authorization": guesses[3]}, environ_base=env)
     assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
     assert blocked.json["error"]["code"] == "too_many_requests"
+    # A valid token from the same address is not refused for the others' failures.
+    valid = client.get("/api/v1/jobs", headers=accounts["alice"].headers, environ_base=env)
+    assert valid.status_code == 200
     other_client = client.get(
-        "/api/v1/jobs", headers=accounts["alice"].headers, environ_base={"REMOTE_ADDR": "10.9.8.6"}
+        "/api/v1/jobs",
+        headers={"Authorization": guesses[4]},
+        environ_base={"REMOTE_ADDR": "10.9.8.6"},
     )
-    assert other_client.status_code == 200  # another address is not affected
+    assert other_client.status_code == 401  # another address is not affected
     csrf = form_csrf(client.get("/login", environ_base=env).data)
+    page = client.post("/login", data={"token": "st_wrong", "csrf_token": csrf}, environ_base=env)
+    assert page.status_code == 429 and int(page.headers["Retry-After"]) > 0
     page = client.post(
         "/login", data={"token": accounts["alice"].token, "csrf_token": csrf}, environ_base=env
     )
-    assert page.status_code == 429
+    assert page.status_code == 302
     app.extensions["seqtrain"].db.dispose()
 
 

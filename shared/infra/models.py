@@ -2,6 +2,7 @@
 
 users         people and scripts; admins see everything
 api_tokens    bearer tokens, stored as sha256 hashes only
+user_sessions status-page sign-ins: the token each came from, expiry, end; id stored hashed
 datasets      uploaded files (content-addressed in the artifact store), parse options, statistics
 jobs          one row a job: owner, spec, status, attempt (the fencing token), lease, cancel flag
 job_datasets  which dataset versions a job trains on (resolved at submit: train, validation, test)
@@ -78,6 +79,27 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class UserSession(Base):
+    """One sign-in at /login. The cookie carries a random value whose sha256 is `id_hash`;
+    the session ends with its token (revoked), at logout, when an admin ends it, or at
+    `expires_at`."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    # The client address at sign-in, shown in listings.
+    address: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Dataset(Base):
