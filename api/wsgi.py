@@ -1,4 +1,4 @@
-"""WSGI entry point: gunicorn -k gthread --threads 16 'api.wsgi:app'."""
+"""WSGI entry point: gunicorn -k gevent 'api.wsgi:app' (cli.services.api_command)."""
 
 from api import create_app
 

@@ -259,7 +259,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--api-workers", type=int, default=2)
-    parser.add_argument("--api-threads", type=int, default=services.API_THREADS)
+    parser.add_argument("--api-connections", type=int, default=services.API_CONNECTIONS)
+    parser.add_argument("--worker-class", default=services.API_WORKER_CLASS)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--get-runs", type=int, default=500)
     parser.add_argument("--client", choices=["wrk", "python"], default=None)
@@ -283,7 +284,9 @@ def main() -> None:
             SEQTRAIN_VAR_DIR=str(var),
         )
         port = services.free_port()
-        command = services.api_command("127.0.0.1", port, args.api_workers, args.api_threads)
+        command = services.api_command(
+            "127.0.0.1", port, args.api_workers, args.api_connections, args.worker_class
+        )
         command.remove("--access-logfile")
         command.remove("-")  # no access log: the bench measures the API, not the terminal
         api = subprocess.Popen(
@@ -350,7 +353,11 @@ def main() -> None:
             {
                 "cpus": os.cpu_count(),
                 "python_loop_ms": speed,
-                "api": {"workers": args.api_workers, "threads": args.api_threads},
+                "api": {
+                    "workers": args.api_workers,
+                    "worker_class": args.worker_class,
+                    "connections": args.api_connections,
+                },
                 "connections": args.connections,
                 "seconds": args.seconds,
                 "submit": submit,

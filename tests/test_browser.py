@@ -327,3 +327,36 @@ def test_pages_never_show_another_users_job(open_page, db, accounts):
     admin = open_page(accounts["root"])
     admin.page.wait_for_selector(f"tr[data-job-id='{bob.id}']")
     assert "bob-private-job" in admin.text(f"tr[data-job-id='{bob.id}']")
+
+
+def test_the_job_page_polls_while_its_stream_is_refused(open_page, app, db, accounts):
+    """With the user's streams at the cap (0 here: every stream is a 429), the job page
+    reads the job's detail and metrics on an interval: a metric row and a status change
+    written to SQL still show."""
+    app.config["SEQTRAIN_MAX_STREAMS_PER_USER"] = 0
+    job = jobs.create_job(
+        db,
+        parse_spec(tiny_spec(name="polled", resources={"queue": "nobody"})),
+        accounts["alice"].user_id,
+    )
+    attempt = jobs.claim(db, job.id, "w", 600)
+    tab = open_page(accounts["alice"])
+    tab.goto(f"/jobs/{job.id}")
+    tab.until("document.querySelector('#job').dataset.live === 'polling'")
+    assert tab.text("#job-status") == "running"
+    assert tab.page.get_attribute("#loss-chart", "data-points") in (None, "0")
+
+    rows = [
+        {"step": step, "epoch": 0, "split": "train", "name": "loss", "value": 1.0 / step}
+        for step in (5, 10)
+    ]
+    jobs.write_metrics(db, job.id, attempt, rows, epoch=0, step=10)
+    tab.until("document.querySelector('#loss-chart').dataset.points >= 2")
+    assert tab.text("#fact-step") == "0 · 10"
+    jobs.finish(db, job.id, attempt, "failed", "stopped from the test", "w")
+    tab.until("document.querySelector('#job-status').textContent.trim() === 'failed'")
+    tab.page.wait_for_selector("#timeline li[data-to=failed]")
+    assert tab.page.get_attribute("#job", "data-live") == "ended"
+    # Chromium reports each refused EventSource on the console; nothing else went wrong.
+    assert all("EventSource" in error for error in tab.errors), tab.errors
+    assert not tab.dialogs

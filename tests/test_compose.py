@@ -83,7 +83,7 @@ def test_migrate_runs_once_before_everything_of_ours(services):
 
 def test_api_is_gunicorn_with_a_healthcheck(services):
     api = services["api"]
-    assert command_of(api)[:2] == ["seqtrain", "api"]  # gunicorn, gthread (cli/services.py)
+    assert command_of(api)[:2] == ["seqtrain", "api"]  # gunicorn, gevent (cli/services.py)
     assert "0.0.0.0" in command_of(api)
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}

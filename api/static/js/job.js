@@ -1,6 +1,7 @@
 // One job: status, progress and charts live from GET /api/v1/jobs/<id>/stream (server-sent
-// events fed by the trainer's Redis channel), the history from /metrics, the timeline from
-// /events, the log followed through /logs, checkpoints, and the cancel / retry / predict actions.
+// events fed by the trainer's Redis channel), or polled from the job's detail and /metrics
+// while a stream is refused; the history from /metrics, the timeline from /events, the log
+// followed through /logs, checkpoints, and the cancel / retry / predict actions.
 "use strict";
 
 (function () {
@@ -166,12 +167,21 @@
     showPredict();
   }
 
-  // ------------------------------------------------------------ the stream
+  // ------------------------------------------------------------ the stream, or polling
+
+  // A refused stream (429: the user's open streams are at SEQTRAIN_MAX_STREAMS_PER_USER, or
+  // any other answer than a stream) closes for good; the page then polls the job's detail
+  // and /metrics every POLL_MS, and tries a stream again after RESTREAM_MS.
+  const POLL_MS = 2000;
+  const RESTREAM_MS = 15000;
+  const live = { poll: null, restream: null };
 
   function openStream() {
+    stopPolling();
     if (state.stream) state.stream.close();
     const stream = new EventSource(base + "/stream");
     state.stream = stream;
+    root.dataset.live = "stream";
     // Every (re)connect: fill what was written while no stream was open.
     stream.addEventListener("open", () => { loadMetrics().catch(() => {}); });
     stream.addEventListener("metrics", (event) => {
@@ -185,8 +195,43 @@
     stream.addEventListener("end", () => {
       stream.close();
       state.stream = null;
+      root.dataset.live = "ended";
       onStatusChange();
     });
+    stream.addEventListener("error", () => {
+      // EventSource reconnects by itself after a dropped stream; CLOSED means refused.
+      if (stream.readyState !== EventSource.CLOSED || state.stream !== stream) return;
+      state.stream = null;
+      startPolling();
+    });
+  }
+
+  function startPolling() {
+    stopPolling();
+    root.dataset.live = "polling";
+    live.poll = setInterval(() => { pollOnce().catch(() => {}); }, POLL_MS);
+    live.restream = setTimeout(() => {
+      if (ACTIVE.includes(state.status)) openStream();
+    }, RESTREAM_MS);
+    pollOnce().catch(() => {});
+  }
+
+  function stopPolling() {
+    clearInterval(live.poll);
+    clearTimeout(live.restream);
+    live.poll = live.restream = null;
+  }
+
+  async function pollOnce() {
+    const job = await api(base);
+    const progress = job.progress || {};
+    const changed = showStatus({ ...job, progress: progress.fraction ?? null, eta_seconds: progress.eta_seconds ?? null });
+    await loadMetrics();
+    if (changed) onStatusChange();
+    if (!ACTIVE.includes(job.status)) {
+      stopPolling();
+      root.dataset.live = "ended";
+    }
   }
 
   function onStatusChange() {
