@@ -2,6 +2,7 @@
 
 errors.py       one JSON error shape for every failure: {"error": {code, message, fields}}
 auth.py         bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownership checks
+sessions.py     /api/v1/users/<name>/sessions and /api/v1/sessions/<id>: list and end sign-ins
 openapi.py      route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
 schemas.py      response and query models
 http.py         what the blueprints share: JSON body, query parameters, owned job, reply
@@ -13,14 +14,16 @@ inference.py    /api/v1/jobs/<id>/predict and /generate (torch imported on first
 predictor.py    loaded checkpoints for inference, cached per process
 board.py        /api/v1/jobs/board: the jobs page's rows with progress and latest metrics
 logs.py         /api/v1/jobs/<id>/logs (an attempt's output, by offset) and /events
-stream.py       /api/v1/jobs/<id>/stream: server-sent events of metrics and status
+stream.py       /api/v1/jobs/<id>/stream: server-sent events of metrics and status, capped
+                per user
+offload.py      torch work on native threads under gunicorn's gevent workers
 workers.py      /api/v1/workers: workers, their devices and current jobs; queue depths
 tensorboard.py  /api/v1/jobs/<id>/tensorboard: the event files as one .tar.gz
 health.py       /healthz (open): database and Redis reachability
 metrics.py      /metrics for Prometheus (loopback, or SEQTRAIN_METRICS_TOKEN)
 stats.py        the figures /metrics reads from SQL at each scrape
 pages.py        /login, /logout, the status pages (jobs, job, workers, submit), /api/v1/docs
-wsgi.py         `app` for gunicorn: gunicorn -k gthread 'api.wsgi:app'
+wsgi.py         `app` for gunicorn: gunicorn -k gevent 'api.wsgi:app'
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         logs,
         metrics,
         pages,
+        sessions,
         stream,
         tensorboard,
         workers,
@@ -108,7 +112,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
-        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        PERMANENT_SESSION_LIFETIME=int(settings.session_hours * 3600),
     )
     if config:
         app.config.update(config)
@@ -134,6 +138,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.register_blueprint(jobs.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(inference.bp)
+    app.register_blueprint(sessions.bp)
     for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
         app.register_blueprint(live.bp)
     app.register_blueprint(pages.bp)

@@ -78,6 +78,17 @@ def upload() -> Response:
             [{"path": "file", "message": "required", "type": "missing"}],
         )
     options = registry.DatasetUpload.model_validate(form)
+    filename = upload_file.filename or ""
+    if options.name is None:
+        try:
+            registry.filename_as_name(filename)
+        except registry.DatasetError as exc:
+            raise ApiError(
+                422,
+                "validation_error",
+                "invalid dataset options: name",
+                [{"path": "name", "message": exc.message, "type": "file_name"}],
+            ) from None
     data = upload_file.read(limit + 1)
     if len(data) > limit:
         raise ApiError(
@@ -86,7 +97,7 @@ def upload() -> Response:
     principal = current_principal()
     try:
         dataset, created = registry.create_dataset(
-            svc.db, svc.store, principal.user_id, options, upload_file.filename or "", data
+            svc.db, svc.store, principal.user_id, options, filename, data
         )
     except DatasetFormatError as exc:
         raise ApiError(

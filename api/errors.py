@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from flask import Flask, jsonify
@@ -15,6 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from shared.data.datasets import NAME_PATTERN
 from shared.jobs import InvalidTransition, JobNotFound
 from shared.spec import PRINTABLE
 
@@ -48,17 +50,52 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
+# What a failed validation of each request model is called in the error's message.
+INVALID = {
+    "JobSpec": "invalid job spec",
+    "DatasetUpload": "invalid dataset options",
+    "PredictRequest": "invalid prediction request",
+    "GenerateRequest": "invalid generation request",
+}
+
+
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+
+def _not_finite(err: Any) -> bool:
+    """NaN or an infinity where a bounded number was expected: no bound explains it."""
+    value = err.get("input")
+    return err["type"] in _BOUNDS and isinstance(value, float) and not math.isfinite(value)
+
+
 def _message(err: Any) -> str:
-    if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == PRINTABLE:
+    pattern = (
+        err.get("ctx", {}).get("pattern") if err["type"] == "string_pattern_mismatch" else None
+    )
+    if pattern == PRINTABLE:
         return "must not contain control characters"
+    if pattern == NAME_PATTERN:
+        return "must not contain control characters or ':'"
+    if _not_finite(err):
+        return f"must be a finite number, not {err['input']}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"path": field_path(err["loc"]), "message": _message(err), "type": err["type"]}
+        {
+            "path": field_path(err["loc"]),
+            "message": _message(err),
+            "type": "finite_number" if _not_finite(err) else err["type"],
+        }
         for err in exc.errors(include_url=False)
     ]
+
+
+def validation_message(exc: ValidationError, fields: list[dict[str, str]]) -> str:
+    """ "invalid job spec: training.lr", "invalid dataset options: name", ..."""
+    paths = ", ".join(f["path"] or "(body)" for f in fields)
+    return f"{INVALID.get(exc.title, 'invalid request')}: {paths}"
 
 
 def _json_error(
@@ -78,8 +115,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:
         fields = validation_fields(exc)
-        paths = ", ".join(f["path"] or "(body)" for f in fields)
-        return _json_error(422, "validation_error", f"invalid job spec: {paths}", fields)
+        return _json_error(422, "validation_error", validation_message(exc, fields), fields)
 
     @app.errorhandler(JobNotFound)
     def _not_found(exc: JobNotFound) -> Any:

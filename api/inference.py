@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response
 
-from api import services
+from api import offload, services
 from api.auth import require_principal
 from api.errors import ApiError
 from api.http import JOB, json_body, owned_job, reply
@@ -37,9 +37,13 @@ def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
     ckpt = jobs.best_checkpoint(svc.db, job.id)
     if ckpt is None or not svc.store.exists(ckpt.uri):
         raise ApiError(409, "conflict", f"job {job.id} has no checkpoint yet")
+    return ckpt.id, offload.run(_load_predictor, str(svc.store.path(ckpt.uri)), ckpt.sha256)
+
+
+def _load_predictor(path: str, sha256: str) -> Predictor:
     from api.predictor import load_predictor  # torch, on first use only
 
-    return ckpt.id, load_predictor(str(svc.store.path(ckpt.uri)), ckpt.sha256)
+    return load_predictor(path, sha256)
 
 
 @operation(
@@ -59,7 +63,7 @@ def predict(job_id: int) -> Response:
     job = owned_job(job_id)
     checkpoint_id, predictor = predictor_for(job, "predict")
     try:
-        predictions = predictor.predict(request_body.texts, request_body.tokens)
+        predictions = offload.run(predictor.predict, request_body.texts, request_body.tokens)
     except InferenceInputError as exc:
         raise ApiError(
             422,
@@ -87,7 +91,12 @@ def generate(job_id: int) -> Response:
     params = GenerateRequest.model_validate(json_body())
     job = owned_job(job_id)
     checkpoint_id, predictor = predictor_for(job, "generate")
-    text = predictor.generate(
-        params.prompt, params.length, params.temperature, params.top_k, params.seed
+    text = offload.run(
+        predictor.generate,
+        params.prompt,
+        params.length,
+        params.temperature,
+        params.top_k,
+        params.seed,
     )
     return reply(GenerateResponse(checkpoint_id=checkpoint_id, prompt=params.prompt, text=text))

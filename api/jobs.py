@@ -213,8 +213,6 @@ def retry(job_id: int) -> Response:
     key = submissions.idempotency_key()
     if job.status not in TERMINAL_STATUSES:
         raise ApiError(409, "conflict", f"job {job_id} is {job.status}; retry a finished job")
-    links = {
-        role: dataset.id for role, dataset in jobs.dataset_links(services().db, job_id).items()
-    }
     spec = JobSpec.model_validate(job.spec)
+    links = submissions.pinned_datasets(job_id, spec)
     return created(submissions.submit(spec, key, links, note=f"retry of job {job_id}"))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, JsonSchemaValue, models_json_schema
+from werkzeug.exceptions import NotFound
 from werkzeug.routing import BaseConverter
 
 from api.schemas import MAX_ID, ErrorBody
@@ -56,15 +57,22 @@ OPERATIONS: list[Operation] = []
 
 
 class IdConverter(BaseConverter):
-    """Digits as an id; numbers outside 1..2^63-1 become 0, which no row has (a 404, never a
-    database error or a confusing 405)."""
+    """An id in a path: ASCII digits, 1..2^63-1. Anything else made of digits (0, a number
+    past the 64-bit range, Unicode digits such as "２") is a 404 that says the id is
+    invalid, never a database error or another row's answer."""
 
-    regex = r"\d{1,40}"
+    regex = r"\d+"
     part_isolating = True
 
     def to_python(self, value: str) -> int:
-        number = int(value)
-        return number if 1 <= number <= ID_MAX else 0
+        number = int(value) if value.isascii() and len(value) <= 19 else 0
+        if not 1 <= number <= ID_MAX:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise NotFound(
+                f"invalid id {shown!r} in the URL: an id is a whole number from 1 to "
+                f"{ID_MAX}, in ASCII digits"
+            )
+        return number
 
     def to_url(self, value: Any) -> str:
         return str(int(value))

@@ -25,7 +25,7 @@ from shared.data import datasets as registry
 from shared.infra.db import Database
 from shared.infra.models import Dataset, Job
 from shared.infra.queue import JobQueue
-from shared.jobs import IdempotentReplay, NewJob
+from shared.jobs import DatasetGone, IdempotentReplay, NewJob
 from shared.jobs.routing import PlacementError, check_placement
 from shared.spec import JobSpec, dataset_references
 
@@ -125,7 +125,45 @@ def submit(
         job_id, enqueued = svc.submissions.submit(new)
     except IdempotentReplay as replay:
         return replayed(replay.job, spec)
+    except DatasetGone as gone:  # deleted between resolving and storing the job
+        raise deleted_datasets(
+            {
+                role: f"dataset:{dataset_id} was deleted"
+                for role, dataset_id in gone.datasets.items()
+            }
+        ) from None
     return Submitted(job_id, "queued", enqueued)
+
+
+ROLE_FIELDS = {
+    "train": "data.dataset",
+    "validation": "data.validation_dataset",
+    "test": "data.test_dataset",
+}
+
+
+def deleted_datasets(messages: Mapping[str, str]) -> ApiError:
+    """A 422 naming each spec field (by role) whose dataset no longer exists."""
+    fields = [
+        {"path": ROLE_FIELDS[role], "message": message, "type": "dataset"}
+        for role, message in sorted(messages.items())
+    ]
+    paths = ", ".join(f["path"] for f in fields)
+    return ApiError(422, "validation_error", f"invalid job spec: {paths}", fields)
+
+
+def pinned_datasets(job_id: int, spec: JobSpec) -> dict[str, int]:
+    """The dataset versions a finished job trained on, for its retry: role -> dataset id.
+    A 422 names each one deleted since (the retry could only fail)."""
+    links = {role: ds.id for role, ds in jobs.dataset_links(services().db, job_id).items()}
+    missing = {
+        role: f"{reference} (as job {job_id} used it) was deleted"
+        for role, reference in dataset_references(spec).items()
+        if reference is not None and not reference.startswith("builtin:") and role not in links
+    }
+    if missing:
+        raise deleted_datasets(missing)
+    return links
 
 
 def replayed(job: Job, spec: JobSpec) -> Submitted:
@@ -149,20 +187,17 @@ def replayed(job: Job, spec: JobSpec) -> Submitted:
 def resolve_datasets(spec: JobSpec) -> dict[str, int]:
     """Pin each dataset the spec names to a version the caller may use: role -> dataset id."""
     principal, links, errors = current_principal(), {}, []
-    fields = {"train": "dataset", "validation": "validation_dataset", "test": "test_dataset"}
     for role, reference in dataset_references(spec).items():
-        field = fields[role]
+        field = ROLE_FIELDS[role]
         if reference is None:
             continue
         try:
             resolved = registry.resolve(
-                services().db, reference, principal.user_id, principal.is_admin, f"data.{field}"
+                services().db, reference, principal.user_id, principal.is_admin, field
             )
-            registry.check_task(resolved, spec.task, f"data.{field}")
+            registry.check_task(resolved, spec.task, field, training=role == "train")
         except registry.DatasetError as exc:
-            errors.append(
-                {"path": exc.field or f"data.{field}", "message": exc.message, "type": "dataset"}
-            )
+            errors.append({"path": exc.field or field, "message": exc.message, "type": "dataset"})
             continue
         if isinstance(resolved, Dataset):
             links[role] = resolved.id

@@ -3,12 +3,14 @@ docker compose runs them: api, worker, reconcile, migrate."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +37,16 @@ def migrate(as_json: bool) -> None:
     "--workers", default=2, show_default=True, type=int, help="gunicorn worker processes."
 )
 @click.option(
-    "--threads",
-    default=services.API_THREADS,
+    "--connections",
+    default=services.API_CONNECTIONS,
     show_default=True,
-    type=click.IntRange(1, 64),
-    help="Threads per worker process: requests and live-page streams served at once; "
+    type=click.IntRange(1, 100_000),
+    help="Connections each worker process serves at once (requests and live-page streams); "
     "concurrent job submissions in one process are committed together.",
 )
-def api(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve the API with gunicorn (gthread workers)."""
-    cmd = services.api_command(host, port, workers, threads)
+def api(host: str, port: int, workers: int, connections: int) -> None:
+    """Serve the API with gunicorn (gevent workers: open live-page streams hold no thread)."""
+    cmd = services.api_command(host, port, workers, connections)
     os.execv(cmd[0], cmd)
 
 
@@ -106,6 +108,7 @@ def up(host: str, port: int, worker_count: int) -> None:
     env.setdefault("DATABASE_URL", f"sqlite:///{(var / 'seqtrain.db').resolve()}")
     env.setdefault("ARTIFACT_ROOT", str((var / "artifacts").resolve()))
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    tied = die_with_me()
 
     def shutdown(*_: Any) -> None:
         click.echo("stopping: worker (running jobs are requeued), API, Redis ...")
@@ -118,7 +121,7 @@ def up(host: str, port: int, worker_count: int) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     try:
         if not env.get("REDIS_URL"):
-            redis_proc, env["REDIS_URL"] = services.start_redis(var / "redis")
+            redis_proc, env["REDIS_URL"] = services.start_redis(var / "redis", preexec_fn=tied)
             children.append(("redis", redis_proc))
             click.echo(f"redis: {env['REDIS_URL']} (data in {var / 'redis'})")
         from migrations import upgrade
@@ -128,7 +131,7 @@ def up(host: str, port: int, worker_count: int) -> None:
         token_note = ensure_dev_token(env["DATABASE_URL"], var)
         click.echo(f"artifacts: {env['ARTIFACT_ROOT']}")
         api_proc = subprocess.Popen(
-            services.api_command(host, port), env=env, start_new_session=True
+            services.api_command(host, port), env=env, start_new_session=True, preexec_fn=tied
         )
         children.append(("api", api_proc))
         for index in range(worker_count):
@@ -137,7 +140,10 @@ def up(host: str, port: int, worker_count: int) -> None:
                 (
                     "worker",
                     subprocess.Popen(
-                        services.worker_command("default"), env=wenv, start_new_session=True
+                        services.worker_command("default"),
+                        env=wenv,
+                        start_new_session=True,
+                        preexec_fn=tied,
                     ),
                 )
             )
@@ -153,6 +159,26 @@ def up(host: str, port: int, worker_count: int) -> None:
                 click.echo(f"error: {name} exited with code {proc.returncode}", err=True)
                 shutdown()
         time.sleep(0.5)
+
+
+def die_with_me() -> Callable[[], None] | None:
+    """A `preexec_fn` that has Linux send the child SIGTERM when this process dies, however
+    it dies (SIGKILL included): `seqtrain up`'s Redis, API and workers never outlive it.
+    Each stops as on Ctrl-C (the worker requeues its running jobs). None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here, not in the forked child
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # died between the fork and the prctl
+            os._exit(1)
+
+    return arm
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def ensure_dev_token(database_url: str, var: Path) -> str:

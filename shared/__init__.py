@@ -7,6 +7,7 @@ registry.py  the names a spec may use: model types and tasks with their facts (t
 settings.py  every setting, declared once: environment name, default, parser, description
 spec.py      the job spec (pydantic): validation, defaults, descriptions, size limits
 auth.py      users and API tokens (hashed), principals and ownership
+safejson.py  JSON from clients, refused past 64 levels of nesting before it is decoded
 infra/       the infrastructure: SQL engine and sessions, ORM tables, artifact store, queue
 jobs/        the job state machine, submission, queries, progress, placement, workers, nodes
 data/        datasets: upload formats, the registry, tokenizers, examples and batches

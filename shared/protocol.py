@@ -69,8 +69,13 @@ RECONCILER_LOCK_KEY = "seqtrain:reconciler:lock"
 
 
 def auth_failure_key(client: str) -> str:
-    """The Redis counter of a client's failed sign-ins in the current window."""
+    """The Redis counter of a client address's failed sign-ins in the current window."""
     return f"seqtrain:authfail:{client}"
+
+
+def auth_token_failure_key(token_hash: str) -> str:
+    """The Redis counter of one presented (wrong) token's failures, by the token's sha256."""
+    return f"seqtrain:authfail-token:{token_hash}"
 
 
 def log_key(job_id: int, attempt: int, node_rank: int = 0) -> str:

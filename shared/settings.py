@@ -134,14 +134,21 @@ class Settings:
     auth_failure_limit: int = setting(
         "SEQTRAIN_AUTH_FAILURE_LIMIT",
         20,
-        "failed sign-ins per address per minute before 429",
+        "failed sign-ins per address, and per presented token, per minute before 429",
         integer,
     )
     auth_cache_seconds: float = setting(
         "SEQTRAIN_AUTH_CACHE_SECONDS",
         15.0,
-        "each API process remembers a valid token this long (`0`: never); a token revoked"
-        " elsewhere is refused within it",
+        "each API process remembers a valid token or session this long (`0`: never); one"
+        " revoked or ended elsewhere is refused within it",
+        not_negative,
+    )
+    session_hours: float = setting(
+        "SEQTRAIN_SESSION_HOURS",
+        12.0,
+        "a status-page sign-in ends this long after it began (logout, revoking its token or"
+        " `seqtrain sessions end` end it sooner)",
         not_negative,
     )
     metrics_token: str = setting(
@@ -152,6 +159,13 @@ class Settings:
     )
     max_request_bytes: int = setting(
         "SEQTRAIN_MAX_REQUEST_BYTES", 1 << 20, "largest JSON request body", integer
+    )
+    max_streams_per_user: int = setting(
+        "SEQTRAIN_MAX_STREAMS_PER_USER",
+        20,
+        "live job-page streams one user may hold open at once, across every API process"
+        " (beyond: 429 with Retry-After, and the page polls; `0`: no streams)",
+        integer,
     )
     submit_batch: int = setting(
         "SEQTRAIN_SUBMIT_BATCH",

@@ -13,6 +13,7 @@ newest upload of that name); the API resolves it at submit and pins the version.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,26 @@ class DatasetInUse(DatasetError):
     pass
 
 
+# A dataset's name: printable, without ":" (a colon would read as builtin:/dataset:).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
+NAME_MAX = 200
+_TEXT = r"^[^\x00-\x1f\x7f]+$"
+
+
+def filename_as_name(filename: str) -> str | None:
+    """An uploaded file's name as the dataset's default name; None when it breaks the
+    rules of `name` (a DatasetError says which)."""
+    if not filename:
+        return None
+    if len(filename) > NAME_MAX or not re.fullmatch(NAME_PATTERN, filename):
+        raise DatasetError(
+            f"the file's name ({len(filename)} characters) cannot name the dataset: a name is "
+            f"1-{NAME_MAX} printable characters without ':'; give the `name` field",
+            "name",
+        )
+    return filename
+
+
 class DatasetUpload(BaseModel):
     """Upload options (multipart form fields besides `file`)."""
 
@@ -61,9 +82,10 @@ class DatasetUpload(BaseModel):
     name: str | None = Field(
         None,
         min_length=1,
-        max_length=200,
-        pattern=r"^[^\x00-\x1f\x7f:]+$",
-        description="Name to refer to it by (default: the file's name).",
+        max_length=NAME_MAX,
+        pattern=NAME_PATTERN,
+        description="Name to refer to it by (default: the file's name, which must then obey "
+        "the same rules).",
     )
     format: Literal["tsv", "csv", "jsonl", "text", "conll"] = Field(description="File format.")
     encoding: str = Field(
@@ -75,12 +97,14 @@ class DatasetUpload(BaseModel):
         None,
         min_length=1,
         max_length=200,
+        pattern=_TEXT,
         description="tsv/csv: header of the text column; jsonl: text field.",
     )
     label_column: str | None = Field(
         None,
         min_length=1,
         max_length=200,
+        pattern=_TEXT,
         description="tsv/csv: header of the label column; jsonl: label field.",
     )
     token_column: int = Field(0, ge=-64, le=63, description="conll: column index of the token.")
@@ -246,7 +270,7 @@ def create_dataset(
     with db.session() as session:
         dataset = Dataset(
             owner_id=owner_id,
-            name=upload.name or filename or digest[:12],
+            name=upload.name or filename_as_name(filename) or digest[:12],
             format=upload.format,
             options=options,
             uri=uri,
@@ -281,7 +305,9 @@ def get_dataset(db: Database, dataset_id: int) -> Dataset | None:
 def delete_dataset(db: Database, store: ArtifactStore, dataset_id: int) -> None:
     """Delete a dataset no queued or running job uses; its file goes with the last reference."""
     with db.session() as session:
-        dataset = session.get(Dataset, dataset_id)
+        # The row lock orders this delete with a submission linking the dataset: whichever
+        # commits first, the other sees it (the in-use check, or the link's foreign key).
+        dataset = session.get(Dataset, dataset_id, with_for_update=True)
         if dataset is None:
             return
         users = list(
@@ -316,8 +342,8 @@ def resolve(db: Database, reference: str, owner_id: int, is_admin: bool, field: 
             )
         return builtin
     with db.session() as session:
-        if reference.startswith("dataset:") and reference.removeprefix("dataset:").isdigit():
-            dataset = session.get(Dataset, int(reference.removeprefix("dataset:")))
+        if reference.startswith("dataset:"):
+            dataset = session.get(Dataset, reference_id(reference, field))
             if dataset is None or not (is_admin or dataset.owner_id == owner_id):
                 raise DatasetError(f"no dataset {reference!r} that you can use", field)
             return dataset
@@ -336,7 +362,26 @@ def resolve(db: Database, reference: str, owner_id: int, is_admin: bool, field: 
     return found
 
 
-def check_task(resolved: Resolved, task: str, field: str) -> None:
+MAX_ID = 2**63 - 1
+_ID = re.compile(r"[0-9]{1,19}")
+
+
+def reference_id(reference: str, field: str) -> int:
+    """The id of a `dataset:<id>` reference: ASCII digits, 1..2^63-1 (the column's range)."""
+    digits = reference.removeprefix("dataset:")
+    number = int(digits) if _ID.fullmatch(digits) else 0
+    if not 1 <= number <= MAX_ID:
+        raise DatasetError(
+            f"invalid dataset reference {reference[:60]!r}: dataset:<id> takes a whole number "
+            f"from 1 to {MAX_ID}, in ASCII digits",
+            field,
+        )
+    return number
+
+
+def check_task(resolved: Resolved, task: str, field: str, training: bool = False) -> None:
+    """The dataset suits `task`; the one a classifier trains on (`training`) has at least
+    two labels, since one label leaves nothing to learn."""
     formats = TASKS[task].formats if task in TASKS else ()
     fmt = resolved.format
     name = resolved.reference if isinstance(resolved, Builtin) else f"dataset:{resolved.id}"
@@ -344,3 +389,10 @@ def check_task(resolved: Resolved, task: str, field: str) -> None:
         raise DatasetError(f"{name} is a {fmt} dataset; {task} needs {' / '.join(formats)}", field)
     if task == "classification" and not resolved.options.get("label_column"):
         raise DatasetError(f"{name} has no label column; upload it with label_column", field)
+    counts = resolved.stats.get("label_counts") if isinstance(resolved, Dataset) else None
+    if training and task == "classification" and counts is not None and len(counts) < 2:
+        labels = ", ".join(map(repr, counts)) or "none"
+        raise DatasetError(
+            f"{name} has {len(counts)} distinct label ({labels}); classification needs at least 2",
+            field,
+        )

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from shared import safejson
 from shared.data.upload import DatasetFormatError, ParsedDataset, decode
 
 # --- TSV and CSV -------------------------------------------------------------------------
@@ -162,9 +163,14 @@ def parse_jsonl(
 
 def _json_object(source: str, line: int) -> dict[str, Any]:
     try:
-        value = json.loads(source)
+        value = safejson.loads(source)
+    except safejson.JsonTooDeep as err:
+        raise DatasetFormatError(f"the JSON is {err}", field="file", line=line) from None
     except json.JSONDecodeError as err:
         message = f"invalid JSON: {err.msg} at column {err.colno} (JSON Lines: one object a line)"
+        raise DatasetFormatError(message, field="file", line=line) from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        message = f"invalid JSON: {err} (JSON Lines: one object a line)"
         raise DatasetFormatError(message, field="file", line=line) from None
     if not isinstance(value, dict):
         message = f"expected a JSON object, found {_json_kind(value)}"

@@ -10,7 +10,7 @@ that attempt. A zombie or a duplicate delivery therefore never writes.
 
 The package re-exports the state machine's names (`from shared import jobs; jobs.claim(...)`):
 
-errors.py       JobNotFound, InvalidTransition, IdempotentReplay, Fenced
+errors.py       JobNotFound, InvalidTransition, IdempotentReplay, DatasetGone, Fenced
 events.py       the event row each change leaves, and notes that change no status
 submission.py   NewJob, create_job(s), submit_jobs (one INSERT a batch), idempotency keys,
                 the queued jobs awaiting a Redis message
@@ -25,7 +25,13 @@ nodes.py        the workers reserved for a multi-node attempt (job_nodes)
 workers.py      the workers table: registration, heartbeat, current job
 """
 
-from shared.jobs.errors import Fenced, IdempotentReplay, InvalidTransition, JobNotFound
+from shared.jobs.errors import (
+    DatasetGone,
+    Fenced,
+    IdempotentReplay,
+    InvalidTransition,
+    JobNotFound,
+)
 from shared.jobs.events import add_event, note_event
 from shared.jobs.queries import (
     JOB_SORTS,
@@ -73,6 +79,7 @@ from shared.jobs.transitions import (
 __all__ = [
     "JOB_SORTS",
     "SUMMARY_COLUMNS",
+    "DatasetGone",
     "Fenced",
     "IdempotentReplay",
     "InvalidTransition",

@@ -23,5 +23,14 @@ class IdempotentReplay(Exception):
         self.job = job
 
 
+class DatasetGone(Exception):
+    """A dataset the submission pins was deleted before the job was stored."""
+
+    def __init__(self, datasets: dict[str, int]) -> None:
+        names = ", ".join(f"dataset:{dataset_id}" for dataset_id in datasets.values())
+        super().__init__(f"{names} was deleted")
+        self.datasets = datasets  # role -> the deleted dataset's id
+
+
 class Fenced(Exception):
     """This attempt no longer owns the job: its writes are refused."""

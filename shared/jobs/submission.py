@@ -15,8 +15,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from shared.infra.db import Database
-from shared.infra.models import Job, JobDataset, utcnow
-from shared.jobs.errors import IdempotentReplay
+from shared.infra.models import Dataset, Job, JobDataset, utcnow
+from shared.jobs.errors import DatasetGone, IdempotentReplay
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
 from shared.protocol import JobStatus
@@ -58,40 +58,54 @@ def create_job(
             raise IdempotentReplay(earlier)
     new = NewJob(spec, owner_id, actor, datasets or {}, idempotency_key, estimate)
     result = submit_jobs(db, [new])[0]
-    if isinstance(result, IdempotentReplay):
+    if isinstance(result, Exception):
         raise result
     return get_job(db, result)
 
 
-def submit_jobs(db: Database, batch: Sequence[NewJob]) -> list[int | IdempotentReplay]:
+def submit_jobs(
+    db: Database, batch: Sequence[NewJob]
+) -> list[int | IdempotentReplay | DatasetGone]:
     """Insert a batch of submissions in one transaction; one entry per submission, in order:
-    the new job's id, or `IdempotentReplay` with the job an earlier request made with
-    that key.
+    the new job's id, `IdempotentReplay` with the job an earlier request made with that
+    key, or `DatasetGone` naming the datasets it pins that were deleted meanwhile.
 
-    Callers look a key up before they hand the submission in (`keyed_job`), in their own
-    thread; a key taken since (a concurrent retry, or one inside this batch) fails the
-    whole transaction, and the batch is then inserted one submission at a time, so that
-    only the submission that reused the key gets the replay.
+    Callers look a key up and resolve datasets before they hand the submission in, in
+    their own thread; a key taken since (a concurrent retry, or one inside this batch) or
+    a dataset deleted since fails the whole transaction, and the batch is then inserted
+    one submission at a time, so that only the submission concerned gets its refusal.
     """
     try:
         return list(create_jobs(db, batch))
     except IntegrityError:
-        if not any(new.idempotency_key for new in batch):
-            raise
-    results: list[int | IdempotentReplay] = []
+        pass
+    results: list[int | IdempotentReplay | DatasetGone] = []
     for new in batch:
         try:
             results.append(create_jobs(db, [new])[0])
         except IntegrityError:
-            earlier = (
-                keyed_job(db, new.owner_id, new.idempotency_key)
-                if new.idempotency_key is not None
-                else None
-            )
-            if earlier is None:
+            refusal = _refusal(db, new)
+            if refusal is None:
                 raise
-            results.append(IdempotentReplay(earlier))
+            results.append(refusal)
     return results
+
+
+def _refusal(db: Database, new: NewJob) -> IdempotentReplay | DatasetGone | None:
+    """Why a submission's insert broke a constraint, if it is the caller's to know."""
+    if new.idempotency_key is not None:
+        earlier = keyed_job(db, new.owner_id, new.idempotency_key)
+        if earlier is not None:
+            return IdempotentReplay(earlier)
+    if new.datasets:
+        with db.session() as session:
+            present = set(
+                session.scalars(select(Dataset.id).where(Dataset.id.in_(new.datasets.values())))
+            )
+        gone = {role: ds for role, ds in new.datasets.items() if ds not in present}
+        if gone:
+            return DatasetGone(gone)
+    return None
 
 
 def keyed_job(db: Database, owner_id: int | None, key: str) -> Job | None:

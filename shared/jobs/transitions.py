@@ -22,7 +22,8 @@ CANCELLED_BY_USER = "cancelled by user"
 
 
 def request_cancel(db: Database, job_id: int, actor: str) -> Job:
-    """Cancel a queued job at once; flag a running one for its supervisor (seen within a second)."""
+    """Cancel a queued job at once; flag a running one for its supervisor (seen within a
+    second). Repeated or concurrent cancels answer with the job and write nothing more."""
     with db.session() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -52,12 +53,20 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
                 CANCELLED_BY_USER,
             )
         else:
-            session.execute(
+            # One event however many cancels arrive: only the request that sets the flag
+            # notes it (the row lock orders concurrent ones; the rest match no row).
+            attempt = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.RUNNING,
+                    Job.cancel_requested.is_(False),
+                )
                 .values(cancel_requested=True)
-            )
-            add_event(session, job_id, job.attempt, None, None, actor, "cancel requested")
+                .returning(Job.attempt)
+            ).scalar_one_or_none()
+            if attempt is not None:
+                add_event(session, job_id, attempt, None, None, actor, "cancel requested")
     return get_job(db, job_id)
 
 
