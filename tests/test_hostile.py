@@ -263,23 +263,29 @@ def test_upload_columns_refuse_control_characters(client):
 # ---------------------------------------------------------------- 12: concurrent cancels
 
 
+def concurrent_cancels(app, account, job_id: int, count: int) -> list[int]:
+    """`count` POST /cancel of one job, released together; their status codes."""
+    start, answers = threading.Barrier(count), []
+
+    def cancel() -> None:
+        client = authed_client(app, account)
+        start.wait()
+        answers.append(client.post(f"/api/v1/jobs/{job_id}/cancel").status_code)
+
+    threads = [threading.Thread(target=cancel) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 def test_concurrent_cancels_write_one_event(app, db, accounts):
     job = jobs.create_job(
         db, parse_spec(parked_spec("builtin:sentiment")), accounts["alice"].user_id
     )
     assert jobs.claim(db, job.id, "hostile-test", 60) == 1
-    start, answers = threading.Barrier(20), []
-
-    def cancel() -> None:
-        client = authed_client(app, accounts["alice"])
-        start.wait()
-        answers.append(client.post(f"/api/v1/jobs/{job.id}/cancel").status_code)
-
-    threads = [threading.Thread(target=cancel) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = concurrent_cancels(app, accounts["alice"], job.id, 20)
     assert answers == [202] * 20
     messages = [e.message for e in jobs.job_detail(db, job.id)[3]]
     assert messages.count("cancel requested") == 1
@@ -290,18 +296,7 @@ def test_concurrent_cancels_of_a_queued_job_write_one_event(app, db, accounts):
     job = jobs.create_job(
         db, parse_spec(parked_spec("builtin:sentiment")), accounts["alice"].user_id
     )
-    start, answers = threading.Barrier(10), []
-
-    def cancel() -> None:
-        client = authed_client(app, accounts["alice"])
-        start.wait()
-        answers.append(client.post(f"/api/v1/jobs/{job.id}/cancel").status_code)
-
-    threads = [threading.Thread(target=cancel) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = concurrent_cancels(app, accounts["alice"], job.id, 10)
     assert set(answers) <= {202, 409} and 202 in answers
     events = jobs.job_detail(db, job.id)[3]
     assert [e.message for e in events].count("cancelled by user") == 1
