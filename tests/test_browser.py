@@ -195,7 +195,9 @@ def test_submit_from_the_form_and_watch_it_train(open_page, client, settings, ac
         name="browser-run",
         resources={"queue": settings.default_queue},
         model={"embedding_dim": 32, "hidden_size": 32},
-        training={"epochs": 12, "batch_size": 16, "log_every_steps": 5},
+        # Small batches: the run lasts long enough that the page sees it running even when
+        # it starts inside a stream's reconnect gap.
+        training={"epochs": 12, "batch_size": 8, "log_every_steps": 5},
         checkpoint={"every_epochs": 4, "keep_last": 1},
     )
     tab.page.fill("#spec", yaml.safe_dump(spec, sort_keys=False))
