@@ -15,7 +15,7 @@ together (bucketing), so little compute is spent on pads. Batch order is a pure 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -165,6 +165,21 @@ def _label_ids(labels: list[str], seen: set[str], split: str, what: str) -> dict
     return index
 
 
+def _encoded(
+    tokenizer: Tokenizer,
+    labels: list[str],
+    encode: Callable[[list[Any], str], SequenceExamples],
+    train_rows: list[Any],
+    val_rows: list[Any],
+    test_rows: list[Any] | None,
+) -> Prepared:
+    """Every split encoded the same way (labels unseen in training are an error per split)."""
+    test = encode(test_rows, "test") if test_rows is not None else None
+    return Prepared(
+        tokenizer, labels, encode(train_rows, "train"), encode(val_rows, "validation"), test
+    )
+
+
 def prepare_classification(
     data: DataSpec,
     seed: int,
@@ -188,10 +203,7 @@ def prepare_classification(
             [index[r["label"]] for r in rows],
         )
 
-    test = encode(test_rows, "test") if test_rows is not None else None
-    return Prepared(
-        tokenizer, labels, encode(train_rows, "train"), encode(val_rows, "validation"), test
-    )
+    return _encoded(tokenizer, labels, encode, train_rows, val_rows, test_rows)
 
 
 def prepare_tagging(
@@ -224,14 +236,7 @@ def prepare_tagging(
             )
         return SequenceExamples(ids, targets)
 
-    test = encode_tagged(test_rows, "test") if test_rows is not None else None
-    return Prepared(
-        tokenizer,
-        labels,
-        encode_tagged(train_rows, "train"),
-        encode_tagged(val_rows, "validation"),
-        test,
-    )
+    return _encoded(tokenizer, labels, encode_tagged, train_rows, val_rows, test_rows)
 
 
 def prepare_language_modeling(
