@@ -83,7 +83,8 @@ def services() -> Services:
     return svc
 
 
-def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
+def register_routes(app: Flask) -> None:
+    """The error handlers and every blueprint."""
     from api import (
         board,
         datasets,
@@ -99,6 +100,31 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         tensorboard,
         workers,
     )
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(datasets.bp)
+    app.register_blueprint(inference.bp)
+    app.register_blueprint(sessions.bp)
+    for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
+        app.register_blueprint(live.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics.bp)
+
+
+def security_headers(response: Response) -> Response:
+    headers = response.headers
+    present = {name.lower() for name, _ in headers}  # one pass, not one scan per header
+    for name, value in SECURITY_HEADERS.items():
+        if name.lower() not in present:
+            headers.add(name, value)
+    if response.mimetype == "application/json" and "cache-control" not in present:
+        headers.add("Cache-Control", "no-store")
+    return response
+
+
+def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     from api.auth import FailureLimiter
     from api.openapi import IdConverter
     from api.submissions import Submissions
@@ -133,27 +159,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         submissions=Submissions(db, queue, settings.submit_batch),
     )
     app.url_map.converters["id"] = IdConverter
-    errors.register(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(datasets.bp)
-    app.register_blueprint(inference.bp)
-    app.register_blueprint(sessions.bp)
-    for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
-        app.register_blueprint(live.bp)
-    app.register_blueprint(pages.bp)
-    app.register_blueprint(metrics.bp)
-
-    @app.after_request
-    def _security_headers(response: Response) -> Response:
-        headers = response.headers
-        present = {name.lower() for name, _ in headers}  # one pass, not one scan per header
-        for name, value in SECURITY_HEADERS.items():
-            if name.lower() not in present:
-                headers.add(name, value)
-        if response.mimetype == "application/json" and "cache-control" not in present:
-            headers.add("Cache-Control", "no-store")
-        return response
-
+    register_routes(app)
+    app.after_request(security_headers)
     logging.getLogger("seqtrain").setLevel(logging.INFO)
     return app

@@ -14,6 +14,14 @@ import click
 from cli.common import fail, json_option, load_spec
 
 
+def _local_splits(files: tuple[str | None, ...], fmt: str | None, options: dict[str, Any]) -> Any:
+    """The training, validation and test files given on the command line, parsed."""
+    from shared.data.examples import Splits
+
+    train, validation, test = (_local_file(f, fmt, options) for f in files)
+    return Splits(train, validation, test)
+
+
 def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> Any:
     if path is None:
         return None
@@ -67,7 +75,7 @@ def train_local(
     """Train SPEC_FILE here with the service's trainer code; prints the final metrics."""
     from pydantic import ValidationError
 
-    from shared.data.examples import Splits, load_splits
+    from shared.data.examples import load_splits
     from shared.spec import parse_spec
     from shared.zoo.checkpoints import save_checkpoint
     from worker.trainer import Reporter, train
@@ -80,14 +88,8 @@ def train_local(
             + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
     options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
-    if train_file:
-        splits = Splits(
-            _local_file(train_file, fmt, options),
-            _local_file(validation_file, fmt, options),
-            _local_file(test_file, fmt, options),
-        )
-    else:
-        splits = load_splits(spec, None)
+    files = (train_file, validation_file, test_file)
+    splits = _local_splits(files, fmt, options) if train_file else load_splits(spec, None)
     out_dir = Path(output) if output else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

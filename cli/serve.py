@@ -103,10 +103,7 @@ def up(host: str, port: int, worker_count: int) -> None:
     var = var_dir()
     var.mkdir(parents=True, exist_ok=True)
     token_note = ""
-    env = dict(os.environ)
-    env.setdefault("SEQTRAIN_VAR_DIR", str(var.resolve()))
-    env.setdefault("DATABASE_URL", f"sqlite:///{(var / 'seqtrain.db').resolve()}")
-    env.setdefault("ARTIFACT_ROOT", str((var / "artifacts").resolve()))
+    env = local_env(var)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     tied = die_with_me()
 
@@ -134,19 +131,7 @@ def up(host: str, port: int, worker_count: int) -> None:
             services.api_command(host, port), env=env, start_new_session=True, preexec_fn=tied
         )
         children.append(("api", api_proc))
-        for index in range(worker_count):
-            wenv = dict(env, SEQTRAIN_WORKER_NAME=f"{os.uname().nodename}:worker-{index}")
-            children.append(
-                (
-                    "worker",
-                    subprocess.Popen(
-                        services.worker_command("default"),
-                        env=wenv,
-                        start_new_session=True,
-                        preexec_fn=tied,
-                    ),
-                )
-            )
+        children.extend(("worker", proc) for proc in start_workers(env, worker_count, tied))
         services.wait_for_port(port, api_proc, "api")
     except Exception as exc:
         click.echo(f"error: {exc}", err=True)
@@ -159,6 +144,30 @@ def up(host: str, port: int, worker_count: int) -> None:
                 click.echo(f"error: {name} exited with code {proc.returncode}", err=True)
                 shutdown()
         time.sleep(0.5)
+
+
+def local_env(var: Path) -> dict[str, str]:
+    """The children's environment: this one, with the var dir's defaults filled in."""
+    env = dict(os.environ)
+    env.setdefault("SEQTRAIN_VAR_DIR", str(var.resolve()))
+    env.setdefault("DATABASE_URL", f"sqlite:///{(var / 'seqtrain.db').resolve()}")
+    env.setdefault("ARTIFACT_ROOT", str((var / "artifacts").resolve()))
+    return env
+
+
+def start_workers(
+    env: dict[str, str], count: int, tied: Callable[[], None] | None
+) -> list[subprocess.Popen[bytes]]:
+    """`count` workers on the default queue, each named after this host and its index."""
+    return [
+        subprocess.Popen(
+            services.worker_command("default"),
+            env=dict(env, SEQTRAIN_WORKER_NAME=f"{os.uname().nodename}:worker-{index}"),
+            start_new_session=True,
+            preexec_fn=tied,
+        )
+        for index in range(count)
+    ]
 
 
 def die_with_me() -> Callable[[], None] | None:

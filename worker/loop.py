@@ -20,8 +20,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from shared.data import examples as datalib
+from shared.data.tokenization import tokenizer_from_dict
 from shared.protocol import TrainerFailure
-from shared.registry import TaskInfo
+from shared.registry import TaskInfo, task_info
 from shared.spec import JobSpec
 from shared.zoo.checkpoints import CHECKPOINT_FORMAT
 from shared.zoo.task import Task
@@ -161,12 +162,12 @@ def setup(
     # Each rank takes `batch_size` examples of every global batch of batch_size * world.
     rank, world = rank_and_world()
     state = TrainState(global_batch=cfg.batch_size * world, world_size=world)
-    task = spec_task(spec)
+    task = task_info(spec.task).plugin()
     data = task.prepare(
         spec.data,
         cfg.seed,
         splits or datalib.load_splits(spec, None),
-        tokenizer_of(resume),
+        tokenizer_from_dict(resume["tokenizer"]) if resume else None,
         resume["labels"] if resume else None,
     )
     model = task.build(
@@ -199,18 +200,6 @@ def setup(
     if resume:
         restore(run, resume)
     return run
-
-
-def spec_task(spec: JobSpec) -> Task:
-    from shared.registry import task_info
-
-    return task_info(spec.task).plugin()
-
-
-def tokenizer_of(resume: dict[str, Any] | None) -> Any:
-    from shared.data.tokenization import tokenizer_from_dict
-
-    return tokenizer_from_dict(resume["tokenizer"]) if resume else None
 
 
 def restore(run: Run, resume: dict[str, Any]) -> None:

@@ -33,8 +33,7 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(objective).backward()
     scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = clip_in_step(optimizer, params, max_norm)
+    grad_norm = clip_in_step(optimizer, max_norm)
     scaler.step(optimizer)
     with contextlib.suppress(AttributeError):
         del optimizer.grad_scale  # type: ignore[attr-defined]  # set by clip_in_step
@@ -42,9 +41,7 @@ def optimizer_step(
     return grad_norm
 
 
-def clip_in_step(
-    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float | None
-) -> float:
+def clip_in_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> float:
     """The gradients' global L2 norm; clips them to `max_norm` inside the optimizer's step.
 
     The fused AdamW kernel divides each gradient by `optimizer.grad_scale` as it reads it
@@ -55,7 +52,9 @@ def clip_in_step(
     then keeps this scale as it is (tests/test_clipping.py checks both paths). The caller
     deletes `optimizer.grad_scale` after the step.
     """
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [
+        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+    ]
     norm = nn.utils.get_total_norm(grads)
     if max_norm and optimizer.defaults.get("fused"):
         optimizer.grad_scale = torch.clamp(norm / max_norm, min=1.0)  # type: ignore[attr-defined]

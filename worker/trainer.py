@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(check_parent="TORCHELASTIC_RUN_ID" not in os.environ)
     signal.signal(signal.SIGUSR1, _on_stop_signal)
     _write_rank_file("pid", os.getpid())
-    threads = Settings.from_env().torch_threads
-    if threads:
-        torch.set_num_threads(int(threads))
+    settings = Settings.from_env()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     try:
         init_distributed()
-        return run_attempt(args.job_id, args.attempt, Settings.from_env())
+        return run_attempt(args.job_id, args.attempt, settings)
     except TrainerFailure as exc:
         # Expected failures: the message alone is the reason, no traceback.
         print(f"error: {exc}", file=sys.stderr, flush=True)
