@@ -10,6 +10,7 @@ jobs.py         /api/v1/jobs: submit, retry, list, detail, metrics, checkpoints,
 submissions.py  how a job is created: Idempotency-Key, placement check, group commit
 batching.py     the group commit: concurrent requests share one flush
 datasets.py     /api/v1/datasets: upload (multipart), list, detail with statistics, delete
+models.py       /api/v1/models: pretrained base models: upload, list, detail, share, delete
 inference.py    /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
 predictor.py    loaded checkpoints for inference, cached per process
 board.py        /api/v1/jobs/board: the jobs page's rows with progress and latest metrics
@@ -94,6 +95,7 @@ def register_routes(app: Flask) -> None:
         jobs,
         logs,
         metrics,
+        models,
         pages,
         sessions,
         stream,
@@ -105,6 +107,7 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(datasets.bp)
+    app.register_blueprint(models.bp)
     app.register_blueprint(inference.bp)
     app.register_blueprint(sessions.bp)
     for live in (board, logs, stream, workers, tensorboard):  # what the status pages read

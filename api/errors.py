@@ -54,6 +54,8 @@ def field_path(loc: tuple[Any, ...]) -> str:
 INVALID = {
     "JobSpec": "invalid job spec",
     "DatasetUpload": "invalid dataset options",
+    "ModelUpload": "invalid model options",
+    "ShareModel": "invalid sharing request",
     "PredictRequest": "invalid prediction request",
     "GenerateRequest": "invalid generation request",
 }

@@ -9,6 +9,7 @@ Content-Security-Policy forbids inline script, so user-supplied text stays text.
 /             jobs: filter, search, sort, pages, refreshed live
 /jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions
 /workers      workers, their devices and current job; queue depths
+/models       the pretrained base models the viewer can use (rendered on the server)
 /submit       a spec as YAML or JSON, errors shown beside the line they concern
 """
 
@@ -42,6 +43,7 @@ from api.auth import (
     page_principal,
 )
 from api.errors import ApiError
+from api.models import page_rows
 from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
 from shared.auth import Principal
@@ -114,6 +116,12 @@ def job_page(job_id: int) -> Any:
 @signed_in
 def workers_page() -> Any:
     return render_template("workers.html")
+
+
+@bp.get("/models")
+@signed_in
+def models_page() -> Any:
+    return render_template("models.html", models=page_rows(g.principal))
 
 
 @bp.get("/submit")

@@ -3,6 +3,7 @@
 seqtrain up                          API + worker + Redis + SQLite, no configuration
 seqtrain submit examples/quickstart.yaml --wait | --follow
 seqtrain jobs | show ID | logs ID [-f] | cancel ID | retry ID
+seqtrain models upload DIR | list | show ID | delete ID | share ID
 seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from cli import accounts, datasets, jobs, local, serve
+from cli import accounts, datasets, jobs, local, models, serve
 
 
 @click.group()
@@ -37,6 +38,7 @@ for command in (
     jobs.generate,
     local.train_local,
     datasets.datasets,
+    models.models,
 ):
     main.add_command(command)
 

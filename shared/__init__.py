@@ -12,4 +12,5 @@ infra/       the infrastructure: SQL engine and sessions, ORM tables, artifact s
 jobs/        the job state machine, submission, queries, progress, placement, workers, nodes
 data/        datasets: upload formats, the registry, tokenizers, examples and batches
 zoo/         models: encoders, heads and each task's plug-in; checkpoints (safetensors)
+hub/         pretrained base models: archive checks, catalog, registry, local cache
 """

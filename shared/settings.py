@@ -177,6 +177,19 @@ class Settings:
     max_dataset_bytes: int = setting(
         "SEQTRAIN_MAX_DATASET_BYTES", 200 << 20, "largest dataset upload (413 above it)", integer
     )
+    max_model_bytes: int = setting(
+        "SEQTRAIN_MAX_MODEL_BYTES",
+        4 << 30,
+        "largest pretrained-model upload (413 above it), and the most its archive may unpack to",
+        integer,
+    )
+    cache_dir: Path = setting(
+        "SEQTRAIN_CACHE_DIR",
+        Path("var/cache"),
+        "where workers and the API unpack pretrained base models, once per content hash",
+        Path,
+        from_var_dir=lambda var_dir: var_dir / "cache",
+    )
     default_queue: str = setting(
         "SEQTRAIN_DEFAULT_QUEUE",
         "default",

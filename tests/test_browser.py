@@ -362,3 +362,17 @@ def test_the_job_page_polls_while_its_stream_is_refused(open_page, app, db, acco
     # Chromium reports each refused EventSource on the console; nothing else went wrong.
     assert all("EventSource" in error for error in tab.errors), tab.errors
     assert not tab.dialogs
+
+
+def test_the_models_page_lists_an_uploaded_model(open_page, app, accounts, tmp_path):
+    from tests.conftest import authed_client
+    from tests.hubfiles import bert_dir, upload_model, zip_dir
+
+    archive = zip_dir(bert_dir(tmp_path / "bert"), tmp_path / "tiny-bert.zip")
+    model = upload_model(authed_client(app, accounts["alice"]), archive, name=XSS_NAME).json
+    tab = open_page(accounts["alice"])
+    tab.page.click("nav a[href='/models']")
+    row = tab.page.wait_for_selector(f"tr[data-model-id='{model['id']}']")
+    assert tab.text(f"tr[data-model-id='{model['id']}'] .model-name") == XSS_NAME
+    assert "2 × 32" in (row.text_content() or "") and tab.page.locator("img").count() == 0
+    assert not tab.errors and not tab.dialogs, (tab.errors, tab.dialogs)

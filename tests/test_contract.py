@@ -23,6 +23,7 @@ import api.datasets
 import api.health
 import api.jobs  # noqa: F401  (registers the routes the document describes)
 import api.logs
+import api.models
 import api.sessions
 import api.stream
 import api.tensorboard

@@ -4,6 +4,7 @@ users         people and scripts; admins see everything
 api_tokens    bearer tokens, stored as sha256 hashes only
 user_sessions status-page sign-ins: the token each came from, expiry, end; id stored hashed
 datasets      uploaded files (content-addressed in the artifact store), parse options, statistics
+models        pretrained base models: uploaded archives (content-addressed), their architecture
 jobs          one row a job: owner, spec, status, attempt (the fencing token), lease, cancel flag
 job_datasets  which dataset versions a job trains on (resolved at submit: train, validation, test)
 job_events    every status transition: who, when, why
@@ -126,6 +127,44 @@ class Dataset(Base):
     )
 
 
+class PretrainedModel(Base):
+    """An uploaded pretrained base model: a Hugging Face model directory as an archive,
+    validated at upload (shared.hub.archive) and stored once per content hash."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    # An admin shares a model with every user (a team's base models).
+    shared: Mapped[bool] = mapped_column(default=False)
+    # config.json's model_type and architectures, e.g. "bert", ["BertModel"].
+    model_type: Mapped[str] = mapped_column(String(64))
+    architectures: Mapped[list[str]] = mapped_column(JSON)
+    # Exact, from the safetensors headers' shapes.
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    # The weights' dtype, e.g. F32, BF16; "mixed" when several.
+    dtype: Mapped[str] = mapped_column(String(16))
+    # hidden_size, num_layers, num_heads, intermediate_size, vocab_size, max_positions, ...
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The files a worker unpacks: [{"path": "config.json", "bytes": 612}, ...]
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # zip | tar.gz
+    format: Mapped[str] = mapped_column(String(8))
+    # Artifact key of the archive: models/<sha256>
+    uri: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_models_owner_name", "owner_id", "name", "id"),
+        Index("ix_models_owner_sha", "owner_id", "sha256"),
+        Index("ix_models_shared_name", "shared", "name", "id"),
+    )
+
+
 class JobDataset(Base):
     __tablename__ = "job_datasets"
 
@@ -163,6 +202,12 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Devices one attempt needs (resources.devices); routes the job to a big-enough worker.
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The pretrained base model a job fine-tunes (resolved at submit); a model is not
+    # deleted while a queued or running job names it.
+    base_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL", name="fk_jobs_base_model_id_models"),
+        index=True,
+    )
     # The submit-time size estimate: parameters and peak training memory per device.
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A client's Idempotency-Key: a retried POST with the same key returns this job.

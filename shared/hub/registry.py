@@ -1,0 +1,263 @@
+"""The model registry: uploads of pretrained base models, listing, sharing, deletion, and
+references from job specs.
+
+An upload is an archive of a Hugging Face model directory, inspected before anything is
+stored (shared.hub.archive) and kept once per content hash (`models/<sha256>` in the
+artifact store); re-uploading the same bytes returns the model already there. A user sees
+their own models and the ones an admin shared with everyone.
+
+A job spec names a model as `model:<id>` or by name: the caller's newest model of that
+name, else the newest shared one. The API resolves it at submit and pins the id.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exists, or_, select
+
+from shared.hub import archive
+from shared.infra.db import Database
+from shared.infra.models import Job, PretrainedModel
+from shared.infra.storage import ArtifactStore, file_digest
+from shared.protocol import TrainerFailure
+
+ACTIVE_STATUSES = ("queued", "running")
+# A model's name: printable, without ":" (a colon would read as model:<id>).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
+NAME_MAX = 200
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+MAX_ID = 2**63 - 1
+_ID = re.compile(r"[0-9]{1,19}")
+
+
+class ModelError(TrainerFailure, ValueError):
+    """A model cannot be used: `field` names the spec field or upload field to fix."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+class ModelInUse(ModelError):
+    pass
+
+
+class ModelUpload(BaseModel):
+    """Upload fields besides `file`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=NAME_MAX,
+        pattern=NAME_PATTERN,
+        description="Name to refer to it by (default: the file's name without .zip, .tar.gz "
+        "or .tgz, which must then obey the same rules).",
+    )
+
+
+def filename_as_name(filename: str) -> str | None:
+    """An uploaded file's name, without its archive suffix, as the model's default name;
+    None when there is no file name; a ModelError (field `name`) when it breaks the rules."""
+    stem = filename
+    for suffix in ARCHIVE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if not stem:
+        return None
+    if len(stem) > NAME_MAX or not re.fullmatch(NAME_PATTERN, stem):
+        raise ModelError(
+            f"the file's name ({len(stem)} characters) cannot name the model: a name is "
+            f"1-{NAME_MAX} printable characters without ':'; give the `name` field",
+            "name",
+        )
+    return stem
+
+
+def create_model(
+    db: Database,
+    store: ArtifactStore,
+    owner_id: int,
+    name: str | None,
+    filename: str,
+    staged: Path,
+    max_bytes: int,
+) -> tuple[PretrainedModel, bool]:
+    """Inspect the archive at `staged`, then store it: (model, created). `staged` is
+    consumed: moved into the store, or deleted. A ModelArchiveError (naming the member)
+    leaves nothing behind but `staged`, which the caller removes.
+
+    Re-uploading the same bytes returns the owner's existing model (created False).
+    """
+    if name is not None and (len(name) > NAME_MAX or not re.fullmatch(NAME_PATTERN, name)):
+        raise ModelError(f"a model's name is 1-{NAME_MAX} printable characters without ':'", "name")
+    chosen = name or filename_as_name(filename)
+    inspected = archive.inspect(staged, max_bytes)
+    size, digest = file_digest(staged)
+    with db.session() as session:
+        existing = session.scalars(
+            select(PretrainedModel)
+            .where(PretrainedModel.owner_id == owner_id, PretrainedModel.sha256 == digest)
+            .order_by(PretrainedModel.id.desc())
+            .limit(1)
+        ).first()
+    if existing is not None:
+        staged.unlink(missing_ok=True)
+        return existing, False
+    uri = f"models/{digest}"
+    _store_archive(store, staged, uri)
+    with db.session() as session:
+        model = PretrainedModel(
+            owner_id=owner_id,
+            name=chosen or digest[:12],
+            model_type=inspected.model_type,
+            architectures=inspected.architectures,
+            parameters=inspected.parameters,
+            dtype=inspected.dtype[:16],
+            summary=inspected.summary,
+            files=inspected.files,
+            format=inspected.format,
+            uri=uri,
+            sha256=digest,
+            bytes=size,
+            unpacked_bytes=inspected.unpacked_bytes,
+        )
+        session.add(model)
+        session.flush()
+    return model, True
+
+
+def _store_archive(store: ArtifactStore, staged: Path, uri: str) -> None:
+    """Move `staged` to `uri`, once per content hash: the same bytes are stored once."""
+    if store.exists(uri):
+        staged.unlink(missing_ok=True)
+        return
+    staging = store.staging_path(uri)
+    if staged.parent != staging.parent:  # another file system, perhaps: copy beside it
+        shutil.move(staged, staging)
+        staged = staging
+    store.commit(staged, uri)
+
+
+def list_models(
+    db: Database, viewer_id: int | None, limit: int = 100, before_id: int | None = None
+) -> tuple[list[PretrainedModel], int | None]:
+    """Newest first: the viewer's models and the shared ones (every model for None, an
+    admin); the cursor of the next page, or None."""
+    query = select(PretrainedModel).order_by(PretrainedModel.id.desc()).limit(limit + 1)
+    if viewer_id is not None:
+        query = query.where(
+            or_(PretrainedModel.owner_id == viewer_id, PretrainedModel.shared.is_(True))
+        )
+    if before_id is not None:
+        query = query.where(PretrainedModel.id < before_id)
+    with db.session() as session:
+        rows = list(session.scalars(query))
+    return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+
+
+def get_model(db: Database, model_id: int) -> PretrainedModel | None:
+    with db.session() as session:
+        return session.get(PretrainedModel, model_id)
+
+
+def visible(model: PretrainedModel, user_id: int, is_admin: bool) -> bool:
+    """Whether a user may see and use a model: their own, a shared one, or any for an admin."""
+    return is_admin or model.shared or model.owner_id == user_id
+
+
+def delete_model(db: Database, store: ArtifactStore, model_id: int) -> None:
+    """Delete a model no queued or running job uses; its archive goes with the last model
+    of that content hash."""
+    with db.session() as session:
+        # The row lock orders this delete with a submission that names the model: whichever
+        # commits first, the other sees it (the in-use check, or the job's foreign key).
+        model = session.get(PretrainedModel, model_id, with_for_update=True)
+        if model is None:
+            return
+        users = list(
+            session.scalars(
+                select(Job.id).where(Job.base_model_id == model_id, Job.status.in_(ACTIVE_STATUSES))
+            )
+        )
+        if users:
+            raise ModelInUse(
+                f"model {model_id} is used by {'job' if len(users) == 1 else 'jobs'} "
+                f"{', '.join(map(str, sorted(users)))}; cancel or wait for them first"
+            )
+        uri, sha = model.uri, model.sha256
+        session.delete(model)
+        session.flush()
+        shared_file = session.scalar(select(exists().where(PretrainedModel.sha256 == sha)))
+    if not shared_file:
+        store.delete(uri)
+
+
+def set_shared(db: Database, model_id: int, shared: bool) -> PretrainedModel | None:
+    """Share a model with every user, or stop sharing it; None when there is no such model."""
+    with db.session() as session:
+        model = session.get(PretrainedModel, model_id, with_for_update=True)
+        if model is not None:
+            model.shared = shared
+        return model
+
+
+def reference_id(reference: str, field: str) -> int:
+    """The id of a `model:<id>` reference: ASCII digits, 1..2^63-1 (the column's range)."""
+    digits = reference.removeprefix("model:")
+    number = int(digits) if _ID.fullmatch(digits) else 0
+    if not 1 <= number <= MAX_ID:
+        raise ModelError(
+            f"invalid model reference {reference[:60]!r}: model:<id> takes a whole number "
+            f"from 1 to {MAX_ID}, in ASCII digits",
+            field,
+        )
+    return number
+
+
+def resolve_model(
+    db: Database, reference: str, owner_id: int, is_admin: bool, field: str
+) -> PretrainedModel:
+    """A spec's model reference -> a stored model the caller may use: `model:<id>`, or a
+    name (the caller's newest model of that name, else the newest shared one)."""
+    with db.session() as session:
+        if reference.startswith("model:"):
+            model = session.get(PretrainedModel, reference_id(reference, field))
+            if model is None or not visible(model, owner_id, is_admin):
+                raise ModelError(f"no model {reference[:60]!r} that you can use", field)
+            return model
+        newest = select(PretrainedModel).order_by(PretrainedModel.id.desc()).limit(1)
+        found = (
+            session.scalars(
+                newest.where(
+                    PretrainedModel.owner_id == owner_id, PretrainedModel.name == reference
+                )
+            ).first()
+            or session.scalars(
+                newest.where(PretrainedModel.shared.is_(True), PretrainedModel.name == reference)
+            ).first()
+        )
+    if found is None:
+        raise ModelError(
+            f"no model named {reference[:200]!r} that you can use (upload it with "
+            "`seqtrain models upload`, or use model:<id>)",
+            field,
+        )
+    return found
+
+
+def job_base_model(db: Database, job_id: int) -> PretrainedModel | None:
+    """The pretrained model a job fine-tunes, or None (a model trained from scratch, or a
+    base model deleted since)."""
+    with db.session() as session:
+        return session.scalars(
+            select(PretrainedModel)
+            .join(Job, Job.base_model_id == PretrainedModel.id)
+            .where(Job.id == job_id)
+        ).first()
