@@ -5,14 +5,15 @@ import pytest
 import torch
 
 from shared.data.text import PAD_ID
+from shared.registry import SCRATCH_TYPES
 from shared.spec import ModelSpec, estimate_parameters
-from shared.zoo import MODEL_TYPES, build_model
+from shared.zoo import build_model
 
 IGNORE = -100
 PAIRS = [
     (t, task)
     for task in ("classification", "tagging", "language_modeling")
-    for t in MODEL_TYPES
+    for t in SCRATCH_TYPES  # pretrained models: tests/test_pretrained.py
     if not (task == "language_modeling" and t == "bilstm")
 ]
 
@@ -77,7 +78,7 @@ def test_parameter_estimate_is_exact(model_type, task, option):
     assert estimate_parameters(spec, 30, 3, task) == actual
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", SCRATCH_TYPES)
 @pytest.mark.parametrize("task", ["classification", "tagging"])
 @pytest.mark.parametrize("pooling", ["last", "mean", "max", "attention"])
 def test_padding_never_changes_the_result(model_type, task, pooling):

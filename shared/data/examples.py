@@ -3,7 +3,8 @@
 
 classification  one text -> one label            SequenceExamples (targets: ints)
 tagging         tokens -> one tag per token      SequenceExamples (targets: a tag per piece,
-                                                 IGNORE on all but each word's first piece)
+                                                 IGNORE on all but each word's first piece
+                                                 and on a pretrained model's special tokens)
 language_modeling  one token stream              StreamExamples (fixed-context windows, the
                                                  window grid shifted by a seeded offset per epoch)
 
@@ -227,9 +228,9 @@ def prepare_tagging(
         index = _label_ids(labels, {t for r in rows for t in r["tags"]}, split, "tags")
         ids, targets = [], []
         for row in rows:
-            pieces, words = tokenizer.encode_words(row["tokens"])
-            pieces, words = pieces[: data.max_length], words[: data.max_length]
-            first = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+            # Truncated by the tokenizer, which keeps a pretrained model's [SEP] (word -1).
+            pieces, words = tokenizer.encode_words(row["tokens"], data.max_length)
+            first = [w >= 0 and (i == 0 or words[i - 1] != w) for i, w in enumerate(words)]
             ids.append(pieces)
             targets.append(
                 [index[row["tags"][w]] if f else IGNORE for w, f in zip(words, first, strict=True)]
@@ -258,7 +259,8 @@ def prepare_language_modeling(
     tokenizer = tokenizer or _tokenizer(data, [train_text])
 
     def stream(body: str) -> StreamExamples:
-        ids = torch.tensor(tokenizer.encode(body), dtype=torch.long)
+        # Running text: no per-text special tokens (a pretrained model's BOS once at most).
+        ids = torch.tensor(tokenizer.encode_stream(body), dtype=torch.long)
         if len(ids) < 2:
             raise DataError("the text is too short for language modelling")
         return StreamExamples(ids, data.max_length)

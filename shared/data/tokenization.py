@@ -1,4 +1,5 @@
-"""Tokenizers a training job can ask for: word, char, bpe and wordpiece, behind one interface.
+"""Tokenizers a training job can ask for: word, char, bpe and wordpiece, behind one interface;
+"pretrained" is a base model's own tokenizer (built by shared.zoo.pretrained, never trained).
 
     tok = train_tokenizer("bpe", texts, vocab_size=2000)
     ids = tok.encode("To be, or not to be", max_length=128)
@@ -10,7 +11,8 @@ Every kind reserves the ids of shared/text.py: <pad> = 0 never appears in an enc
 to [<unk>]. `vocab_size` counts every id, <pad> and <unk> included, as the `tokenizers`
 library counts it (shared.data.text.Vocabulary's `max_size` counts only the learned tokens).
 A tokenizer saves to a JSON-compatible dict (never pickle), so it rides in a checkpoint's
-metadata; bpe and wordpiece keep the `tokenizers` library's own JSON (`Tokenizer.to_str()`).
+metadata; bpe, wordpiece and pretrained keep the `tokenizers` library's own JSON
+(`Tokenizer.to_str()`); a pretrained one keeps its model's ids, not the reserved ones.
 """
 
 from __future__ import annotations
@@ -60,8 +62,19 @@ class Tokenizer(ABC):
         """Ids of pre-split words (CoNLL tokens, say); see `encode_words` for the alignment."""
         return self.encode_words(tokens)[0]
 
-    def encode_words(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
-        """Ids of pre-split words and, for each id, the index of the word it came from.
+    def encode_stream(self, text: str) -> list[int]:
+        """Ids of running text for a language model's token stream (never empty)."""
+        return self.encode(text)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Ids a generation starts from: the prompt's, or a newline's for an empty prompt."""
+        return self.encode(prompt) if prompt else [self.encode("\n")[0]]
+
+    def encode_words(
+        self, tokens: Sequence[str], max_length: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Ids of pre-split words (at most `max_length`) and, for each id, the index of the
+        word it came from (-1 for a special token the model adds, such as [CLS]).
 
         A word may give several ids (subwords for bpe and wordpiece, characters for char,
         punctuation split off for word) and always gives at least one (<unk> when it spells
@@ -75,7 +88,7 @@ class Tokenizer(ABC):
             pieces = self._encode(token if i == 0 else " " + token) or [UNK_ID]
             ids += pieces
             word_index += [i] * len(pieces)
-        return ids, word_index
+        return ids[:max_length], word_index[:max_length]
 
 
 # Unknown whole tokens keep their shape: a capitalised word the vocabulary never saw is
@@ -126,15 +139,17 @@ class WordTokenizer(Tokenizer):
             Vocabulary((*SPECIAL_TOKENS, *SHAPE_TOKENS, *keep), lowercase), whole_tokens=True
         )
 
-    def encode_words(self, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+    def encode_words(
+        self, tokens: Sequence[str], max_length: int | None = None
+    ) -> tuple[list[int], list[int]]:
         if not self.whole_tokens:
-            return super().encode_words(tokens)
+            return super().encode_words(tokens, max_length)
         lower = self.vocab.lowercase
         ids = [
             self._index.get(t.lower() if lower else t) or self._index.get(word_shape(t), UNK_ID)
-            for t in tokens
+            for t in tokens[:max_length]
         ]
-        return ids, list(range(len(tokens)))
+        return ids, list(range(len(ids)))
 
     @classmethod
     def train(
@@ -292,6 +307,84 @@ class SubwordTokenizer(Tokenizer):
         return {"kind": self.kind, "tokenizer": self.tokenizer.to_str()}
 
 
+class PretrainedTokenizer(Tokenizer):
+    """A base model's own `tokenizers.Tokenizer` (tokenizer.json): its ids, and the special
+    tokens its post-processor puts around a text, which `encode` adds and truncation keeps
+    ([CLS] ... [SEP] for BERT; none for GPT-2). `vocab_size` is the model's embedding rows.
+    A language model's stream starts with the model's BOS, once."""
+
+    kind = "pretrained"
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        vocab_size: int,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        unk_id: int | None = None,
+    ) -> None:
+        if (count := tokenizer.get_vocab_size(with_added_tokens=True)) > vocab_size:
+            raise ValueError(f"the tokenizer has {count} ids but the model embeds {vocab_size}")
+        tokenizer.no_truncation()  # we truncate, keeping the special tokens
+        tokenizer.no_padding()  # the loader pads each batch; the attention mask marks pads
+        tokenizer.encode_special_tokens = True  # a "[CLS]" typed in a text is text
+        self.tokenizer, self._vocab_size = tokenizer, vocab_size
+        self.bos_id, self.eos_id, self.unk_id = bos_id, eos_id, unk_id
+        # A single text's post-processing is a fixed template: specials, the text, specials.
+        probe = tokenizer.encode("a", add_special_tokens=True)
+        text = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        cut = (text[0], text[-1] + 1) if text else (len(probe.ids), len(probe.ids))
+        self.prefix, self.suffix = probe.ids[: cut[0]], probe.ids[cut[1] :]
+        # What an input that spells nothing encodes to (a byte-level model has no <unk>).
+        self.nothing = next((i for i in (unk_id, bos_id, eos_id) if i is not None), 0)
+        added = tokenizer.get_added_tokens_decoder().items()
+        self._hidden = {bos_id, eos_id} | {i for i, t in added if t.special and i != unk_id}
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _room(self, max_length: int | None) -> int | None:
+        """How many of a text's own ids fit in `max_length` beside the special tokens."""
+        specials = len(self.prefix) + len(self.suffix)
+        return None if max_length is None else max(max_length - specials, 0)
+
+    def encode(self, text: str, max_length: int | None = None) -> list[int]:
+        ids = self.prefix + self._encode(text)[: self._room(max_length)] + self.suffix
+        return ids[:max_length] or [self.nothing]
+
+    def encode_stream(self, text: str) -> list[int]:
+        return ([] if self.bos_id is None else [self.bos_id]) + self._encode(text) or [self.nothing]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.encode(prompt) if prompt else self.encode_stream("")[:1]
+
+    def encode_words(
+        self, tokens: Sequence[str], max_length: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        words: list[int] = []
+        for i, token in enumerate(tokens):
+            pieces = self._encode(token if i == 0 else " " + token) or [self.nothing]
+            ids += pieces
+            words += [i] * len(pieces)
+        room = self._room(max_length)
+        words = [-1] * len(self.prefix) + words[:room] + [-1] * len(self.suffix)
+        return (self.prefix + ids[:room] + self.suffix)[:max_length], words[:max_length]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        # Not skip_special_tokens: that would hide the unknown token too.
+        return self.tokenizer.decode([i for i in ids if i not in self._hidden], False)
+
+    def to_dict(self) -> dict[str, Any]:
+        ids = {"bos_id": self.bos_id, "eos_id": self.eos_id, "unk_id": self.unk_id}
+        json_str = self.tokenizer.to_str()
+        return {"kind": self.kind, "tokenizer": json_str, "vocab_size": self._vocab_size, **ids}
+
+
 def _alphabet_counts(tokenizer: tokenizers.Tokenizer, texts: list[str]) -> Counter[str]:
     """How often each character occurs after normalizing and pre-tokenizing (for ByteLevel,
     each byte's stand-in character), i.e. in the alphabet the trainer sees."""
@@ -349,4 +442,8 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(data["tokens"], bool(data["lowercase"]))
     if kind in ("bpe", "wordpiece"):
         return SubwordTokenizer(kind, tokenizers.Tokenizer.from_str(data["tokenizer"]))
+    if kind == PretrainedTokenizer.kind:
+        ids = (data.get(key) for key in ("bos_id", "eos_id", "unk_id"))
+        backend = tokenizers.Tokenizer.from_str(data["tokenizer"])
+        return PretrainedTokenizer(backend, int(data["vocab_size"]), *ids)
     raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {', '.join(KINDS)}")

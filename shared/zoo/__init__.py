@@ -11,11 +11,16 @@ tagger.py      per-token tag scores (B, T, K), CRF or softmax; TaggingTask
 lm.py          next-token logits (B, T, V), sampling; LanguageModelingTask
 crf.py         linear-chain CRF: forward algorithm and Viterbi
 entity_metrics.py  entity-level precision / recall / F1, the CoNLL way (torch-free)
-checkpoints.py one safetensors file per checkpoint: save / load (no pickle)
+pretrained.py  Hugging Face base models (type pretrained): encoder, causal LM, tokenizer,
+               freeze, LoRA; offline always
+checkpoints.py one safetensors file per checkpoint: save / load (no pickle); the model's
+               state without frozen base weights
 statecodec.py  nested state dicts <-> safetensors tensors + JSON (no pickle anywhere)
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
@@ -25,15 +30,21 @@ from shared.zoo.encoders import build_encoder
 
 
 def build_model(
-    spec: ModelSpec, task: str, vocab_size: int, num_classes: int, max_length: int
+    spec: ModelSpec,
+    task: str,
+    vocab_size: int,
+    num_classes: int,
+    max_length: int,
+    backbone: Path | None = None,
 ) -> nn.Module:
-    """The model for a task: `num_classes` labels (classification) or tags (tagging)."""
+    """The model for a task: `num_classes` labels (classification) or tags (tagging);
+    `backbone` is the base model's directory for type pretrained."""
     info = task_info(task)
     if spec.type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {spec.type!r}; valid: {', '.join(MODEL_TYPES)}")
     if spec.type not in info.model_types:
         raise ValueError(info.model_type_reason)
-    return info.plugin().build(spec, vocab_size, num_classes, max_length)
+    return info.plugin().build(spec, vocab_size, num_classes, max_length, backbone=backbone)
 
 
 __all__ = ["MODEL_TYPES", "build_encoder", "build_model"]

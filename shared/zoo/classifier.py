@@ -1,8 +1,10 @@
 """Text classifier: encoder states -> one pooled vector -> label logits; the classification
-task's plug-in (labels, accuracy)."""
+task's plug-in (labels, accuracy). A pretrained encoder pools its first token (`cls`) or
+the mean, max or attention over real tokens."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +33,8 @@ class Classifier(nn.Module):
         """(B, T, D) -> (B, D), never reading a pad."""
         if self.pooling == "last" and last is not None:
             return last
+        if self.pooling == "cls":
+            return states[:, 0]  # the first token: [CLS] for BERT-family encoders
         keep = (~padding).unsqueeze(-1)  # (B, T, 1)
         if self.pooling == "max":
             return states.masked_fill(~keep, float("-inf")).amax(1)
@@ -63,11 +67,19 @@ class ClassificationTask(Task):
     prepare_examples = staticmethod(prepare_classification)
 
     def build(
-        self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
+        self,
+        model: ModelSpec,
+        vocab_size: int,
+        num_labels: int,
+        max_length: int,
+        backbone: Path | None = None,
     ) -> nn.Module:
-        encoder = build_encoder(model, vocab_size, max_length, causal=False)
-        # A transformer has no last state to pool: it always takes the mean over real tokens.
-        pooling = "mean" if model.type == "transformer" else model.pooling
+        encoder = build_encoder(model, vocab_size, max_length, causal=False, backbone=backbone)
+        # A transformer has no last state to pool: a scratch one always takes the mean over
+        # real tokens, a pretrained one the mean unless the spec names another pooling.
+        pooling = model.pooling
+        if model.type == "transformer" or (model.type == "pretrained" and pooling == "last"):
+            pooling = "mean"
         return Classifier(encoder, num_labels, pooling, model.dropout)
 
     def count_targets(self, targets: torch.Tensor) -> int:

@@ -4,12 +4,13 @@ RecurrentEncoder    rnn / gru / lstm / bilstm: no pad ever reaches a state that 
                     (one dense call for one direction, packed sequences for two)
 TransformerEncoder  sinusoidal positions, pre-norm layers, key-padding mask; causal for LMs
 Both return (states (B, T, D), padding mask (B, T) True at pads, last state or None) and
-expose `width` = D.
+expose `width` = D; so does shared.zoo.pretrained's PretrainedEncoder (type pretrained).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -167,7 +168,15 @@ class TransformerEncoder(nn.Module):
         return hidden, padding, None
 
 
-def build_encoder(spec: ModelSpec, vocab_size: int, max_length: int, causal: bool) -> nn.Module:
+def build_encoder(
+    spec: ModelSpec, vocab_size: int, max_length: int, causal: bool, backbone: Path | None = None
+) -> nn.Module:
+    """The encoder `spec` names; type pretrained loads the base model in `backbone` (an
+    encoder: causal language models are built whole by lm.py)."""
+    if spec.type == "pretrained":
+        from shared.zoo.pretrained import pretrained_encoder
+
+        return pretrained_encoder(backbone, spec)
     if spec.type == "transformer":
         return TransformerEncoder(
             vocab_size,

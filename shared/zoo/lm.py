@@ -1,9 +1,11 @@
 """Language model: encoder states -> next-token logits; sampling with temperature and top-k;
-the language-modelling task's plug-in (loss in nats per token, perplexity)."""
+the language-modelling task's plug-in (loss in nats per token, perplexity). A pretrained
+causal model (shared.zoo.pretrained) brings its own output layer and the same contract."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +53,26 @@ class LanguageModel(nn.Module):
         for _ in range(length):
             window = torch.tensor([ids[-self.max_length :]], device=device)
             logits, _ = self(window, torch.tensor([window.size(1)], device=device))
-            logits = logits[0, -1].float() / max(temperature, 1e-6)  # (V,)
-            if top_k is not None and top_k < logits.numel():
-                kth = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            logits[:2] = float("-inf")  # never <pad> or <unk>
-            probs = torch.softmax(logits, dim=-1)
-            ids.append(int(torch.multinomial(probs, 1, generator=generator)))
+            ids.append(sample_next(logits[0, -1], temperature, top_k, generator, banned=2))
         return ids[len(prompt) :]
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    banned: int = 0,
+) -> int:
+    """One token drawn from next-token `logits` (V,) at `temperature`, among the `top_k` most
+    likely, never one of the first `banned` ids (our <pad> and <unk>)."""
+    logits = logits.float() / max(temperature, 1e-6)  # (V,)
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits[:banned] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 class LanguageModelingTask(Task):
@@ -67,8 +81,17 @@ class LanguageModelingTask(Task):
     prepare_examples = staticmethod(prepare_language_modeling)
 
     def build(
-        self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
+        self,
+        model: ModelSpec,
+        vocab_size: int,
+        num_labels: int,
+        max_length: int,
+        backbone: Path | None = None,
     ) -> nn.Module:
+        if model.type == "pretrained":
+            from shared.zoo.pretrained import pretrained_language_model
+
+            return pretrained_language_model(backbone, model)
         encoder = build_encoder(model, vocab_size, max_length, causal=True)
         return LanguageModel(encoder, vocab_size, max_length)
 
@@ -87,7 +110,7 @@ class LanguageModelingTask(Task):
     ) -> str:
         """`prompt` continued by `length` sampled tokens (seeded: the same text each time)."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        ids = tokenizer.encode(prompt) if prompt else [tokenizer.encode("\n")[0]]
+        ids = tokenizer.prompt_ids(prompt)
         new = model.generate(ids, length, temperature, top_k, generator)  # type: ignore[operator]
         text = tokenizer.decode(new)
         # Words are joined by spaces, so the continuation of a word-level prompt starts with one.

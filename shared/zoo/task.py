@@ -10,6 +10,7 @@ finish into metrics, and what inference returns (labels, tags, samples).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,8 +84,14 @@ class Task:
         return self.prepare_examples(data, seed, splits, tokenizer, labels)
 
     def build(
-        self, model: ModelSpec, vocab_size: int, num_labels: int, max_length: int
+        self,
+        model: ModelSpec,
+        vocab_size: int,
+        num_labels: int,
+        max_length: int,
+        backbone: Path | None = None,
     ) -> nn.Module:
+        """The task's model; `backbone` is the base model's directory for type pretrained."""
         raise NotImplementedError
 
     def count_targets(self, targets: torch.Tensor) -> int:
