@@ -5,9 +5,13 @@ torch is imported on the first prediction only; each checkpoint is loaded once p
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response
+from shared.hub.cache import checkout
 
 from api import offload, services
 from api.auth import require_principal
@@ -16,6 +20,7 @@ from api.http import JOB, json_body, owned_job, reply
 from api.openapi import API_PREFIX, operation
 from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, PredictResponse
 from shared import jobs
+from shared.hub import registry as hub
 from shared.infra.models import Job
 from shared.registry import InferenceInputError, tasks_serving
 
@@ -37,13 +42,24 @@ def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
     ckpt = jobs.best_checkpoint(svc.db, job.id)
     if ckpt is None or not svc.store.exists(ckpt.uri):
         raise ApiError(409, "conflict", f"job {job.id} has no checkpoint yet")
-    return ckpt.id, offload.run(_load_predictor, str(svc.store.path(ckpt.uri)), ckpt.sha256)
+    backbone = None
+    if job.base_model_id is not None or job.model_type == "pretrained":
+        base = hub.get_model(svc.db, job.base_model_id) if job.base_model_id else None
+        if base is None:
+            raise ApiError(409, "conflict", f"job {job.id}'s base model was deleted")
+        limit = svc.settings.max_model_bytes
+        backbone = functools.partial(
+            checkout, svc.store, base.uri, base.sha256, svc.settings.cache_dir, limit
+        )
+    path = str(svc.store.path(ckpt.uri))
+    return ckpt.id, offload.run(_load_predictor, path, ckpt.sha256, backbone)
 
 
-def _load_predictor(path: str, sha256: str) -> Predictor:
+def _load_predictor(path: str, sha256: str, backbone: Callable[[], Path] | None) -> Predictor:
     from api.predictor import load_predictor  # torch, on first use only
 
-    return load_predictor(path, sha256)
+    # A base model is unpacked once per hash into this machine's cache.
+    return load_predictor(path, sha256, str(backbone()) if backbone else None)
 
 
 @operation(

@@ -46,6 +46,7 @@ from api.errors import ApiError
 from api.models import page_rows
 from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
+from shared.hub import registry as hub
 from shared.auth import Principal
 
 bp = Blueprint("pages", __name__)
@@ -109,7 +110,8 @@ def job_page(job_id: int) -> Any:
     job = visible_job(job_id)
     if job is None:
         return render_template("missing.html", what=f"Job {job_id}"), 404
-    return render_template("job.html", job=job, spec_text=spec_yaml(job.spec))
+    base = hub.get_model(services().db, job.base_model_id) if job.base_model_id else None
+    return render_template("job.html", job=job, spec_text=spec_yaml(job.spec), base=base)
 
 
 @bp.get("/workers")

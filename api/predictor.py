@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from shared.data.tokenization import Tokenizer, tokenizer_from_dict
 from shared.registry import task_info
 from shared.spec import JobSpec
 from shared.zoo import build_model
-from shared.zoo.checkpoints import load_checkpoint
+from shared.zoo.checkpoints import load_checkpoint, load_model_state
 from shared.zoo.task import Task
 
 
@@ -53,17 +54,26 @@ class Predictor:
 
 
 @functools.lru_cache(maxsize=4)
-def load_predictor(path: str, sha256: str) -> Predictor:
-    """The model of a checkpoint file, in eval mode on the CPU (cached by path and content hash)."""
+def load_predictor(path: str, sha256: str, backbone: str | None = None) -> Predictor:
+    """The model of a checkpoint file, in eval mode on the CPU (cached by path and content
+    hash); `backbone` is the unpacked base model a pretrained job was fine-tuned from."""
     del sha256  # part of the cache key: a replaced file is a new entry
     state = load_checkpoint(path)
     spec = JobSpec.model_validate(state["spec"])
     tokenizer = tokenizer_from_dict(state["tokenizer"])
     labels = list(state["labels"])
+    base = Path(backbone) if backbone else None
+    if state.get("base_model") != (base.name if base else None):
+        raise ValueError(f"{path} was fine-tuned from base model {state.get('base_model')}")
     model = build_model(
-        spec.model, spec.task, tokenizer.vocab_size, max(len(labels), 2), spec.data.max_length
+        spec.model,
+        spec.task,
+        tokenizer.vocab_size,
+        max(len(labels), 2),
+        spec.data.max_length,
+        backbone=base,
     )
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"])
     model.eval()
     return Predictor(
         spec, task_info(spec.task).plugin(), model, tokenizer, labels, threading.Lock()

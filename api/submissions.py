@@ -18,6 +18,7 @@ from flask import request
 
 from api import services
 from api.auth import current_principal
+from api.basemodels import pin_base_model
 from api.batching import GroupCommit
 from api.errors import ApiError
 from shared import jobs
@@ -108,18 +109,27 @@ def submit(
     registered worker could hold is refused with the numbers; `note` is the message of the
     new job's first event (default "submitted"), written in the same transaction."""
     svc, principal = services(), current_principal()
+    spec, base = pin_base_model(spec)
     if key is not None:  # a retried request: looked up here, in parallel, not in the flush
         earlier = jobs.keyed_job(svc.db, principal.user_id, key)
         if earlier is not None:
             return replayed(earlier, spec)
     links = resolve_datasets(spec) if datasets is None else dict(datasets)
+    facts = None if base is None else {"parameters": base.parameters, **base.summary}
     try:  # a job no registered worker could ever hold is refused, with the numbers
-        estimate = check_placement(svc.db, spec, svc.settings)
+        estimate = check_placement(svc.db, spec, svc.settings, facts)
     except PlacementError as exc:
         fields = [{"path": exc.field, "message": exc.message, "type": "placement"}]
         raise ApiError(422, "validation_error", f"invalid job spec: {exc.field}", fields) from None
     new = NewJob(
-        spec, principal.user_id, principal.name, links, key, estimate, message=note or "submitted"
+        spec,
+        principal.user_id,
+        principal.name,
+        links,
+        key,
+        estimate,
+        message=note or "submitted",
+        base_model_id=base.id if base is not None else None,
     )
     try:
         job_id, enqueued = svc.submissions.submit(new)
@@ -128,8 +138,8 @@ def submit(
     except DatasetGone as gone:  # deleted between resolving and storing the job
         raise deleted_datasets(
             {
-                role: f"dataset:{dataset_id} was deleted"
-                for role, dataset_id in gone.datasets.items()
+                role: f"{'model' if role == 'model' else 'dataset'}:{ref} was deleted"
+                for role, ref in gone.datasets.items()
             }
         ) from None
     return Submitted(job_id, "queued", enqueued)
@@ -139,6 +149,7 @@ ROLE_FIELDS = {
     "train": "data.dataset",
     "validation": "data.validation_dataset",
     "test": "data.test_dataset",
+    "model": "model.pretrained",
 }
 
 

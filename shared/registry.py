@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 # (model, encoder width, vocabulary size, label count) -> a number about the task's head.
 HeadFormula = Callable[["ModelSpec", int, int, int], Any]
 
-ModelType = Literal["rnn", "gru", "lstm", "bilstm", "transformer"]
+ModelType = Literal["rnn", "gru", "lstm", "bilstm", "transformer", "pretrained"]
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 RECURRENT_TYPES = ("rnn", "gru", "lstm", "bilstm")
+# Trained from scratch, sized by the spec; "pretrained" is a base model from the registry
+# (shared.hub), sized by its own config.
+SCRATCH_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
 # Gate blocks per recurrent cell: an LSTM's four (input, forget, cell, output), a GRU's three.
 RECURRENT_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}
 
@@ -132,9 +135,9 @@ TASKS: dict[str, TaskInfo] = {
             head_parameters=_vocabulary_head,
             head_activations=_vocabulary_activations,
             serves="generate",
-            model_types=("rnn", "gru", "lstm", "transformer"),
+            model_types=("rnn", "gru", "lstm", "transformer", "pretrained"),
             model_type_reason="a bidirectional model reads the tokens it must predict; use rnn, "
-            "gru, lstm or transformer for language_modeling",
+            "gru, lstm, transformer or a pretrained causal model for language_modeling",
         ),
         TaskInfo(
             name="tagging",

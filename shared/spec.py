@@ -7,12 +7,14 @@ spec asking for a model no worker could hold is a 422 at submit, not an OOM in a
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shared.data.datasets import BUILTIN_DATASETS
-from shared.registry import MODEL_TYPES, RECURRENT_GATES, TASKS, ModelType, TaskName, describe_tasks
+from shared.registry import MODEL_TYPES, TASKS, ModelType, TaskName, describe_tasks
+from shared.sizes import estimate_parameters
 
 # Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
 # 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
@@ -25,8 +27,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class LoraSpec(_Section):
+    r: int = Field(8, ge=1, le=1024, description="Rank of each low-rank update.")
+    alpha: float = Field(16.0, gt=0.0, le=100_000.0, description="Scale of the update (alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description='Names of the modules that get adapters (e.g. ["query", "value"]); '
+        "null: peft's defaults for the model's architecture.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or ():
+            if not re.fullmatch(r"[A-Za-z0-9_.]{1,100}", name):
+                raise ValueError(f"{name[:40]!r} is not a module name (letters, digits, _ and .)")
+        return names
+
+
+# The fields that size a model trained from scratch; a pretrained model's config sizes it.
+SCRATCH_SIZE_FIELDS = ("embedding_dim", "hidden_size", "num_layers", "nhead", "dim_feedforward")
+
+
 class ModelSpec(_Section):
-    type: ModelType = Field("lstm", description="Architecture: " + " | ".join(MODEL_TYPES) + ".")
+    type: ModelType = Field(
+        "lstm",
+        description="Architecture: "
+        + " | ".join(MODEL_TYPES)
+        + " (pretrained: fine-tune a base model from the model registry, `model.pretrained`).",
+    )
     embedding_dim: int = Field(
         128, ge=2, le=4096, description="Token embedding width (the transformer's d_model)."
     )
@@ -48,23 +80,76 @@ class ModelSpec(_Section):
         description="Feed-forward width inside each encoder layer (transformer only).",
     )
 
-    pooling: Literal["last", "mean", "max", "attention"] = Field(
+    pooling: Literal["last", "mean", "max", "attention", "cls"] = Field(
         "last",
-        description="classification with a recurrent model: how token states become one vector "
-        "(last real state, mean or max over real tokens, or learned attention). Transformers "
-        "always pool with the mean over real tokens.",
+        description="classification: how token states become one vector (last real state, "
+        "mean or max over real tokens, learned attention, or the first token: `cls`, pretrained "
+        "encoders only). A transformer trained from scratch always pools with the mean; a "
+        "pretrained model pools with the mean unless set.",
     )
     crf: bool = Field(
         True,
-        description="tagging: a CRF over the tag scores (BiLSTM-CRF); false: per-token softmax.",
+        description="tagging: a CRF over the tag scores (BiLSTM-CRF; on a pretrained model, over "
+        "each word's first sub-token); false: per-token softmax.",
+    )
+    pretrained: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=PRINTABLE,
+        description="type pretrained: the base model, `model:<id>` or the name of a model in the "
+        "registry (yours, else a shared one); pinned at submit.",
+    )
+    freeze: Literal["none", "embeddings", "encoder"] = Field(
+        "none",
+        description="type pretrained: parts of the base model kept fixed (encoder: only the head "
+        "trains).",
+    )
+    lora: LoraSpec | None = Field(
+        None,
+        description="type pretrained: train low-rank adapters (LoRA, with peft) instead of the "
+        "base weights; checkpoints then hold only the adapters and the head.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="type pretrained: recompute the base model's activations in backward "
+        "(less memory, about a third slower).",
     )
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelSpec:
+    def _consistent(self) -> ModelSpec:
         if self.type == "transformer" and self.embedding_dim % self.nhead != 0:
             raise ValueError(
                 f"embedding_dim ({self.embedding_dim}) must be divisible by nhead ({self.nhead})"
             )
+        # Judged by value, not by what the client wrote: a stored spec lists every field.
+        fields = type(self).model_fields
+        if self.type != "pretrained":
+            given = [
+                name
+                for name in ("pretrained", "freeze", "lora", "gradient_checkpointing")
+                if getattr(self, name) != fields[name].default
+            ]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{', '.join(given)} {verb} only to type pretrained")
+            if self.pooling == "cls":
+                raise ValueError("pooling cls needs a pretrained encoder (type pretrained)")
+            return self
+        if self.pretrained is None:
+            raise ValueError("type pretrained needs `pretrained`: model:<id> or a model's name")
+        sized = [
+            name for name in SCRATCH_SIZE_FIELDS if getattr(self, name) != fields[name].default
+        ]
+        if sized:
+            raise ValueError(
+                f"{', '.join(sized)}: a pretrained model's sizes come from its config; leave "
+                "them out"
+            )
+        if self.pooling == "last":
+            if "pooling" in self.model_fields_set:
+                raise ValueError("pooling last is for recurrent models; use cls or mean")
+            return self.model_copy(update={"pooling": "mean"})
         return self
 
 
@@ -176,7 +261,15 @@ class TrainingSpec(_Section):
         None,
         ge=0,
         le=1_000_000,
-        description="Linear warmup steps; null: 5% of all steps, at most 200.",
+        description="Linear warmup steps; null: warmup_ratio of all steps, or 5% of them, at most "
+        "200, when that is null too.",
+    )
+    warmup_ratio: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.5,
+        description="Warmup as a fraction of all steps, when warmup_steps is null (pretrained "
+        "models: 0.06 unless set).",
     )
     early_stopping_patience: int | None = Field(
         None,
@@ -271,6 +364,13 @@ class JobSpec(_Section):
         facts = TASKS[task]
         if model.type not in facts.model_types:
             raise ValueError(facts.model_type_reason)
+        if model.type == "pretrained":  # sized by its config: checked against it at submit
+            if data.tokenizer != TokenizerSpec():
+                raise ValueError(
+                    "data.tokenizer: a pretrained model uses its own tokenizer; leave that "
+                    "section out"
+                )
+            return model
         kinds = facts.tokenizer_kinds
         if kinds is not None and data.tokenizer.kind not in kinds:
             raise ValueError(
@@ -285,6 +385,33 @@ class JobSpec(_Section):
             )
         return model
 
+    @model_validator(mode="after")
+    def _pretrained(self) -> JobSpec:
+        """A pretrained model brings its tokenizer, and trains with fine-tuning's defaults
+        (AdamW, lr 3e-5, linear decay, 6% warmup, weight decay 0.01) unless the spec says
+        otherwise."""
+        if self.model.type != "pretrained":
+            return self
+        given = self.training.model_fields_set
+        tuned = {
+            name: value
+            for name, value in FINE_TUNING_DEFAULTS.items()
+            if name not in given and not (name == "warmup_ratio" and "warmup_steps" in given)
+        }
+        if not tuned:
+            return self
+        training = self.training.model_copy(update=tuned)
+        return self.model_copy(update={"training": training})
+
+
+# What a pretrained model trains with unless the spec's `training` says otherwise.
+FINE_TUNING_DEFAULTS: dict[str, Any] = {
+    "lr": 3e-5,
+    "scheduler": "linear",
+    "warmup_ratio": 0.06,
+    "weight_decay": 0.01,
+}
+
 
 def dataset_references(spec: JobSpec) -> dict[str, str | None]:
     """role -> the reference each split trains or evaluates on (the task's built-in by default)."""
@@ -298,29 +425,3 @@ def dataset_references(spec: JobSpec) -> dict[str, str | None]:
 def parse_spec(payload: Any) -> JobSpec:
     """Validate a decoded JSON/YAML document into a JobSpec (raises pydantic.ValidationError)."""
     return JobSpec.model_validate(payload)
-
-
-def estimate_parameters(
-    model: ModelSpec, vocab_size: int, num_classes: int, task: str = "classification"
-) -> int:
-    """Exact trainable-parameter count of the zoo's model for these sizes (no torch needed).
-
-    `num_classes` is the label count (classification), tag count (tagging); unused for
-    language modelling, whose head predicts the vocabulary.
-    """
-    emb, hidden, layers = model.embedding_dim, model.hidden_size, model.num_layers
-    total = vocab_size * emb  # token embedding
-    if model.type == "transformer":
-        ff = model.dim_feedforward
-        # attention in/out projections 4E^2+4E, feed-forward 2EF+F+E, two LayerNorms 4E
-        total += layers * (4 * emb * emb + 2 * emb * ff + 9 * emb + ff)
-        total += 2 * emb  # final LayerNorm (pre-norm encoder)
-        width = emb
-    else:
-        gates = RECURRENT_GATES[model.type]
-        directions = 2 if model.type == "bilstm" else 1
-        for layer in range(layers):
-            inputs = emb if layer == 0 else hidden * directions
-            total += directions * gates * (inputs * hidden + hidden * hidden + 2 * hidden)
-        width = hidden * directions
-    return total + int(TASKS[task].head_parameters(model, width, vocab_size, num_classes))

@@ -110,6 +110,8 @@ def base_settings(database_url: str, redis_url: str, artifact_root: Path) -> Set
         database_url=database_url,
         redis_url=redis_url,
         artifact_root=artifact_root,
+        # Base models unpack beside the store, not under the checkout's var/.
+        cache_dir=artifact_root.parent / f"{artifact_root.name}-cache",
         default_queue=f"test-{backend}-{uuid.uuid4().hex[:8]}",
         worker_name="pytest",
         secret_key="test-secret-" + uuid.uuid4().hex,
@@ -199,6 +201,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         ARTIFACT_ROOT=str(settings.artifact_root),
+        SEQTRAIN_CACHE_DIR=str(settings.cache_dir),
         SEQTRAIN_DEFAULT_QUEUE=settings.default_queue,
         SEQTRAIN_CANCEL_POLL_SECONDS="0.1",
         SEQTRAIN_KILL_GRACE_SECONDS="0.5",

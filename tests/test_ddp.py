@@ -48,7 +48,40 @@ SPECS: dict[str, dict[str, Any]] = {
         training={"epochs": 50, "max_steps": STEPS, "log_every_steps": 1, "lr": 0.01},
         checkpoint={"every_steps": 5, "keep_last": 50},
     ),
+    # A pretrained encoder (tiny BERT, its own dropout off) with LoRA adapters and a head.
+    "pretrained": {
+        **tiny_spec(training={"epochs": 2, "max_steps": STEPS, "log_every_steps": 1, "lr": 0.01}),
+        "model": {
+            "type": "pretrained",
+            "pretrained": "tiny",
+            "dropout": 0.0,
+            "lora": {"r": 4, "dropout": 0.0},
+        },
+        "checkpoint": {"every_steps": 5, "keep_last": 50},
+    },
 }
+BACKBONE_ENV = "SEQTRAIN_TEST_BACKBONE"
+# The tiny BERT's folder for the single-process runs (the ranks read BACKBONE_ENV).
+BUILT: dict[str, Path] = {}
+
+
+def backbone_for(name: str) -> Path | None:
+    if name != "pretrained":
+        return None
+    return Path(os.environ[BACKBONE_ENV]) if BACKBONE_ENV in os.environ else BUILT["bert"]
+
+
+def build_backbone(folder: Path) -> Path:
+    """A tiny BERT over the sentiment words, without dropout (masks differ by rank)."""
+    from shared.data.datasets import BUILTIN_DATASETS, load
+    from tests.hfmodels import tiny_bert
+
+    rows = load(BUILTIN_DATASETS["sentiment"], None).rows  # type: ignore[arg-type]
+    bert = tiny_bert(folder, [w for r in rows for w in r["text"].replace(",", " ").split()])
+    config = json.loads((bert / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (bert / "config.json").write_text(json.dumps(config))
+    return bert
 
 
 def with_batch(spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -91,7 +124,8 @@ def rank_main(out: Path) -> None:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         collect = Collect(folder)
-        train(parse_spec(with_batch(raw, PER_RANK_BATCH)), collect.reporter())
+        spec = parse_spec(with_batch(raw, PER_RANK_BATCH))
+        train(spec, collect.reporter(), backbone=backbone_for(name))
         results[name] = {"losses": collect.losses(), "saved": [str(p) for p in collect.saved]}
     (out / f"rank-{rank}.json").write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
@@ -108,6 +142,7 @@ def torchrun(out: Path, nproc: int = 2) -> subprocess.Popen[str]:
         str(out),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env[BACKBONE_ENV] = str(build_backbone(out / "bert"))
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -119,6 +154,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     proc = torchrun(out)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-4000:]
+    BUILT["bert"] = out / "bert"
     return out, json.loads((out / "rank-0.json").read_text())
 
 
@@ -127,7 +163,8 @@ def test_two_ranks_take_the_steps_of_one_process_with_twice_the_batch(two_ranks,
     torch.set_num_threads(1)
     _, ranked = two_ranks
     single = Collect()
-    train(parse_spec(with_batch(SPECS[name], 2 * PER_RANK_BATCH)), single.reporter())
+    spec = parse_spec(with_batch(SPECS[name], 2 * PER_RANK_BATCH))
+    train(spec, single.reporter(), backbone=backbone_for(name))
     expected, got = single.losses(), ranked[name]["losses"]
     assert len(expected) == len(got) == STEPS
     worst = max(abs(a - b) / abs(a) for a, b in zip(expected, got, strict=True))

@@ -90,7 +90,7 @@ def test_a_two_node_job_trains_across_two_workers(client, db, settings, pool):
     assert rows and all(count == 1 for _, _, count in rows)  # global rank 0 alone reports
     assert any(m.startswith("all 2 workers reserved") for m in events), events
     log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
-    assert "parameters on cpu (world size 2)" in log, log[-3000:]
+    assert "trained) on cpu (world size 2)" in log, log[-3000:]
     # 640 examples in global batches of 2 x 32: ten steps an epoch.
     assert job["step"] == 30
     assert (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1-node-1.log").exists()

@@ -8,23 +8,21 @@ alone reports.
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from shared.data import examples as datalib
-from shared.data.tokenization import tokenizer_from_dict
+from shared.data.tokenization import Tokenizer, tokenizer_from_dict
 from shared.protocol import TrainerFailure
 from shared.registry import TaskInfo, task_info
 from shared.spec import JobSpec
-from shared.zoo.checkpoints import CHECKPOINT_FORMAT
+from shared.zoo.checkpoints import CHECKPOINT_FORMAT, load_model_state, model_state
 from shared.zoo.task import Task
 from worker.distributed import (
     all_reduce_sums,
@@ -34,9 +32,9 @@ from worker.distributed import (
     rank_and_world,
     to_device,
 )
-from worker.optim import lr_factor, optimizer_step
+from worker.optim import lr_factor, optimizer_step, warmup_steps
 from worker.reporting import Reporter, silent
-from worker.state import TrainState
+from worker.state import TrainState, seed_everything
 
 
 class TrainingError(TrainerFailure):
@@ -78,6 +76,10 @@ class Run:
     total_steps: int
     report: Reporter
     state: TrainState
+    # The base model's unpacked directory (named by its archive's sha256), for type pretrained.
+    backbone: Path | None = None
+    # Seconds the set-up took, by part (printed at the start).
+    setup_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def info(self) -> TaskInfo:
@@ -88,7 +90,9 @@ class Run:
         return {
             "format": CHECKPOINT_FORMAT,
             "task": self.task.name,
-            "model": self.model.state_dict(),
+            # Without frozen base weights: the base model is named by its hash below.
+            "model": model_state(self.model),
+            "base_model": self.backbone.name if self.backbone else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             **self.state.state_dict(),
@@ -106,9 +110,11 @@ def train(
     resume: dict[str, Any] | None = None,
     splits: datalib.Splits | None = None,
     device: torch.device | None = None,
+    backbone: Path | None = None,
 ) -> TrainResult:
-    """Train `spec` on `splits` (default: its built-in datasets), resuming from a checkpoint's state."""
-    run = setup(spec, report, resume, splits, device)
+    """Train `spec` on `splits` (default: its built-in datasets), resuming from a checkpoint's
+    state; `backbone` is the base model's directory for a pretrained model."""
+    run = setup(spec, report, resume, splits, device, backbone)
     cfg, state = spec.training, run.state
     announce(run)
     run.model.train()
@@ -135,22 +141,13 @@ def train(
 # ---------------------------------------------------------------- setting a run up
 
 
-def seed_everything(spec: JobSpec) -> None:
-    cfg = spec.training
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-
-
 def setup(
     spec: JobSpec,
     report: Reporter,
     resume: dict[str, Any] | None,
     splits: datalib.Splits | None,
     device: torch.device | None,
+    backbone: Path | None = None,
 ) -> Run:
     """Build the run: the order of every seeded step here is part of exact resume."""
     cfg = spec.training
@@ -163,16 +160,23 @@ def setup(
     rank, world = rank_and_world()
     state = TrainState(global_batch=cfg.batch_size * world, world_size=world)
     task = task_info(spec.task).plugin()
+    started = time.perf_counter()
     data = task.prepare(
         spec.data,
         cfg.seed,
         splits or datalib.load_splits(spec, None),
-        tokenizer_from_dict(resume["tokenizer"]) if resume else None,
+        initial_tokenizer(resume, backbone),
         resume["labels"] if resume else None,
     )
+    encoded = time.perf_counter()
     model = task.build(
-        spec.model, data.tokenizer.vocab_size, max(len(data.labels), 2), spec.data.max_length
+        spec.model,
+        data.tokenizer.vocab_size,
+        max(len(data.labels), 2),
+        spec.data.max_length,
+        backbone=backbone,
     ).to(device)
+    built = time.perf_counter()
     # Every rank built the same weights from the same seed (DDP also broadcasts rank 0's);
     # from here each rank draws its own dropout masks.
     if rank != 0:
@@ -185,9 +189,7 @@ def setup(
     total_steps = len(data.train.batch_order(state.global_batch, cfg.seed)) * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    warmup = (
-        cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(200, total_steps // 20))
-    )
+    warmup = warmup_steps(spec, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.scheduler)
     )
@@ -195,16 +197,33 @@ def setup(
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     run = Run(
         spec, task, data, model, ddp, optimizer, scheduler, scaler, amp, device, rank, world,
-        total_steps, report if rank == 0 else silent(report), state,
+        total_steps, report if rank == 0 else silent(report), state, backbone,
+        {"data": encoded - started, "model": built - encoded},
     )  # fmt: skip
     if resume:
         restore(run, resume)
     return run
 
 
+def initial_tokenizer(resume: dict[str, Any] | None, backbone: Path | None) -> Tokenizer | None:
+    """A checkpoint's tokenizer, else the base model's own; None: the task trains one."""
+    if resume:
+        return tokenizer_from_dict(resume["tokenizer"])
+    if backbone is not None:
+        from shared.zoo.pretrained import pretrained_tokenizer
+
+        return pretrained_tokenizer(backbone)
+    return None
+
+
 def restore(run: Run, resume: dict[str, Any]) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, position, RNG states."""
-    run.model.load_state_dict(resume["model"])
+    base = resume.get("base_model")
+    if base != (run.backbone.name if run.backbone else None):
+        raise TrainingError(
+            f"the checkpoint was trained from base model {base}, not {run.backbone and run.backbone.name}"
+        )
+    load_model_state(run.model, resume["model"])
     run.optimizer.load_state_dict(resume["optimizer"])
     run.scheduler.load_state_dict(resume["scheduler"])
     state = run.state
@@ -217,13 +236,16 @@ def restore(run: Run, resume: dict[str, Any]) -> None:
 
 
 def announce(run: Run) -> None:
-    spec, data = run.spec, run.data
+    spec, data, params = run.spec, run.data, list(run.model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
     print(
         f"training {spec.model.type} for {spec.task}: "
-        f"{sum(p.numel() for p in run.model.parameters()):,} parameters on {run.device}"
+        f"{sum(p.numel() for p in params):,} parameters ({trainable:,} trained) on {run.device}"
         f"{f' (world size {run.world})' if run.world > 1 else ''}, "
         f"{data.tokenizer.kind} tokenizer of {data.tokenizer.vocab_size:,} ids, "
-        f"{len(data.labels)} labels, {len(data.train)} train / {len(data.val)} val examples",
+        f"{len(data.labels)} labels, {len(data.train)} train / {len(data.val)} val examples; "
+        "set up in "
+        + ", ".join(f"{part} {seconds:.2f} s" for part, seconds in run.setup_seconds.items()),
         flush=True,
     )
 

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from shared.spec import JobSpec
+
 
 def lr_factor(step: int, total_steps: int, warmup: int, kind: str) -> float:
     """Linear warmup, then cosine or linear decay to 10% (or constant)."""
@@ -61,3 +63,14 @@ def clip_in_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> fl
     elif max_norm:
         nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
     return float(norm)
+
+
+def warmup_steps(spec: JobSpec, total_steps: int) -> int:
+    """The warmup's length: `warmup_steps`, else `warmup_ratio` of all steps, else 5% of
+    them (at most 200)."""
+    cfg = spec.training
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    if cfg.warmup_ratio is not None:
+        return max(1, round(total_steps * cfg.warmup_ratio))
+    return max(1, min(200, total_steps // 20))

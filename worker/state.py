@@ -5,12 +5,15 @@ beside the model's, the optimizer's and the scheduler's."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from shared.spec import JobSpec
 
 
 @dataclass
@@ -82,3 +85,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(spec: JobSpec) -> None:
+    """Seed Python, NumPy and torch from the spec (and pick deterministic kernels if asked)."""
+    cfg = spec.training
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)

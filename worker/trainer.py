@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from shared import jobs
 from shared.data import examples as datalib
+from shared.hub import registry as hub
+from shared.hub.cache import checkout
 from shared.infra.db import Database
 from shared.infra.storage import ArtifactStore
 from shared.protocol import RANK_DIR_ENV, ExitCode, TrainerFailure
@@ -47,6 +50,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     job = jobs.get_job(db, job_id)
     spec = JobSpec.model_validate(job.spec)
     splits = datalib.load_splits(spec, store, jobs.dataset_links(db, job_id))
+    backbone = base_model_dir(db, store, settings, job_id, spec)
     resume = None
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):
@@ -63,7 +67,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
         reporter.log_metrics, reporter.save, reporter.flush, stop_requested=_STOP.is_set
     )
     try:
-        result = train(spec, report, resume, splits)
+        result = train(spec, report, resume, splits, backbone=backbone)
         reporter.flush()
     except jobs.Fenced as exc:
         print(f"stopping: {exc}", file=sys.stderr, flush=True)
@@ -75,6 +79,20 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
         reporter.close()
     print(f"done: step {result.step}, {json.dumps(result.metrics)}", flush=True)
     return 0
+
+
+def base_model_dir(
+    db: Database, store: ArtifactStore, settings: Settings, job_id: int, spec: JobSpec
+) -> Path | None:
+    """A pretrained job's base model, unpacked once per hash into this machine's cache."""
+    if spec.model.pretrained is None:
+        return None
+    base = hub.job_base_model(db, job_id)
+    if base is None:
+        raise TrainerFailure(
+            f"the base model {spec.model.pretrained} was deleted from the model registry"
+        )
+    return checkout(store, base.uri, base.sha256, settings.cache_dir, settings.max_model_bytes)
 
 
 # Set by SIGUSR1: the worker is draining; checkpoint at the next step and exit.

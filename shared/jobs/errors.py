@@ -24,10 +24,13 @@ class IdempotentReplay(Exception):
 
 
 class DatasetGone(Exception):
-    """A dataset the submission pins was deleted before the job was stored."""
+    """A dataset (or, as role "model", the base model) the submission pins was deleted
+    before the job was stored."""
 
     def __init__(self, datasets: dict[str, int]) -> None:
-        names = ", ".join(f"dataset:{dataset_id}" for dataset_id in datasets.values())
+        names = ", ".join(
+            f"{'model' if role == 'model' else 'dataset'}:{ref}" for role, ref in datasets.items()
+        )
         super().__init__(f"{names} was deleted")
         self.datasets = datasets  # role -> the deleted dataset's id
 

@@ -19,6 +19,7 @@ CHAR_VOCAB_BOUND), and every batch is padded to max_length: an upper bound for r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shared.registry import TASKS
@@ -82,24 +83,79 @@ def activation_bytes_per_token(spec: JobSpec, vocab: int, num_classes: int, gpu:
     return floats * FLOAT + masks
 
 
+def pretrained_parameters(
+    spec: JobSpec, base: Mapping[str, Any], num_classes: int
+) -> tuple[int, int]:
+    """(all, trainable) parameters of a pretrained model with the task's head: the base's
+    exact count from its weights, the head's from its width; LoRA's adapters counted for
+    peft's default targets (two projections a layer, hidden x hidden each)."""
+    model = spec.model
+    hidden, layers = int(base.get("hidden_size") or 0), int(base.get("num_layers") or 0)
+    head = int(TASKS[spec.task].head_parameters(model, hidden, 0, num_classes))
+    if spec.task == "language_modeling":
+        head = 0  # the base model's own (usually tied) output layer
+    total = int(base["parameters"]) + head
+    if model.lora is not None:
+        targets = len(model.lora.target_modules or ("query", "value"))
+        adapters = layers * targets * model.lora.r * 2 * hidden
+        return total + adapters, adapters + head
+    if model.freeze == "encoder":
+        return total, head
+    if model.freeze == "embeddings":
+        embeddings = (
+            int(base.get("vocab_size") or 0) + int(base.get("max_positions") or 0)
+        ) * hidden
+        return total, max(head, total - embeddings)
+    return total, total
+
+
+def pretrained_activation_bytes_per_token(
+    spec: JobSpec, base: Mapping[str, Any], gpu: bool
+) -> float:
+    """As `activation_bytes_per_token`, for a pretrained encoder of the base's sizes (the
+    transformer's per-layer floats; with gradient checkpointing a layer keeps only its input,
+    and one layer at a time its whole)."""
+    emb = int(base.get("hidden_size") or 1)
+    ff = int(base.get("intermediate_size") or 4 * emb)
+    heads, layers = int(base.get("num_heads") or 1), int(base.get("num_layers") or 1)
+    scores = 0 if gpu else 3 * heads * spec.data.max_length
+    per_layer = 13 * emb + 3 * ff + scores
+    kept = layers * emb + per_layer if spec.model.gradient_checkpointing else layers * per_layer
+    floats = 3.0 * emb + kept
+    if spec.task == "language_modeling":
+        floats += 3 * int(base.get("vocab_size") or 0)
+    return floats * FLOAT + emb
+
+
 def estimate_training(
-    spec: JobSpec, device_kind: str = "cpu", num_classes: int = 2
+    spec: JobSpec,
+    device_kind: str = "cpu",
+    num_classes: int = 2,
+    base: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Parameters and peak training bytes per device for `spec` on a `device_kind` device."""
+    """Parameters and peak training bytes per device for `spec` on a `device_kind` device;
+    `base` is the registry's summary of a pretrained model (its `parameters` exact)."""
     vocab = vocabulary_bound(spec)
-    parameters = estimate_parameters(spec.model, vocab, num_classes, spec.task)
     gpu = device_kind == "cuda"
+    if base is not None:
+        parameters, trainable = pretrained_parameters(spec, base, num_classes)
+        per_token = pretrained_activation_bytes_per_token(spec, base, gpu)
+        vocab = int(base.get("vocab_size") or 0)
+    else:
+        parameters = trainable = estimate_parameters(spec.model, vocab, num_classes, spec.task)
+        per_token = activation_bytes_per_token(spec, vocab, num_classes, gpu)
     autocast = gpu and spec.training.precision != "fp32"
     tokens = spec.training.batch_size * spec.data.max_length
-    activations = tokens * activation_bytes_per_token(spec, vocab, num_classes, gpu)
+    activations = tokens * per_token
     if autocast:
         activations *= AUTOCAST_ACTIVATION_FACTOR
-    weights, gradients, optimizer = FLOAT * parameters, FLOAT * parameters, 2 * FLOAT * parameters
+    weights, gradients, optimizer = FLOAT * parameters, FLOAT * trainable, 2 * FLOAT * trainable
     casts = 2 * parameters if autocast else 0
     peak = weights + gradients + optimizer + casts + int(activations)
     overhead = OVERHEAD_BYTES["cuda" if gpu else "cpu"]
     return {
         "parameters": parameters,
+        "trainable_parameters": trainable,
         "device_kind": device_kind,
         "vocabulary_bound": vocab,
         "batch_size_per_device": spec.training.batch_size,

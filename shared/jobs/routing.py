@@ -11,6 +11,7 @@ accepted (it waits for one).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from shared.infra.db import Database
@@ -50,17 +51,21 @@ def registered_workers(db: Database, max_age: float) -> list[Worker]:
     return found
 
 
-def check_placement(db: Database, spec: JobSpec, settings: Settings) -> dict[str, Any]:
-    """The estimate to store on the job; PlacementError when no registered worker fits it."""
+def check_placement(
+    db: Database, spec: JobSpec, settings: Settings, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The estimate to store on the job; PlacementError when no registered worker fits it.
+    `base`: the registry's summary of a pretrained base model (with its parameter count)."""
     queue, wanted, nodes = spec.resources.queue, spec.resources.devices, spec.resources.nodes
     # The registry keeps every worker it has seen (stopped ones too).
     registry = registered_workers(db, settings.registry_cache_seconds)
     candidates = [w for w in registry if queue in (w.queues or [])]
     estimates = {
-        kind: estimate_training(spec, kind) for kind in {w.device_kind for w in candidates}
+        kind: estimate_training(spec, kind, base=base)
+        for kind in {w.device_kind for w in candidates}
     }
     if not candidates:
-        estimate = estimate_training(spec, "cpu")
+        estimate = estimate_training(spec, "cpu", base=base)
         estimate["placement"] = f"no worker has registered for queue {queue!r} yet"
         return estimate
     enough_devices = [w for w in candidates if w.device_count >= wanted]

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from shared.infra.db import Database
-from shared.infra.models import Dataset, Job, JobDataset, utcnow
+from shared.infra.models import Dataset, Job, JobDataset, PretrainedModel, utcnow
 from shared.jobs.errors import DatasetGone, IdempotentReplay
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
@@ -36,6 +36,8 @@ class NewJob:
     estimate: dict[str, Any] | None = None
     # The first event's message: how the job came to be.
     message: str = "submitted"
+    # The registry's base model a pretrained job fine-tunes (pinned at submit).
+    base_model_id: int | None = None
 
 
 def create_job(
@@ -105,6 +107,10 @@ def _refusal(db: Database, new: NewJob) -> IdempotentReplay | DatasetGone | None
         gone = {role: ds for role, ds in new.datasets.items() if ds not in present}
         if gone:
             return DatasetGone(gone)
+    if new.base_model_id is not None:
+        with db.session() as session:
+            if session.get(PretrainedModel, new.base_model_id) is None:
+                return DatasetGone({"model": new.base_model_id})
     return None
 
 
@@ -155,6 +161,7 @@ def _job_values(new: NewJob, now: datetime) -> dict[str, Any]:
         "devices": spec.resources.devices,
         "estimate": new.estimate,
         "idempotency_key": new.idempotency_key,
+        "base_model_id": new.base_model_id,
         # The API enqueues right after the commit; the reconciler counts from here.
         "enqueued_at": now,
         "created_at": now,

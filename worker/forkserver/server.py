@@ -30,6 +30,12 @@ def _warm_up() -> None:
 
     import worker.trainer  # noqa: F401  (the trainer's own imports: zoo, data, tokenizers)
 
+    # A pretrained job's libraries (seconds to import), when installed.
+    with contextlib.suppress(ImportError):
+        from shared.zoo import pretrained
+
+        pretrained.warm_up()
+
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.empty(1))], lr=1e-3, fused=True)
     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
