@@ -46,8 +46,8 @@ from api.errors import ApiError
 from api.models import page_rows
 from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
-from shared.hub import registry as hub
 from shared.auth import Principal
+from shared.hub import registry as hub
 
 bp = Blueprint("pages", __name__)
 EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
