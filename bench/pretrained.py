@@ -3,14 +3,15 @@ parameter BERT, ../shared/models) uploaded through the API as a user would, then
 CoNLL-2003 jobs through the queue, beside Hugging Face's own Trainer. One JSON line per
 experiment, then a summary line (seconds; samples/s over the training epochs only).
 
-    .venv/bin/python -m bench.pretrained [--train-rows 20000] [--lr 5e-5] \\
+    .venv/bin/python -m bench.pretrained [--train-rows 20000] [--peer-rows 6000] [--lr 1e-4] \\
         sst2 lora peer conll latency memory
 
 sst2     full fine-tuning, one epoch over the first --train-rows SST-2 training rows; dev
          accuracy, wall time, samples/s, checkpoint size
 lora     the same with LoRA (r 8): accuracy, trainable parameters, checkpoint size, samples/s
-peer     transformers.Trainer on the same rows, length, batch and epoch (bench/hf_trainer_peer.py),
-         default dynamic padding and group_by_length; ratios against `sst2`
+peer     Seqtrain, then transformers.Trainer (bench/hf_trainer_peer.py) with its default dynamic
+         padding and with group_by_length, on the same first --peer-rows rows, length, batch,
+         learning rate and one epoch; samples/s ratios and dev accuracies
 conll    CoNLL-2003 tagging (word-level CRF on the first sub-tokens), dev entity F1
 latency  POST -> first optimizer step of 10 MiniLM jobs on builtin:sentiment (a warm worker)
 memory   resident memory of the API's worker process before and after one prediction
@@ -170,7 +171,8 @@ def main() -> None:
         "parts", nargs="*", default=["sst2", "lora", "peer", "conll", "latency", "memory"]
     )
     parser.add_argument("--train-rows", type=int, default=20000)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--peer-rows", type=int, default=6000)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     args = parser.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
         svc.upload(train, "sst2-train", **SST2)
         svc.upload(DATASETS / "sst2/dev.tsv", "sst2-dev", **SST2)
         full: dict[str, Any] | None = None
-        if "sst2" in args.parts or "peer" in args.parts or "memory" in args.parts:
+        if "sst2" in args.parts or "memory" in args.parts:
             full = train_job(
                 svc, spec_for("classification", "sst2-train", "sst2-dev", args), "val/accuracy"
             )
@@ -210,15 +212,22 @@ def main() -> None:
             lora = spec_for("classification", "sst2-train", "sst2-dev", args, lora={"r": 8})
             lora["training"]["lr"] = args.lr * 10  # adapters take a larger step
             emit({"experiment": "sst2-lora", **train_job(svc, lora, "val/accuracy")})
-        if "peer" in args.parts and full is not None:
+        if "peer" in args.parts:
+            # Seqtrain and the peer, one after the other, on the first --peer-rows rows.
+            rows = first_rows(DATASETS / "sst2/train.tsv", args.peer_rows, scratch / "peer.tsv")
+            svc.upload(rows, "sst2-peer", **SST2)
+            ours = train_job(
+                svc, spec_for("classification", "sst2-peer", "sst2-dev", args), "val/accuracy"
+            )
+            emit({"experiment": "peer-seqtrain", "train_rows": args.peer_rows, **ours})
             model_dir = scratch / "model"
             with zipfile.ZipFile(MODEL_ZIP) as archive:
                 archive.extractall(model_dir)
             for grouped in (False, True):
-                result = peer(model_dir, train, DATASETS / "sst2/dev.tsv", args, grouped)
-                if result.get("samples_per_s") and full.get("samples_per_s"):
+                result = peer(model_dir, rows, DATASETS / "sst2/dev.tsv", args, grouped)
+                if result.get("samples_per_s") and ours.get("samples_per_s"):
                     result["seqtrain_speedup"] = round(
-                        full["samples_per_s"] / result["samples_per_s"], 3
+                        ours["samples_per_s"] / result["samples_per_s"], 3
                     )
                 emit({"experiment": "peer", **result})
         if "conll" in args.parts:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+# Imported here, not per run: the fork-server preloads it for every trainer.
+import redis
 from sqlalchemy.exc import OperationalError
 
 from shared import jobs
@@ -173,8 +175,6 @@ def with_db_retries(write: Callable[[], T], seconds: float = DB_RETRY_SECONDS) -
 
 def _redis_or_none(url: str) -> Any:
     try:
-        import redis
-
         return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     except Exception:
         return None

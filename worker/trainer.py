@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = ["Reporter", "TrainResult", "TrainingError", "main", "run", "train"]
 
 
 def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
+    started = time.perf_counter()
     db = Database(settings.database_url)
     store = ArtifactStore(settings.artifact_root)
     job = jobs.get_job(db, job_id)
@@ -66,6 +68,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     report = Reporter(
         reporter.log_metrics, reporter.save, reporter.flush, stop_requested=_STOP.is_set
     )
+    print(f"read the job, its data and base model in {time.perf_counter() - started:.2f} s")
     try:
         result = train(spec, report, resume, splits, backbone=backbone)
         reporter.flush()

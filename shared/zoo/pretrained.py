@@ -60,7 +60,9 @@ def _transformers() -> ModuleType:
 
 def warm_up() -> None:
     """Import what a pretrained job loads (transformers' auto classes, its BERT and GPT-2
-    code, peft): the fork-server does this once, so a forked trainer starts without it."""
+    code, peft), running no kernel: the fork-server does this once, so a forked trainer
+    starts without the imports (a kernel run before a fork would hang the children's
+    OpenMP pools)."""
     transformers = _transformers()
     for name in ("AutoModel", "AutoModelForCausalLM", "AutoTokenizer", "BertModel", "GPT2Model"):
         getattr(transformers, name)
