@@ -68,6 +68,15 @@ def base_model_problems(spec: JobSpec, base: PretrainedModel) -> list[tuple[str,
                 f"{spec.data.max_length} is more than the {positions} positions of {name}",
             )
         )
+    tied = base.summary.get("tie_word_embeddings") is not False
+    if spec.task == "language_modeling" and spec.model.freeze == "encoder" and tied:
+        problems.append(
+            (
+                "model.freeze",
+                f"{name} ties its output layer to its embeddings: freezing the encoder leaves "
+                "nothing to train; use embeddings, none, or lora",
+            )
+        )
     causal = catalog.is_causal(base.model_type, base.summary)
     if spec.task == "classification" and spec.model.pooling == "cls" and causal:
         problems.append(

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response
-from shared.hub.cache import checkout
 
 from api import offload, services
 from api.auth import require_principal
@@ -21,7 +20,9 @@ from api.openapi import API_PREFIX, operation
 from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, PredictResponse
 from shared import jobs
 from shared.hub import registry as hub
+from shared.hub.cache import checkout
 from shared.infra.models import Job
+from shared.protocol import TrainerFailure
 from shared.registry import InferenceInputError, tasks_serving
 
 if TYPE_CHECKING:
@@ -52,7 +53,10 @@ def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
             checkout, svc.store, base.uri, base.sha256, svc.settings.cache_dir, limit
         )
     path = str(svc.store.path(ckpt.uri))
-    return ckpt.id, offload.run(_load_predictor, path, ckpt.sha256, backbone)
+    try:
+        return ckpt.id, offload.run(_load_predictor, path, ckpt.sha256, backbone)
+    except (hub.ModelError, TrainerFailure) as exc:  # the base model cannot serve it now
+        raise ApiError(409, "conflict", f"job {job.id} cannot serve predictions: {exc}") from None
 
 
 def _load_predictor(path: str, sha256: str, backbone: Callable[[], Path] | None) -> Predictor:

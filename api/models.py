@@ -333,7 +333,8 @@ def share(model_id: int) -> Response:
     bp,
     "DELETE",
     MODEL,
-    summary="Delete a model no queued or running job uses",
+    summary="Delete a model no queued or running job uses (?force=true: also one that "
+    "finished jobs were fine-tuned from)",
     responses={204: None},
     errors=(404, 409),
     tag="models",
@@ -344,8 +345,10 @@ def delete(model_id: int) -> Response:
     if not principal.may_see(model.owner_id):
         raise ApiError(403, "forbidden", f"model {model_id} belongs to another user")
     svc = services()
+    force = request.args.get("force", "false").lower() in ("1", "true", "yes")
+    viewer = None if principal.is_admin else principal.user_id
     try:
-        registry.delete_model(svc.db, svc.store, model_id)
+        registry.delete_model(svc.db, svc.store, model_id, viewer, force)
     except registry.ModelInUse as exc:
         raise ApiError(409, "conflict", exc.message) from None
     return Response(status=204)

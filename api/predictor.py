@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from shared.data.tokenization import Tokenizer, tokenizer_from_dict
+from shared.protocol import TrainerFailure
 from shared.registry import task_info
 from shared.spec import JobSpec
 from shared.zoo import build_model
@@ -64,7 +65,7 @@ def load_predictor(path: str, sha256: str, backbone: str | None = None) -> Predi
     labels = list(state["labels"])
     base = Path(backbone) if backbone else None
     if state.get("base_model") != (base.name if base else None):
-        raise ValueError(f"{path} was fine-tuned from base model {state.get('base_model')}")
+        raise TrainerFailure(f"{path} was fine-tuned from base model {state.get('base_model')}")
     model = build_model(
         spec.model,
         spec.task,

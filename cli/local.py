@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,32 @@ def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> A
         fail(str(exc))
 
 
+@contextlib.contextmanager
+def _local_backbone(path: str | None, reference: str | None) -> Iterator[Path | None]:
+    """The base model's folder: `path` itself, or an archive checked and unpacked into a
+    temporary folder as an upload would be (no pickle, no code, no escaping paths)."""
+    if reference is None:
+        if path is not None:
+            fail("--base-model applies to a spec with model.type pretrained")
+        yield None
+        return
+    if path is None:
+        fail(f"model.pretrained is {reference!r}: give its files with --base-model DIR|ARCHIVE")
+    if Path(path).is_dir():
+        yield Path(path)
+        return
+    from shared.hub import archive
+    from shared.settings import Settings
+
+    limit = Settings.from_env().max_model_bytes
+    with tempfile.TemporaryDirectory(prefix="seqtrain-base-") as folder:
+        try:
+            archive.unpack(Path(path), Path(folder) / "model", limit)
+        except archive.ModelArchiveError as exc:
+            fail(f"{path}: {exc}")
+        yield Path(folder) / "model"
+
+
 @click.command("train")
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option(
@@ -58,6 +86,11 @@ def _local_file(path: str | None, fmt: str | None, options: dict[str, Any]) -> A
 @click.option("--label-column")
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for checkpoints.")
+@click.option(
+    "--base-model",
+    type=click.Path(exists=True),
+    help="type pretrained: the base model, a Hugging Face directory or its .zip / .tar.gz.",
+)
 @json_option
 def train_local(
     spec_file: str,
@@ -70,6 +103,7 @@ def train_local(
     label_column: str | None,
     encoding: str,
     output: str | None,
+    base_model: str | None,
     as_json: bool,
 ) -> None:
     """Train SPEC_FILE here with the service's trainer code; prints the final metrics."""
@@ -103,8 +137,12 @@ def train_local(
             )
 
     # With --json, stdout carries only the result; the trainer's progress goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
-        result = train(spec, Reporter(lambda rows, epoch, step: None, save), splits=splits)
+    with (
+        _local_backbone(base_model, spec.model.pretrained) as backbone,
+        contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout),
+    ):
+        report = Reporter(lambda rows, epoch, step: None, save)
+        result = train(spec, report, splits=splits, backbone=backbone)
     summary = {
         "step": result.step,
         "epoch": result.epoch,

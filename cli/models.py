@@ -154,12 +154,21 @@ def models_show(model_id: int, url: str | None, token: str | None, as_json: bool
 
 @models.command("delete")
 @click.argument("model_id", type=int)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also when finished jobs were fine-tuned from it (their predictions then stop).",
+)
 @url_option
 @token_option
 @json_option
-def models_delete(model_id: int, url: str | None, token: str | None, as_json: bool) -> None:
-    """Delete a model (refused while a queued or running job uses it)."""
-    call(make_client(url, token).delete, f"/api/v1/models/{model_id}")
+def models_delete(
+    model_id: int, force: bool, url: str | None, token: str | None, as_json: bool
+) -> None:
+    """Delete a model (refused while a queued or running job uses it, and, without
+    --force, while finished jobs' checkpoints need it)."""
+    suffix = "?force=true" if force else ""
+    call(make_client(url, token).delete, f"/api/v1/models/{model_id}{suffix}")
     click.echo(
         json.dumps({"id": model_id, "deleted": True}) if as_json else f"model {model_id} deleted"
     )

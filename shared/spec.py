@@ -138,6 +138,10 @@ class ModelSpec(_Section):
             return self
         if self.pretrained is None:
             raise ValueError("type pretrained needs `pretrained`: model:<id> or a model's name")
+        if self.lora is not None and self.freeze != "none":
+            raise ValueError(
+                "lora already keeps the base model fixed; leave freeze out (or none) with lora"
+            )
         sized = [
             name for name in SCRATCH_SIZE_FIELDS if getattr(self, name) != fields[name].default
         ]

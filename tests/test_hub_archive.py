@@ -415,6 +415,7 @@ def test_the_catalog_knows_the_installed_model_types():
         ("bart", {}, "seq2seq", None),
         ("distilbert", {}, "classification", None),
         ("bert", {}, "translation", "unknown task"),
+        ("clip", {}, "classification", "without a text-classification form"),
     ],
 )
 def test_unfit_reasons(model_type, config, task, needle):
@@ -488,3 +489,38 @@ def test_checkout_refuses_a_changed_or_missing_archive(bert, tmp_path):
     assert not (tmp_path / "cache" / "models" / digest).exists()
     with pytest.raises(ModelError, match="invalid model content hash"):
         checkout(store, uri, "../../etc", tmp_path / "cache", BIG)
+
+
+def test_a_zip_directory_too_large_to_parse_is_refused_from_its_end_record(tmp_path):
+    """The end record's counts are read before zipfile builds an object per member."""
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for index in range(10_001):
+            archive.writestr(f"f{index}", b"")
+    assert "more than 10,000 members" in refusal(path).message
+
+
+def test_roberta_positions_leave_out_the_two_its_pads_take(tmp_path):
+    from shared.hub.archive import summary
+
+    config = {"max_position_embeddings": 514, "pad_token_id": 1, "hidden_size": 8}
+    assert summary("roberta", config)["max_positions"] == 512
+    assert summary("bert", {**config, "max_position_embeddings": 512})["max_positions"] == 512
+
+
+def test_a_sentencepiece_model_alone_is_refused_with_what_to_add(bert, tmp_path):
+    (bert / "tokenizer.json").unlink()
+    (bert / "vocab.txt").unlink(missing_ok=True)
+    (bert / "spiece.model").write_bytes(b"\x00" * 16)
+    error = refusal(zip_dir(bert, tmp_path / "m.zip"))
+    assert error.file == "spiece.model" and "tokenizer.json" in error.message
+
+
+def test_checkout_clears_what_a_killed_unpack_left(bert, tmp_path):
+    store, uri, digest = stored_archive(bert, tmp_path)
+    models = tmp_path / "cache" / "models"
+    stale = models / f".{digest}.deadbeef.tmp"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    assert checkout(store, uri, digest, tmp_path / "cache", BIG) == models / digest
+    assert not stale.exists()

@@ -170,11 +170,17 @@ def test_delete_is_refused_while_a_queued_job_uses_the_model(
     with db.session() as session:
         session.execute(update(Job).where(Job.id == job.id).values(base_model_id=model["id"]))
     refused = client.delete(model["url"])
-    assert refused.status_code == 409 and f"job {job.id}" in refused.json["error"]["message"]
+    assert refused.status_code == 409
+    assert f"1 job (yours: {job.id}) (queued" in refused.json["error"]["message"]
+    # force does not override a queued or running job.
+    assert client.delete(model["url"] + "?force=true").status_code == 409
     assert registry.job_base_model(db, job.id).id == model["id"]
     with db.session() as session:
         session.execute(update(Job).where(Job.id == job.id).values(status="succeeded"))
-    assert client.delete(model["url"]).status_code == 204
+    # A finished job's checkpoints need their base: deleting it takes force.
+    kept = client.delete(model["url"])
+    assert kept.status_code == 409 and "force" in kept.json["error"]["message"]
+    assert client.delete(model["url"] + "?force=true").status_code == 204
     assert client.get(model["url"]).status_code == 404
     assert stored_files(settings) == []
     with db.session() as session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -125,8 +126,12 @@ def test_classification_fine_tunes_and_serves(
     page = anon.get(f"/jobs/{job['id']}").get_data(as_text=True)
     assert "&lt;tiny&gt; bert" in page and f"model:{base['id']}" in page
 
-    # Idle again, the base model can be deleted.
-    assert client.delete(f"/api/v1/models/{base['id']}").status_code == 204
+    # Its fine-tuned jobs need the base model to serve: deleting it takes force.
+    kept = client.delete(f"/api/v1/models/{base['id']}")
+    assert kept.status_code == 409 and "2 jobs" in kept.json["error"]["message"]
+    assert client.delete(f"/api/v1/models/{base['id']}?force=true").status_code == 204
+    gone = client.post(f"/api/v1/jobs/{job['id']}/predict", json={"texts": ["fine"]})
+    assert gone.status_code == 409 and "base model was deleted" in gone.json["error"]["message"]
 
 
 @pytest.mark.e2e
@@ -170,6 +175,13 @@ def test_submit_refuses_what_the_base_model_cannot_do(client, settings, model_fi
             "causal",
         ),
         (
+            pretrained_spec(
+                settings, "language_modeling", "tiny-gpt2", model={"freeze": "encoder"}
+            ),
+            "model.freeze",
+            "nothing to train",
+        ),
+        (
             pretrained_spec(settings, "classification", "no-such-model"),
             "model.pretrained",
             "no-such-model",
@@ -201,3 +213,31 @@ def test_submit_refuses_what_the_base_model_cannot_do(client, settings, model_fi
         and str(response.json["id"]) in conflict.json["error"]["message"]
     )
     assert gpt2["model_type"] == "gpt2"
+
+
+def test_local_training_takes_the_base_model_from_a_file(tmp_path, model_files):
+    """`seqtrain train --local --base-model ARCHIVE`: the archive is checked and unpacked as
+    an upload would be, and the same trainer fine-tunes it."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    spec = pretrained_spec(SimpleNamespace(default_queue="default"), "classification", "tiny")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    def seqtrain(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cli.main", "train", str(path), "--local", "--json"]
+        return subprocess.run(
+            [*command, *extra], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
+        )
+
+    done = seqtrain("--base-model", str(model_files["bert"]))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["epoch"] == 2 and "pretrained tokenizer" in done.stderr
+    missing = seqtrain()
+    assert missing.returncode == 1 and "--base-model" in missing.stderr

@@ -74,6 +74,7 @@ def test_a_stored_spec_validates_to_itself():
         ({"name": "x", "model": {"type": "lstm", "freeze": "encoder"}}, "freeze applies only"),
         ({"name": "x", "model": {"type": "gru", "pooling": "cls"}}, "pooling cls needs"),
         ({"name": "x", "model": {"type": "lstm", "lora": {}}}, "lora applies only"),
+        (pretrained(model={"lora": {}, "freeze": "encoder"}), "leave freeze out"),
     ],
 )
 def test_refusals_name_the_field(payload, words):

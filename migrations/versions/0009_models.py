@@ -41,7 +41,8 @@ def upgrade() -> None:
     sa.Column('unpacked_bytes', sa.BigInteger(), nullable=False),
     sa.Column('created_at', shared.infra.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('models', schema=None) as batch_op:
         batch_op.create_index('ix_models_owner_name', ['owner_id', 'name', 'id'], unique=False)

@@ -28,6 +28,26 @@ from shared.hub.weights import WeightFile, read_header, total_parameters, weight
 
 __all__ = ["Inspected", "ModelArchiveError", "inspect", "unpack"]
 
+# RoBERTa and its kin number positions from pad_token_id + 1, so max_position_embeddings
+# (514) counts two positions no token can take.
+OFFSET_POSITION_TYPES = frozenset(
+    {
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "mpnet",
+        "ibert",
+        "xmod",
+    }
+)
+# Tensors over all safetensors files (each header is bounded too): real models have
+# thousands; a header's names are kept in memory while the archive is checked.
+MAX_TENSORS = 200_000
+
 KEPT_NAMES = frozenset(
     {
         "config.json",
@@ -50,15 +70,14 @@ JSON_NAMES = ("config.json", "tokenizer_config.json", "model.safetensors.index.j
 MAX_JSON_BYTES = 32 << 20
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
 CODE_SUFFIXES = (".py", ".pyc")
-# One of these sets of files is a tokenizer transformers can load.
+# One of these sets of files is a tokenizer transformers can load without the
+# sentencepiece library (not installed): a sentencepiece model needs its tokenizer.json too.
 TOKENIZER_FILES = (
     ("tokenizer.json",),
     ("vocab.txt",),
     ("vocab.json", "merges.txt"),
-    ("spiece.model",),
-    ("tokenizer.model",),
-    ("sentencepiece.bpe.model",),
 )
+SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
 # Folders that archiving tools add beside the real content (macOS Finder).
 TOOL_FOLDERS = ("__MACOSX",)
@@ -151,7 +170,13 @@ class _Collector:
         if kept in JSON_NAMES:
             self.json[kept] = read_json(opener(), size)
         elif kept.endswith(".safetensors"):
-            self.weights[kept] = read_header(opener(), size)
+            weights = read_header(opener(), size)
+            self.weights[kept] = weights
+            tensors = sum(len(w.tensors) for w in self.weights.values())
+            if tensors > MAX_TENSORS:
+                raise ModelArchiveError(
+                    f"the weights hold more than {MAX_TENSORS:,} tensors", member_name
+                )
 
 
 def read_json(reader: MemberReader, size: int) -> Any:
@@ -290,6 +315,14 @@ def _check_weights(found: _Collector) -> None:
 
 def _check_tokenizer(found: _Collector) -> None:
     if not any(all(name in found.sizes for name in files) for files in TOKENIZER_FILES):
+        alone = next((name for name in SENTENCEPIECE_FILES if name in found.sizes), None)
+        if alone is not None:
+            raise ModelArchiveError(
+                "a sentencepiece model alone cannot be read here (the service has no "
+                "sentencepiece library); add the tokenizer's tokenizer.json (save it with a "
+                "fast tokenizer: tokenizer.save_pretrained)",
+                alone,
+            )
         choices = ", ".join(" + ".join(files) for files in TOKENIZER_FILES)
         raise ModelArchiveError(
             f"the archive has no tokenizer: it needs one of {choices}", "tokenizer.json"
@@ -315,6 +348,10 @@ def summary(model_type: str, config: dict[str, Any]) -> dict[str, Any]:
         n_inner = config["n_inner"]
         intermediate = n_inner if isinstance(n_inner, int) else (4 * hidden if hidden else None)
     tie = config.get("tie_word_embeddings")
+    positions = _first_int(config, "max_position_embeddings", "n_positions")
+    pad = config.get("pad_token_id")
+    if positions and model_type in OFFSET_POSITION_TYPES and isinstance(pad, int):
+        positions -= pad + 1  # their position ids start after the pad's: 514 -> 512
     return {
         "hidden_size": hidden,
         "num_layers": _first_int(config, "num_hidden_layers", "n_layer", "num_layers", "n_layers"),
@@ -322,7 +359,7 @@ def summary(model_type: str, config: dict[str, Any]) -> dict[str, Any]:
         "num_heads": _first_int(config, "num_attention_heads", "n_head", "num_heads", "n_heads"),
         "intermediate_size": intermediate,
         "vocab_size": _first_int(config, "vocab_size"),
-        "max_positions": _first_int(config, "max_position_embeddings", "n_positions"),
+        "max_positions": positions,
         # These three let the summary stand in for config.json in shared.hub.catalog.
         "is_encoder_decoder": catalog.is_encoder_decoder(model_type, config),
         "is_decoder": config.get("is_decoder") is True,

@@ -52,6 +52,9 @@ def _unpack_verified(
             f"the model archive {uri} has changed since its upload (sha256 {digest}, "
             f"expected {sha256}); upload the model again"
         )
+    # A process killed while unpacking left its staging folder: under the lock, none is live.
+    for stale in final.parent.glob(f".{sha256}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = final.with_name(f".{sha256}.{uuid.uuid4().hex}.tmp")
     try:
         archive.unpack(source, staging, max_bytes)

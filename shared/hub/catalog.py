@@ -127,10 +127,18 @@ def unfit_reason(model_type: str, config: dict[str, object], task: str) -> str |
     tables = task_tables()
     kind = _kind(model_type, config)
     if task == "classification":
-        if model_type not in tables[BASE] or is_encoder_decoder(model_type, config):
+        # A text model with a sequence-classification form (not CLIP or a vision model);
+        # our head pools its base model's states.
+        text = model_type in tables[SEQUENCE_CLASSIFICATION] and model_type in tables[BASE]
+        if not text or is_encoder_decoder(model_type, config):
+            why = (
+                kind
+                if is_encoder_decoder(model_type, config) or text
+                else (f"{kind} without a text-classification form in transformers")
+            )
             return (
-                f"{model_type} is {kind}: it cannot do classification; upload an encoder "
-                "(BERT, RoBERTa, DistilBERT, MiniLM, ...)"
+                f"{model_type} is {why}: it cannot do classification; upload a text encoder "
+                "(BERT, RoBERTa, DistilBERT, MiniLM, ...) or a causal model"
             )
         return None
     if task == "tagging":

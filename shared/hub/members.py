@@ -159,7 +159,42 @@ def _zip_member(info: zipfile.ZipInfo) -> Member:
     return Member(name, parts, info.file_size, info.is_dir())
 
 
+# The most bytes a central directory may take: a record is 46 bytes plus its name and
+# extra fields, so 10,000 members with long names fit; zipfile reads it all into memory.
+MAX_DIRECTORY_BYTES = MAX_MEMBERS * 1024
+_END_OF_DIRECTORY = b"PK\x05\x06"
+_ZIP64_END = b"PK\x06\x06"
+
+
+def check_zip_directory(path: Path) -> None:
+    """Refuse a zip whose central directory holds too many members or bytes, from its end
+    records alone, before `zipfile` parses the directory into one object a member."""
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        tail_start = max(0, size - (1 << 16) - 22)  # the end record, and a comment of < 64 KiB
+        handle.seek(tail_start)
+        tail = handle.read()
+    at = tail.rfind(_END_OF_DIRECTORY)
+    if at < 0 or len(tail) < at + 22:
+        raise ModelArchiveError("the zip archive is corrupt: no end of central directory")
+    entries = int.from_bytes(tail[at + 10 : at + 12], "little")
+    directory = int.from_bytes(tail[at + 12 : at + 16], "little")
+    zip64 = tail.rfind(_ZIP64_END, 0, at)
+    if zip64 >= 0 and len(tail) >= zip64 + 56:  # its counts replace the 16- and 32-bit ones
+        entries = int.from_bytes(tail[zip64 + 32 : zip64 + 40], "little")
+        directory = int.from_bytes(tail[zip64 + 40 : zip64 + 48], "little")
+    if entries > MAX_MEMBERS:
+        raise ModelArchiveError(f"the archive holds more than {MAX_MEMBERS:,} members")
+    if directory > MAX_DIRECTORY_BYTES:
+        raise ModelArchiveError(
+            f"the zip's central directory is {directory:,} bytes; at most "
+            f"{MAX_DIRECTORY_BYTES:,} are read"
+        )
+
+
 def _walk_zip(path: Path, max_bytes: int) -> Iterator[tuple[Member, Opener]]:
+    check_zip_directory(path)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

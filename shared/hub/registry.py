@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exists, or_, select
@@ -172,24 +174,36 @@ def visible(model: PretrainedModel, user_id: int, is_admin: bool) -> bool:
     return is_admin or model.shared or model.owner_id == user_id
 
 
-def delete_model(db: Database, store: ArtifactStore, model_id: int) -> None:
+def delete_model(
+    db: Database,
+    store: ArtifactStore,
+    model_id: int,
+    viewer_id: int | None = None,
+    force: bool = False,
+) -> None:
     """Delete a model no queued or running job uses; its archive goes with the last model
-    of that content hash."""
+    of that content hash. Without `force`, a model that finished jobs were fine-tuned from
+    is kept too: their checkpoints need it to serve predictions. Messages name only the
+    jobs of `viewer_id` (None: an admin, who sees every job)."""
     with db.session() as session:
         # The row lock orders this delete with a submission that names the model: whichever
         # commits first, the other sees it (the in-use check, or the job's foreign key).
         model = session.get(PretrainedModel, model_id, with_for_update=True)
         if model is None:
             return
-        users = list(
-            session.scalars(
-                select(Job.id).where(Job.base_model_id == model_id, Job.status.in_(ACTIVE_STATUSES))
-            )
-        )
-        if users:
+        rows = session.execute(
+            select(Job.id, Job.owner_id, Job.status).where(Job.base_model_id == model_id)
+        ).all()
+        active = [r for r in rows if r.status in ACTIVE_STATUSES]
+        if active:
             raise ModelInUse(
-                f"model {model_id} is used by {'job' if len(users) == 1 else 'jobs'} "
-                f"{', '.join(map(str, sorted(users)))}; cancel or wait for them first"
+                f"model {model_id} is used by {_jobs_named(active, viewer_id)} (queued or "
+                "running); cancel or wait for them first"
+            )
+        if rows and not force:
+            raise ModelInUse(
+                f"model {model_id} is the base of {_jobs_named(rows, viewer_id)}, whose "
+                "checkpoints need it to serve predictions; delete with force to delete it anyway"
             )
         uri, sha = model.uri, model.sha256
         session.delete(model)
@@ -197,6 +211,15 @@ def delete_model(db: Database, store: ArtifactStore, model_id: int) -> None:
         shared_file = session.scalar(select(exists().where(PretrainedModel.sha256 == sha)))
     if not shared_file:
         store.delete(uri)
+
+
+def _jobs_named(rows: Sequence[Any], viewer_id: int | None) -> str:
+    """A count of every job and the viewer's own ids, e.g. `3 jobs (yours: 12, 14)`."""
+    own = sorted(r.id for r in rows if viewer_id is None or r.owner_id == viewer_id)
+    count = f"{len(rows)} {'job' if len(rows) == 1 else 'jobs'}"
+    if not own:
+        return count
+    return f"{count} ({'' if viewer_id is None else 'yours: '}{', '.join(map(str, own))})"
 
 
 def set_shared(db: Database, model_id: int, shared: bool) -> PretrainedModel | None:

@@ -18,7 +18,7 @@ from typing import Any
 from shared import safejson
 from shared.hub.members import MemberReader, ModelArchiveError
 
-MAX_HEADER_BYTES = 100 << 20
+MAX_HEADER_BYTES = 16 << 20
 # Bits a value of each dtype takes (the sub-byte types are packed).
 DTYPE_BITS = {
     "BOOL": 8,

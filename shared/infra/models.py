@@ -162,6 +162,8 @@ class PretrainedModel(Base):
         Index("ix_models_owner_name", "owner_id", "name", "id"),
         Index("ix_models_owner_sha", "owner_id", "sha256"),
         Index("ix_models_shared_name", "shared", "name", "id"),
+        # A deleted model's id is never given to another: a job's spec names `model:<id>`.
+        {"sqlite_autoincrement": True},
     )
 
 

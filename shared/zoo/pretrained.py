@@ -324,6 +324,11 @@ def pretrained_tokenizer(backbone: Path) -> PretrainedTokenizer:
             "tokenizer.json"
         )
     vocab_size = int(config.get("vocab_size") or len(loaded))
+    if (ids := backend.get_vocab_size(with_added_tokens=True)) > vocab_size:
+        raise PretrainedModelError(
+            f"model.pretrained: its tokenizer has {ids:,} ids but the model embeds only "
+            f"{vocab_size:,} (config.json's vocab_size); upload a matching tokenizer"
+        )
     return PretrainedTokenizer(
         tokenizers.Tokenizer.from_str(backend.to_str()),  # a copy: we change its settings
         vocab_size,
