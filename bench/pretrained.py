@@ -6,7 +6,7 @@ experiment, then a summary line (seconds; samples/s over the training epochs onl
     .venv/bin/python -m bench.pretrained [--train-rows 20000] [--peer-rows 6000] [--lr 1e-4] \\
         sst2 lora peer conll latency memory
 
-sst2     full fine-tuning, one epoch over the first --train-rows SST-2 training rows; dev
+sst2     full fine-tuning, --epochs (1) over the first --train-rows SST-2 training rows; dev
          accuracy, wall time, samples/s, checkpoint size
 lora     the same with LoRA (r 8): accuracy, trainable parameters, checkpoint size, samples/s
 peer     Seqtrain, then transformers.Trainer (bench/hf_trainer_peer.py) with its default dynamic
@@ -48,7 +48,7 @@ def spec_for(task: str, dataset: str, dev: str, args: argparse.Namespace, **mode
         "data": {"dataset": dataset, "validation_dataset": dev, "max_length": args.max_length},
         "model": {"type": "pretrained", "pretrained": "minilm", **model},
         "training": {
-            "epochs": 1,
+            "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr": args.lr,
             "log_every_steps": 50,
@@ -172,6 +172,9 @@ def main() -> None:
     )
     parser.add_argument("--train-rows", type=int, default=20000)
     parser.add_argument("--peer-rows", type=int, default=6000)
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="sst2, lora and conll (the peer trains one)"
+    )
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
@@ -216,8 +219,9 @@ def main() -> None:
             # Seqtrain and the peer, one after the other, on the first --peer-rows rows.
             rows = first_rows(DATASETS / "sst2/train.tsv", args.peer_rows, scratch / "peer.tsv")
             svc.upload(rows, "sst2-peer", **SST2)
+            one_epoch = argparse.Namespace(**{**vars(args), "epochs": 1})
             ours = train_job(
-                svc, spec_for("classification", "sst2-peer", "sst2-dev", args), "val/accuracy"
+                svc, spec_for("classification", "sst2-peer", "sst2-dev", one_epoch), "val/accuracy"
             )
             emit({"experiment": "peer-seqtrain", "train_rows": args.peer_rows, **ours})
             model_dir = scratch / "model"
