@@ -40,10 +40,14 @@ class Client:
         req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310
         if data is not None:
             req.add_header("Content-Type", content_type or "application/json")
+        return self.send(req)
+
+    def send(self, req: urllib.request.Request, timeout: float | None = None) -> Any:
+        """Send a prepared request with the token; the decoded JSON answer, or ApiFailure."""
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (scheme checked above)
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:  # noqa: S310 (scheme checked in __init__)
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raw = exc.read()

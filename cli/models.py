@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from cli.client import ApiFailure, Client
+from cli.client import Client
 from cli.common import call, fail, json_option, make_client, token_option, url_option
 from shared.hub.archive import is_kept
 
@@ -87,18 +87,7 @@ def stream_upload(client: Client, path: Path, filename: str, fields: dict[str, s
     )
     req.add_header("Content-Length", str(len(head) + path.stat().st_size + len(tail)))
     req.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    if client.token:
-        req.add_header("Authorization", f"Bearer {client.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT) as resp:  # noqa: S310
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode("utf-8", "replace")
-        raise ApiFailure(exc.code, parsed) from None
+    return client.send(req, timeout=UPLOAD_TIMEOUT)
 
 
 @models.command("upload")

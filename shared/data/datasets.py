@@ -32,6 +32,7 @@ from shared.data.formats import (
     statistics,
 )
 from shared.infra.db import Database
+from shared.infra.listing import invalid_reference, newest_first, parse_reference_id
 from shared.infra.models import Dataset, Job, JobDataset
 from shared.infra.storage import ArtifactStore
 from shared.protocol import TrainerFailure
@@ -287,14 +288,10 @@ def create_dataset(
 def list_datasets(
     db: Database, owner_id: int | None, limit: int = 100, before_id: int | None = None
 ) -> tuple[list[Dataset], int | None]:
-    query = select(Dataset).order_by(Dataset.id.desc()).limit(limit + 1)
+    query = select(Dataset)
     if owner_id is not None:
         query = query.where(Dataset.owner_id == owner_id)
-    if before_id is not None:
-        query = query.where(Dataset.id < before_id)
-    with db.session() as session:
-        rows = list(session.scalars(query))
-    return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+    return newest_first(db, query, Dataset.id, limit, before_id)
 
 
 def get_dataset(db: Database, dataset_id: int) -> Dataset | None:
@@ -362,20 +359,11 @@ def resolve(db: Database, reference: str, owner_id: int, is_admin: bool, field: 
     return found
 
 
-MAX_ID = 2**63 - 1
-_ID = re.compile(r"[0-9]{1,19}")
-
-
 def reference_id(reference: str, field: str) -> int:
     """The id of a `dataset:<id>` reference: ASCII digits, 1..2^63-1 (the column's range)."""
-    digits = reference.removeprefix("dataset:")
-    number = int(digits) if _ID.fullmatch(digits) else 0
-    if not 1 <= number <= MAX_ID:
-        raise DatasetError(
-            f"invalid dataset reference {reference[:60]!r}: dataset:<id> takes a whole number "
-            f"from 1 to {MAX_ID}, in ASCII digits",
-            field,
-        )
+    number = parse_reference_id(reference, "dataset")
+    if number is None:
+        raise DatasetError(invalid_reference(reference, "dataset"), field)
     return number
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import exists, or_, select
 
 from shared.hub import archive
 from shared.infra.db import Database
+from shared.infra.listing import invalid_reference, newest_first, parse_reference_id
 from shared.infra.models import Job, PretrainedModel
 from shared.infra.storage import ArtifactStore, file_digest
 from shared.protocol import TrainerFailure
@@ -32,8 +33,6 @@ ACTIVE_STATUSES = ("queued", "running")
 NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
 NAME_MAX = 200
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
-MAX_ID = 2**63 - 1
-_ID = re.compile(r"[0-9]{1,19}")
 
 
 class ModelError(TrainerFailure, ValueError):
@@ -152,16 +151,12 @@ def list_models(
 ) -> tuple[list[PretrainedModel], int | None]:
     """Newest first: the viewer's models and the shared ones (every model for None, an
     admin); the cursor of the next page, or None."""
-    query = select(PretrainedModel).order_by(PretrainedModel.id.desc()).limit(limit + 1)
+    query = select(PretrainedModel)
     if viewer_id is not None:
         query = query.where(
             or_(PretrainedModel.owner_id == viewer_id, PretrainedModel.shared.is_(True))
         )
-    if before_id is not None:
-        query = query.where(PretrainedModel.id < before_id)
-    with db.session() as session:
-        rows = list(session.scalars(query))
-    return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+    return newest_first(db, query, PretrainedModel.id, limit, before_id)
 
 
 def get_model(db: Database, model_id: int) -> PretrainedModel | None:
@@ -233,14 +228,9 @@ def set_shared(db: Database, model_id: int, shared: bool) -> PretrainedModel | N
 
 def reference_id(reference: str, field: str) -> int:
     """The id of a `model:<id>` reference: ASCII digits, 1..2^63-1 (the column's range)."""
-    digits = reference.removeprefix("model:")
-    number = int(digits) if _ID.fullmatch(digits) else 0
-    if not 1 <= number <= MAX_ID:
-        raise ModelError(
-            f"invalid model reference {reference[:60]!r}: model:<id> takes a whole number "
-            f"from 1 to {MAX_ID}, in ASCII digits",
-            field,
-        )
+    number = parse_reference_id(reference, "model")
+    if number is None:
+        raise ModelError(invalid_reference(reference, "model"), field)
     return number
 
 
