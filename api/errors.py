@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from shared.data.datasets import NAME_PATTERN
+from shared.infra.listing import NAME_PATTERN
 from shared.jobs import InvalidTransition, JobNotFound
 from shared.spec import PRINTABLE
 

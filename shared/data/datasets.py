@@ -32,7 +32,14 @@ from shared.data.formats import (
     statistics,
 )
 from shared.infra.db import Database
-from shared.infra.listing import invalid_reference, newest_first, parse_reference_id
+from shared.infra.listing import (
+    ACTIVE_STATUSES,
+    NAME_MAX,
+    NAME_PATTERN,
+    invalid_reference,
+    newest_first,
+    parse_reference_id,
+)
 from shared.infra.models import Dataset, Job, JobDataset
 from shared.infra.storage import ArtifactStore
 from shared.protocol import TrainerFailure
@@ -40,7 +47,6 @@ from shared.registry import TASKS
 
 _BUILTIN_DIR = Path(__file__).with_name("builtin_files")
 FORMATS = ("tsv", "csv", "jsonl", "text", "conll")
-ACTIVE_STATUSES = ("queued", "running")
 
 
 class DatasetError(TrainerFailure, ValueError):
@@ -55,9 +61,6 @@ class DatasetInUse(DatasetError):
     pass
 
 
-# A dataset's name: printable, without ":" (a colon would read as builtin:/dataset:).
-NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
-NAME_MAX = 200
 _TEXT = r"^[^\x00-\x1f\x7f]+$"
 
 

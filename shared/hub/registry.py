@@ -23,15 +23,18 @@ from sqlalchemy import exists, or_, select
 
 from shared.hub import archive
 from shared.infra.db import Database
-from shared.infra.listing import invalid_reference, newest_first, parse_reference_id
+from shared.infra.listing import (
+    ACTIVE_STATUSES,
+    NAME_MAX,
+    NAME_PATTERN,
+    invalid_reference,
+    newest_first,
+    parse_reference_id,
+)
 from shared.infra.models import Job, PretrainedModel
 from shared.infra.storage import ArtifactStore, file_digest
 from shared.protocol import TrainerFailure
 
-ACTIVE_STATUSES = ("queued", "running")
-# A model's name: printable, without ":" (a colon would read as model:<id>).
-NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
-NAME_MAX = 200
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 
 

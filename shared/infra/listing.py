@@ -1,5 +1,6 @@
-"""What the registries (datasets, pretrained models) share: newest-first pages by id, and
-the `kind:<id>` references a job spec names them by."""
+"""What the registries (datasets, pretrained models) share: their names' rules, the job
+statuses that keep an entry in use, newest-first pages by id, and the `kind:<id>`
+references a job spec names them by."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from sqlalchemy import Select
 
 from shared.infra.db import Database
 
+# A name: printable, without ":" (a colon would read as dataset:<id> or model:<id>).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
+NAME_MAX = 200
+# Jobs in these statuses keep the datasets and base models they name from being deleted.
+ACTIVE_STATUSES = ("queued", "running")
 # A BIGINT id: what a reference, a cursor or a path may name.
 MAX_ID = 2**63 - 1
 _ID = re.compile(r"[0-9]{1,19}")
