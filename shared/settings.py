@@ -66,6 +66,16 @@ def choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def artifact_location(raw: str) -> str:
+    """A directory, or `s3://bucket[/prefix]`."""
+    value = raw.strip()
+    if value.startswith("s3://"):
+        bucket = value[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            raise ValueError("a directory or s3://bucket/prefix")
+    return value
+
+
 def _worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -104,12 +114,41 @@ class Settings:
         "Celery broker and pub/sub",
         shown="`seqtrain up`: a private Redis it starts; otherwise `redis://127.0.0.1:6379/0`",
     )
-    artifact_root: Path = setting(
+    artifact_root: str = setting(
         "ARTIFACT_ROOT",
-        Path("var/artifacts"),
-        "checkpoints and logs; a shared mount when workers run on several hosts",
-        Path,
-        from_var_dir=lambda var_dir: var_dir / "artifacts",
+        "var/artifacts",
+        "datasets, checkpoints, logs, TensorBoard files and uploaded models: a directory (a"
+        " shared mount when workers run on several hosts) or an S3-compatible bucket,"
+        " `s3://bucket/prefix`",
+        artifact_location,
+        from_var_dir=lambda var_dir: str(var_dir / "artifacts"),
+    )
+    s3_endpoint_url: str = setting(
+        "SEQTRAIN_S3_ENDPOINT_URL",
+        "",
+        "the S3 endpoint for an `s3://` ARTIFACT_ROOT (MinIO, SeaweedFS, Ceph:"
+        " `http://host:port`); unset: boto3's AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or AWS."
+        " Credentials come the standard AWS way (AWS_ACCESS_KEY_ID, a profile, a role)",
+    )
+    s3_presign_seconds: int = setting(
+        "SEQTRAIN_S3_PRESIGN_SECONDS",
+        0,
+        "with an `s3://` store, checkpoint downloads redirect to a presigned URL valid this"
+        " long; 0: the API streams them",
+        integer,
+    )
+    store_retry_seconds: float = setting(
+        "SEQTRAIN_STORE_RETRY_SECONDS",
+        120.0,
+        "how long a write to an `s3://` store is retried while the store is unreachable",
+        not_negative,
+    )
+    cache_bytes: int = setting(
+        "SEQTRAIN_CACHE_BYTES",
+        20 << 30,
+        "the most SEQTRAIN_CACHE_DIR holds (datasets, checkpoints and base models from an"
+        " `s3://` store, by content hash); the least recently used go first",
+        integer,
     )
     var_dir: Path = setting("SEQTRAIN_VAR_DIR", Path("var"), "where the defaults above live", Path)
     api_url: str = setting("SEQTRAIN_URL", "http://127.0.0.1:8000", "the API the CLI talks to")
@@ -186,7 +225,8 @@ class Settings:
     cache_dir: Path = setting(
         "SEQTRAIN_CACHE_DIR",
         Path("var/cache"),
-        "where workers and the API unpack pretrained base models, once per content hash",
+        "where workers and the API keep base models (unpacked), and datasets and checkpoints"
+        " from an `s3://` store, once per content hash",
         Path,
         from_var_dir=lambda var_dir: var_dir / "cache",
     )
