@@ -21,7 +21,9 @@ from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, Predi
 from shared import jobs
 from shared.hub import registry as hub
 from shared.hub.cache import checkout
+from shared.infra.cache import ChecksumMismatch, cache_for, readable_file
 from shared.infra.models import Job
+from shared.infra.storage import ArtifactMissing
 from shared.protocol import TrainerFailure
 from shared.registry import InferenceInputError, tasks_serving
 
@@ -43,27 +45,31 @@ def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
     ckpt = jobs.best_checkpoint(svc.db, job.id)
     if ckpt is None or not svc.store.exists(ckpt.uri):
         raise ApiError(409, "conflict", f"job {job.id} has no checkpoint yet")
+    cache = cache_for(svc.settings)
     backbone = None
     if job.base_model_id is not None or job.model_type == "pretrained":
         base = hub.get_model(svc.db, job.base_model_id) if job.base_model_id else None
         if base is None:
             raise ApiError(409, "conflict", f"job {job.id}'s base model was deleted")
         limit = svc.settings.max_model_bytes
-        backbone = functools.partial(
-            checkout, svc.store, base.uri, base.sha256, svc.settings.cache_dir, limit
-        )
-    path = str(svc.store.path(ckpt.uri))
+        backbone = functools.partial(checkout, svc.store, base.uri, base.sha256, cache, limit)
+    checkpoint = functools.partial(readable_file, svc.store, cache, ckpt.uri, ckpt.sha256)
     try:
-        return ckpt.id, offload.run(_load_predictor, path, ckpt.sha256, backbone)
-    except (hub.ModelError, TrainerFailure) as exc:  # the base model cannot serve it now
+        return ckpt.id, offload.run(_load_predictor, checkpoint, ckpt.sha256, backbone)
+    except (hub.ModelError, TrainerFailure, ChecksumMismatch) as exc:  # it cannot serve now
         raise ApiError(409, "conflict", f"job {job.id} cannot serve predictions: {exc}") from None
+    except ArtifactMissing:
+        raise ApiError(409, "conflict", f"job {job.id}'s checkpoint is missing") from None
 
 
-def _load_predictor(path: str, sha256: str, backbone: Callable[[], Path] | None) -> Predictor:
+def _load_predictor(
+    checkpoint: Callable[[], Path], sha256: str, backbone: Callable[[], Path] | None
+) -> Predictor:
     from api.predictor import load_predictor  # torch, on first use only
 
-    # A base model is unpacked once per hash into this machine's cache.
-    return load_predictor(path, sha256, str(backbone()) if backbone else None)
+    # The checkpoint (from a remote store) and a base model are kept once per hash in this
+    # machine's cache.
+    return load_predictor(str(checkpoint()), sha256, str(backbone()) if backbone else None)
 
 
 @operation(

@@ -3,9 +3,11 @@ routes: parse and validate -> call api.submissions or shared.jobs -> serialize."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, send_file, url_for
+from flask import Blueprint, Response, redirect, send_file, stream_with_context, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from api import services, submissions
 from api.auth import authorize, current_principal, require_principal
@@ -25,6 +27,7 @@ from api.schemas import (
 )
 from shared import jobs
 from shared.infra.models import TERMINAL_STATUSES
+from shared.infra.storage import ArtifactMissing
 from shared.jobs.progress import job_progress
 from shared.spec import JobSpec, parse_spec
 
@@ -165,19 +168,48 @@ def checkpoints(job_id: int) -> Response:
 )
 def download_checkpoint(job_id: int, checkpoint_id: int) -> Any:
     """Weights under `model.*`; optimizer, RNG state, vocabulary and spec in the same file.
-    The `X-Checksum-SHA256` header carries the file's sha256."""
+    The `X-Checksum-SHA256` header carries the file's sha256. From an `s3://` store the API
+    streams the object, or redirects (302) to a presigned URL when those are configured."""
     owned_job(job_id)
     svc = services()
     ckpt = jobs.get_checkpoint(svc.db, job_id, checkpoint_id)
-    if ckpt is None or not svc.store.exists(ckpt.uri):
-        raise ApiError(404, "not_found", f"checkpoint {checkpoint_id} of job {job_id} not found")
-    response = send_file(
-        svc.store.path(ckpt.uri),
-        mimetype=BINARY,
-        as_attachment=True,
-        download_name=f"job-{job_id}-step-{ckpt.step}.safetensors",
-    )
+    missing = ApiError(404, "not_found", f"checkpoint {checkpoint_id} of job {job_id} not found")
+    if ckpt is None:
+        raise missing
+    filename = f"job-{job_id}-step-{ckpt.step}.safetensors"
+    path = svc.store.local_path(ckpt.uri)
+    if path is not None:
+        if not path.is_file():
+            raise missing
+        response = send_file(path, mimetype=BINARY, as_attachment=True, download_name=filename)
+    else:
+        response = _remote_download(ckpt.uri, filename, ckpt.bytes, missing)
     response.headers["X-Checksum-SHA256"] = ckpt.sha256
+    return response
+
+
+def _remote_download(key: str, filename: str, size: int, missing: ApiError) -> BaseResponse:
+    """A redirect to a presigned URL, or the object streamed in 1 MiB chunks; `missing`
+    when the store has no such object."""
+    store = services().store
+    url = store.presigned_url(key, filename)
+    if url is not None:
+        if not store.exists(key):
+            raise missing
+        return redirect(url, 302)
+    try:
+        body = store.open(key)
+    except ArtifactMissing:
+        raise missing from None
+
+    def chunks() -> Iterator[bytes]:
+        with body:
+            while chunk := body.read(1 << 20):
+                yield chunk
+
+    response = Response(stream_with_context(chunks()), mimetype=BINARY)
+    response.headers["Content-Length"] = str(size)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 

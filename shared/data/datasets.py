@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from shared.data.formats import (
     parse_text,
     statistics,
 )
+from shared.infra.cache import ChecksumMismatch, LocalCache
 from shared.infra.db import Database
 from shared.infra.listing import (
     ACTIVE_STATUSES,
@@ -41,7 +43,7 @@ from shared.infra.listing import (
     parse_reference_id,
 )
 from shared.infra.models import Dataset, Job, JobDataset
-from shared.infra.storage import ArtifactStore
+from shared.infra.storage import ArtifactMissing, ArtifactStore
 from shared.protocol import TrainerFailure
 from shared.registry import TASKS
 
@@ -226,16 +228,53 @@ BUILTIN_DATASETS: dict[str, Builtin] = {
 Resolved = Dataset | Builtin
 
 
-def load(resolved: Resolved, store: ArtifactStore) -> ParsedDataset:
-    """Parse a resolved dataset into rows (the trainer's entry point)."""
+def load(
+    resolved: Resolved,
+    store: ArtifactStore,
+    cache: LocalCache | None = None,
+    note: Callable[[str], None] | None = None,
+) -> ParsedDataset:
+    """Parse a resolved dataset into rows (the trainer's entry point). A stored dataset is
+    read in place from a directory store, else through `cache` (downloaded once per
+    content hash), else straight from the store; `note` hears where it came from."""
     if isinstance(resolved, Builtin):
         return parse(resolved.load(), resolved.format, resolved.options)
-    path = store.path(resolved.uri)
-    if not path.is_file():
+    started = time.perf_counter()
+    try:
+        data, source = _stored_bytes(resolved, store, cache)
+    except ArtifactMissing:
         raise DatasetError(
             f"dataset {resolved.id}'s file {resolved.uri} is missing from the artifact store"
+        ) from None
+    except ChecksumMismatch as exc:
+        raise DatasetError(f"dataset {resolved.id} cannot be used: {exc}") from None
+    if note is not None:
+        seconds = time.perf_counter() - started
+        note(f"dataset:{resolved.id} ({len(data):,} bytes): {source} in {seconds:.2f} s")
+    return parse(data, resolved.format, resolved.options)
+
+
+def _stored_bytes(
+    dataset: Dataset, store: ArtifactStore, cache: LocalCache | None
+) -> tuple[bytes, str]:
+    """The dataset's bytes and a phrase saying where they came from."""
+    path = store.local_path(dataset.uri)
+    if path is not None:
+        if not path.is_file():
+            raise ArtifactMissing(dataset.uri)
+        return path.read_bytes(), "read from the artifact directory"
+    if cache is not None:
+        fetched = cache.fetch(store, dataset.uri, dataset.sha256)
+        source = "from this machine's cache" if fetched.hit else "downloaded into the cache"
+        return fetched.path.read_bytes(), source
+    data = store.get_bytes(dataset.uri)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != dataset.sha256:
+        raise ChecksumMismatch(
+            f"{dataset.uri} in the artifact store has sha256 {digest}, not the recorded "
+            f"{dataset.sha256}: it was changed or corrupted after it was written"
         )
-    return parse(path.read_bytes(), resolved.format, resolved.options)
+    return data, "downloaded from the artifact store"
 
 
 # ---------------------------------------------------------------- the registry
@@ -268,9 +307,7 @@ def create_dataset(
                 return existing, False
     uri = f"datasets/{digest}"
     if not store.exists(uri):  # content-addressed: the same bytes are stored once
-        staging = store.staging_path(uri)
-        staging.write_bytes(data)
-        store.commit(staging, uri)
+        store.put_bytes(data, uri)
     with db.session() as session:
         dataset = Dataset(
             owner_id=owner_id,

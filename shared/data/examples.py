@@ -15,6 +15,7 @@ together (bucketing), so little compute is spent on pads. Batch order is a pure 
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ import torch
 from shared.data import datasets as registry
 from shared.data.formats import ParsedDataset
 from shared.data.tokenization import Tokenizer, WordTokenizer, train_tokenizer
-from shared.infra.storage import ArtifactStore
+from shared.infra.cache import LocalCache
+from shared.infra.storage import ArtifactStore, LocalStore
 from shared.protocol import IGNORE_INDEX, TrainerFailure
 from shared.spec import DataSpec, JobSpec, dataset_references
 from shared.zoo.encoders import pad_right
@@ -106,9 +108,14 @@ class Prepared:
 
 
 def load_splits(
-    spec: JobSpec, store: ArtifactStore | None, linked: dict[str, registry.Resolved] | None = None
+    spec: JobSpec,
+    store: ArtifactStore | None,
+    linked: dict[str, registry.Resolved] | None = None,
+    cache: LocalCache | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Splits:
-    """Parse each role's dataset: built-ins from the spec, uploads from the job's pinned links."""
+    """Parse each role's dataset: built-ins from the spec, uploads from the job's pinned links
+    (from a remote store through `cache`; `note` hears where each came from)."""
     linked = linked or {}
     references = dataset_references(spec)
     parsed: dict[str, ParsedDataset | None] = {}
@@ -124,10 +131,15 @@ def load_splits(
             resolved = linked[role]
         else:
             raise DataError(f"the {role} dataset {reference!r} was not resolved at submit")
-        parsed[role] = registry.load(resolved, store or ArtifactStore("."))
+        told = None if note is None else functools.partial(_note_role, note, role)
+        parsed[role] = registry.load(resolved, store or LocalStore("."), cache, told)
     train = parsed["train"]
     assert train is not None
     return Splits(train, parsed["validation"], parsed["test"])
+
+
+def _note_role(note: Callable[[str], None], role: str, line: str) -> None:
+    note(f"{role} {line}")
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -13,7 +13,6 @@ name, else the newest shared one. The API resolves it at submit and pins the id.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,14 +137,12 @@ def create_model(
 
 
 def _store_archive(store: ArtifactStore, staged: Path, uri: str) -> None:
-    """Move `staged` to `uri`, once per content hash: the same bytes are stored once."""
+    """Publish `staged` under `uri`, once per content hash: the same bytes are stored once.
+    `commit` consumes the file wherever it lies (a directory store moves it beside its place
+    and renames it; a bucket uploads and verifies it)."""
     if store.exists(uri):
         staged.unlink(missing_ok=True)
         return
-    staging = store.staging_path(uri)
-    if staged.parent != staging.parent:  # another file system, perhaps: copy beside it
-        shutil.move(staged, staging)
-        staged = staging
     store.commit(staged, uri)
 
 
