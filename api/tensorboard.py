@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 
 from flask import Blueprint, Response
@@ -12,15 +13,20 @@ from api.auth import require_principal
 from api.errors import ApiError
 from api.http import JOB, owned_job
 from api.openapi import API_PREFIX, operation
+from shared.infra.storage import ArtifactMissing
 
 bp = Blueprint("tensorboard", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
 
+# An attempt's event file, relative to the job's tensorboard folder.
+EVENT_FILE = re.compile(r"attempt-\d+/events\.out\.tfevents\.[^/]+")
+
 
 def event_archive(job_id: int) -> bytes:
     """Every attempt's event files under `job-<id>/attempt-<n>/`, gzipped."""
-    folder = services().store.path(f"jobs/{job_id}/tensorboard")
-    files = sorted(folder.glob("attempt-*/events.out.tfevents.*")) if folder.is_dir() else []
+    store = services().store
+    folder = f"jobs/{job_id}/tensorboard/"
+    files = [info for info in store.list(folder) if EVENT_FILE.fullmatch(info.key[len(folder) :])]
     if not files:
         raise ApiError(
             404,
@@ -29,8 +35,14 @@ def event_archive(job_id: int) -> bytes:
         )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in files:
-            archive.add(path, arcname=f"job-{job_id}/{path.relative_to(folder)}")
+        for info in files:
+            try:
+                data = store.get_bytes(info.key)
+            except ArtifactMissing:  # the job was deleted meanwhile
+                continue
+            member = tarfile.TarInfo(f"job-{job_id}/{info.key[len(folder) :]}")
+            member.size, member.mtime, member.mode = len(data), int(info.modified), 0o644
+            archive.addfile(member, io.BytesIO(data))
     return buffer.getvalue()
 
 

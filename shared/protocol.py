@@ -85,6 +85,12 @@ def log_key(job_id: int, attempt: int, node_rank: int = 0) -> str:
     return f"jobs/{job_id}/logs/attempt-{attempt}{suffix}.log"
 
 
+def log_stream_key(job_id: int, attempt: int, node_rank: int = 0) -> str:
+    """The Redis stream of an attempt's live log (with an `s3://` store): one entry per chunk,
+    its ID `{offset + 1}-0`, its fields `offset` and `data`; `log_key` is its archive."""
+    return f"seqtrain:log:{job_id}:{attempt}:{node_rank}"
+
+
 class TrainerFailure(Exception):
     """A failure the trainer reports as the job's reason (bad data, a NaN loss): the message
     alone, no traceback, and no retry (ExitCode.FAILED)."""
