@@ -39,7 +39,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from shared.auth import PrincipalCache
 from shared.infra.db import Database
 from shared.infra.queue import JobQueue
-from shared.infra.storage import ArtifactStore
+from shared.infra.storage import ArtifactStore, open_store
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         settings=settings,
         db=db,
         queue=queue,
-        store=ArtifactStore(settings.artifact_root),
+        store=open_store(settings),
         limiter=FailureLimiter(settings.redis_url, settings.auth_failure_limit),
         tokens=PrincipalCache(
             float(app.config.get("AUTH_CACHE_SECONDS", settings.auth_cache_seconds))

@@ -19,11 +19,11 @@ from sqlalchemy.exc import OperationalError
 
 from shared import jobs
 from shared.infra.db import Database
-from shared.infra.storage import ArtifactStore
+from shared.infra.storage import ArtifactStore, StoreError
 from shared.protocol import metrics_channel
 from shared.spec import JobSpec
 from shared.zoo.checkpoints import save_checkpoint
-from worker.tbevents import EventWriter
+from worker.tbevents import StoreEvents
 
 T = TypeVar("T")
 # Seconds the trainer keeps retrying a metrics or checkpoint write while the database is down.
@@ -69,7 +69,7 @@ class ServiceReporter:
         self.last_flush = 0.0  # the first rows go out at once: a live page shows them soon
         self.redis = _redis_or_none(redis_url)
         self.events = (
-            EventWriter(store.path(f"jobs/{job_id}/tensorboard/attempt-{attempt}"))
+            StoreEvents(store, f"jobs/{job_id}/tensorboard/attempt-{attempt}")
             if spec.training.tensorboard
             else None
         )
@@ -112,6 +112,7 @@ class ServiceReporter:
             self.events.add_scalars(
                 (f"{r['split']}/{r['name']}", r["step"], r["value"]) for r in rows
             )
+            self.events.sync()
         if self.redis is not None:
             try:
                 self.redis.publish(metrics_channel(self.job_id), json.dumps(rows))
@@ -119,7 +120,8 @@ class ServiceReporter:
                 print(f"metrics fan-out failed: {exc}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        """Close the TensorBoard file and the Redis connection (every row is already written)."""
+        """Close (and upload) the TensorBoard file and the Redis connection (every row is
+        already written)."""
         if self.events is not None:
             self.events.close()
         if self.redis is not None:
@@ -128,29 +130,54 @@ class ServiceReporter:
     def save(
         self, state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
     ) -> None:
+        """Write a checkpoint: the object is complete and its sha256 checked (`commit`) before
+        its row exists. A store that stays down raises StoreError (the attempt exits to be
+        retried); when the row cannot be written (fenced, or the database stays down) the
+        object just uploaded is deleted again, so no object outlives a missing row. Keys name
+        the attempt: a fenced attempt never overwrites, or deletes, the owner's checkpoint."""
         where = "end" if state["next_batch"] == 0 else f"b{state['next_batch']}"
-        key = f"jobs/{self.job_id}/checkpoints/step-{step:09d}-{where}.safetensors"
+        name = f"step-{step:09d}-{where}-a{self.attempt}.safetensors"
+        key = f"jobs/{self.job_id}/checkpoints/{name}"
         staging = self.store.staging_path(key)
-        save_checkpoint(staging, state)
+        try:
+            save_checkpoint(staging, state)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
         size, digest = self.store.commit(staging, key)
-        dropped = with_db_retries(
-            lambda: jobs.add_checkpoint(
-                self.db,
-                self.job_id,
-                self.attempt,
-                step=step,
-                epoch=epoch,
-                uri=key,
-                sha256=digest,
-                size=size,
-                metrics=metrics,
-                keep_last=self.spec.checkpoint.keep_last,
-                is_best=is_best,
+        try:
+            dropped = with_db_retries(
+                lambda: jobs.add_checkpoint(
+                    self.db,
+                    self.job_id,
+                    self.attempt,
+                    step=step,
+                    epoch=epoch,
+                    uri=key,
+                    sha256=digest,
+                    size=size,
+                    metrics=metrics,
+                    keep_last=self.spec.checkpoint.keep_last,
+                    is_best=is_best,
+                )
             )
-        )
-        for old in dropped:
-            self.store.delete(old)
+        except BaseException:
+            _delete_quietly(self.store, key, "checkpoint without a row")
+            raise
+        for old in set(dropped) - {key}:  # the same step saved twice keeps its object
+            _delete_quietly(self.store, old, "dropped checkpoint")
         print(f"checkpoint {key} ({size:,} bytes)", flush=True)
+        if self.events is not None:
+            self.events.sync(force=True)
+
+
+def _delete_quietly(store: ArtifactStore, key: str, what: str) -> None:
+    """Delete an object no row names. A store that refuses leaves it behind (a warning, not
+    a failed save): a stray object costs space, never correctness."""
+    try:
+        store.delete(key)
+    except StoreError as exc:
+        print(f"could not delete {what} {key}: {exc}", file=sys.stderr, flush=True)
 
 
 def with_db_retries(write: Callable[[], T], seconds: float = DB_RETRY_SECONDS) -> T:

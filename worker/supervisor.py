@@ -11,6 +11,7 @@ stops the child with SIGTERM, then SIGKILL of the whole process group.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -26,12 +27,13 @@ from sqlalchemy.exc import OperationalError
 
 from shared import jobs
 from shared.infra.db import Database
-from shared.infra.storage import ArtifactStore
-from shared.protocol import AttemptOutcome, ExitCode, JobStatus, log_key
+from shared.infra.storage import open_store
+from shared.protocol import AttemptOutcome, ExitCode, JobStatus
 from shared.settings import Settings
 from shared.spec import JobSpec
 from worker import devices
 from worker.launch import NodePlan, trainer_command
+from worker.logship import LogShipper, finish_log, trainer_log
 
 if TYPE_CHECKING:
     from worker.forkserver.client import ForkServer
@@ -109,7 +111,7 @@ def supervise(
         if spec.resources.max_runtime_seconds
         else None
     )
-    proc, log_path = _start(settings, job_id, attempt, spec, node, forkserver)
+    proc, log_path, shipper = _start(settings, job_id, attempt, spec, node, forkserver)
     try:
         returncode, reason = _watch(
             db, settings, proc, job_id, attempt, deadline, spec, shutting_down
@@ -118,6 +120,7 @@ def supervise(
         # The supervisor itself failed (e.g. the database vanished): never leave an
         # unsupervised trainer behind. The lease expires and the job is recovered.
         stop_group(proc, settings.kill_grace_seconds)
+        finish_log(shipper, log_path)
         raise
     # Reap anything the trainer started and left behind in its group.
     with contextlib.suppress(ProcessLookupError):
@@ -136,7 +139,26 @@ def supervise(
                 returncode,
             )
     reason.returncode = returncode
+    if returncode != 0:
+        _remove_orphans(db, settings, job_id, attempt)
+    # The archive is whole before the attempt is seen ended (the lease held meanwhile).
+    renew = functools.partial(_renew, db, settings, job_id, attempt)
+    finish_log(shipper, log_path, renew, settings.heartbeat_seconds)
     return record(db, job_id, attempt, reason, actor)
+
+
+def _remove_orphans(db: Database, settings: Settings, job_id: int, attempt: int) -> None:
+    """A trainer stopped mid-checkpoint may have uploaded an object whose row it never
+    wrote; its process group is gone, so no writer of this attempt remains."""
+    from worker.reconciler import remove_orphan_checkpoints
+
+    try:
+        removed = remove_orphan_checkpoints(db, open_store(settings), job_id, 0.0, attempt)
+    except Exception as exc:  # the reconciler's sweep catches what this misses
+        log.warning("job %s: orphan checkpoints not removed: %s", job_id, exc)
+        return
+    for key in removed:
+        log.info("job %s: removed %s, a checkpoint without its row", job_id, key)
 
 
 def follow(
@@ -152,14 +174,16 @@ def follow(
     down. Node 0 records the job's status; a follower never writes it. Returns what
     happened, for the log."""
     spec = JobSpec.model_validate(jobs.get_job(db, job_id).spec)
-    proc, _ = _start(settings, job_id, attempt, spec, node)
+    proc, log_path, shipper = _start(settings, job_id, attempt, spec, node)
     try:
         ended = _follow_watch(db, settings, proc, job_id, attempt, shutting_down)
     except BaseException:
         stop_group(proc, settings.kill_grace_seconds)
+        finish_log(shipper, log_path)
         raise
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    finish_log(shipper, log_path)
     return ended
 
 
@@ -170,16 +194,16 @@ def _start(
     spec: JobSpec,
     node: NodePlan | None,
     forkserver: ForkServer | None = None,
-) -> tuple[Trainer, Path]:
-    """Start the attempt's trainer child (this node's ranks); returns it and its log file."""
-    store = ArtifactStore(settings.artifact_root)
-    log_path = store.path(log_key(job_id, attempt, node.node_rank if node else 0))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+) -> tuple[Trainer, Path, LogShipper | None]:
+    """Start the attempt's trainer child (this node's ranks); returns it, its log file and,
+    with a remote store, the shipper that follows the file into Redis and the store."""
+    store = open_store(settings)
+    log_path, shipper = trainer_log(settings, store, job_id, attempt, node.node_rank if node else 0)
     env = dict(os.environ)
     env.update(
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
-        ARTIFACT_ROOT=str(store.root),
+        ARTIFACT_ROOT=store.url,
         SEQTRAIN_SUPERVISOR_PID=str(os.getpid()),
         PYTHONUNBUFFERED="1",
     )
@@ -200,7 +224,7 @@ def _start(
                 env=env,
                 start_new_session=True,  # its own process group: we can signal all of it
             )
-    return proc, log_path
+    return proc, log_path, shipper
 
 
 def _follow_watch(

@@ -31,8 +31,10 @@ from shared import jobs
 from shared.data import examples as datalib
 from shared.hub import registry as hub
 from shared.hub.cache import checkout
+from shared.infra.cache import ChecksumMismatch, LocalCache, cache_for, readable_file
 from shared.infra.db import Database
-from shared.infra.storage import ArtifactStore
+from shared.infra.models import Checkpoint
+from shared.infra.storage import ArtifactMissing, ArtifactStore, StoreError, open_store
 from shared.protocol import RANK_DIR_ENV, ExitCode, TrainerFailure
 from shared.settings import Settings
 from shared.spec import JobSpec
@@ -48,15 +50,18 @@ __all__ = ["Reporter", "TrainResult", "TrainingError", "main", "run", "train"]
 def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     started = time.perf_counter()
     db = Database(settings.database_url)
-    store = ArtifactStore(settings.artifact_root)
+    store = open_store(settings)
     job = jobs.get_job(db, job_id)
     spec = JobSpec.model_validate(job.spec)
-    splits = datalib.load_splits(spec, store, jobs.dataset_links(db, job_id))
-    backbone = base_model_dir(db, store, settings, job_id, spec)
+    cache = cache_for(settings)
+    links = jobs.dataset_links(db, job_id)
+    note = _say if os.environ.get("LOCAL_RANK", "0") == "0" else None  # one line a machine
+    splits = datalib.load_splits(spec, store, links, cache, note)
+    backbone = base_model_dir(db, store, cache, settings, job_id, spec)
     resume = None
     latest = jobs.latest_checkpoint(db, job_id)
     if latest is not None and store.exists(latest.uri):
-        resume = load_checkpoint(store.path(latest.uri))
+        resume = read_checkpoint(store, cache, latest)
         if rank_and_world()[0] == 0:
             jobs.note_attempt(
                 db,
@@ -84,8 +89,28 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def read_checkpoint(store: ArtifactStore, cache: LocalCache, ckpt: Checkpoint) -> dict[str, Any]:
+    """A checkpoint row's file, loaded: in place from a directory store, else from this
+    machine's cache (downloaded once, its sha256 checked against the row)."""
+    try:
+        return load_checkpoint(readable_file(store, cache, ckpt.uri, ckpt.sha256))
+    except ChecksumMismatch as exc:
+        raise TrainerFailure(
+            f"cannot resume from the checkpoint at step {ckpt.step}: {exc}"
+        ) from None
+
+
 def base_model_dir(
-    db: Database, store: ArtifactStore, settings: Settings, job_id: int, spec: JobSpec
+    db: Database,
+    store: ArtifactStore,
+    cache: LocalCache,
+    settings: Settings,
+    job_id: int,
+    spec: JobSpec,
 ) -> Path | None:
     """A pretrained job's base model, unpacked once per hash into this machine's cache."""
     if spec.model.pretrained is None:
@@ -95,7 +120,7 @@ def base_model_dir(
         raise TrainerFailure(
             f"the base model {spec.model.pretrained} was deleted from the model registry"
         )
-    return checkout(store, base.uri, base.sha256, settings.cache_dir, settings.max_model_bytes)
+    return checkout(store, base.uri, base.sha256, cache, settings.max_model_bytes)
 
 
 # Set by SIGUSR1: the worker is draining; checkpoint at the next step and exit.
@@ -153,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.FAILED
     except OperationalError as exc:
         print(f"error: database unreachable: {exc.orig}", file=sys.stderr, flush=True)
+        return ExitCode.RETRY
+    except ArtifactMissing:
+        raise  # a deleted or misnamed object, not an outage: the traceback says which
+    except StoreError as exc:
+        print(f"error: artifact store unavailable: {exc}", file=sys.stderr, flush=True)
         return ExitCode.RETRY
 
 
