@@ -1,5 +1,6 @@
 """docker-compose.yml: every service, its healthcheck and start order, the GPU reservation,
-the shared artifact volume; and `docker-compose config` (v1.29, offline) accepts the file.
+the object store (SeaweedFS and its one-shot bucket) that replaces a shared artifact volume;
+and `docker-compose config` (v1.29, offline) accepts the file.
 
 The structural tests read the file with PyYAML (anchors and merge keys resolved). The
 `config` tests need the `docker-compose` binary (scripts/ensure-docker-compose installs it);
@@ -23,7 +24,20 @@ from tests.conftest import ROOT
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SEQTRAIN_SERVICES = ("migrate", "api", "worker", "worker-cpu", "reconciler")
 LONG_RUNNING = ("api", "worker", "worker-cpu", "reconciler")
-ARTIFACTS = "/var/lib/seqtrain/artifacts"
+EVERY_SERVICE = {
+    "postgres",
+    "redis",
+    "seaweedfs",
+    "create-bucket",
+    "migrate",
+    "api",
+    "worker",
+    "worker-cpu",
+    "reconciler",
+    "flower",
+}
+BUCKET = "seqtrain"
+COMPLETED = {"condition": "service_completed_successfully"}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +56,7 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def test_every_service_is_there_and_no_version_key(compose, services):
-    assert set(services) == {
-        "postgres",
-        "redis",
-        "migrate",
-        "api",
-        "worker",
-        "worker-cpu",
-        "reconciler",
-        "flower",
-    }
+    assert set(services) == EVERY_SERVICE
     # Without `version:` both docker-compose 1.29 and `docker compose` v2 read the Compose
     # Specification (profiles, device reservations, service_completed_successfully).
     assert "version" not in compose
@@ -65,18 +70,21 @@ def test_postgres_and_redis_keep_data_and_report_health(compose, services):
     command = command_of(redis)
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"])
-    for volume in ("pgdata", "redisdata", "artifacts"):
-        assert volume in compose["volumes"]
+    assert set(compose["volumes"]) == {"pgdata", "redisdata", "seaweeddata"}
 
 
 def test_migrate_runs_once_before_everything_of_ours(services):
     migrate = services["migrate"]
     assert command_of(migrate) == ["seqtrain", "migrate"]
     assert migrate["restart"] == "no"
-    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "create-bucket": COMPLETED,
+    }
     for name in LONG_RUNNING:
         depends = services[name]["depends_on"]
-        assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert depends["migrate"] == COMPLETED, name
+        assert depends["create-bucket"] == COMPLETED, name
         assert depends["redis"] == {"condition": "service_healthy"}, name
         assert services[name]["restart"] == "unless-stopped", name
 
@@ -123,12 +131,42 @@ def test_reconciler_service_runs_seqtrain_reconcile(services):
     assert command_of(services["reconciler"]) == ["seqtrain", "reconcile"]
 
 
-def test_api_and_workers_share_one_artifact_volume(services):
+def test_seaweedfs_serves_s3_with_a_healthcheck_and_keeps_its_data(services):
+    store = services["seaweedfs"]
+    assert store["image"].startswith("chrislusf/seaweedfs:")
+    script = " ".join(command_of(store))
+    assert "weed server" in script and " -s3 " in script and "-dir=/data" in script
+    assert "-s3.config=/tmp/s3.json" in script and "> /tmp/s3.json" in script
+    assert "seaweeddata:/data" in store["volumes"]
+    assert "/healthz" in " ".join(store["healthcheck"]["test"])
+    assert store["restart"] == "unless-stopped"
+    # Published on the loopback unless .env says otherwise (workers on other hosts).
+    assert store["ports"] == ["${SEQTRAIN_S3_BIND:-127.0.0.1}:${SEQTRAIN_S3_PORT:-8333}:8333"]
+
+
+def test_create_bucket_runs_once_after_the_store_is_healthy(services):
+    once = services["create-bucket"]
+    assert once["image"] == services["seaweedfs"]["image"]
+    assert once["restart"] == "no"
+    assert once["depends_on"] == {"seaweedfs": {"condition": "service_healthy"}}
+    script = " ".join(command_of(once))
+    assert f"s3.bucket.create -name {BUCKET}" in script and "s3.bucket.list" in script
+    assert "weed shell -master=seaweedfs:9333" in script
+    assert "exit 1" in script  # a bucket that cannot be made stops everything after it
+
+
+def test_api_and_workers_use_the_store_and_share_no_volume(services):
+    store_env = services["seaweedfs"]["environment"]
     for name in SEQTRAIN_SERVICES:
         service = services[name]
-        assert f"artifacts:{ARTIFACTS}" in service["volumes"], name
+        # Only anonymous volumes (each container's own cache), no named, shared one.
+        assert all(":" not in volume for volume in service["volumes"]), name
         env = service["environment"]
-        assert env["ARTIFACT_ROOT"] == ARTIFACTS, name
+        assert env["ARTIFACT_ROOT"] == f"s3://{BUCKET}/artifacts", name
+        assert env["SEQTRAIN_S3_ENDPOINT_URL"] == "http://seaweedfs:8333", name
+        assert env["AWS_ACCESS_KEY_ID"] == store_env["S3_ACCESS_KEY"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == store_env["S3_SECRET_KEY"], name
+        assert env["SEQTRAIN_CACHE_BYTES"].startswith("${SEQTRAIN_CACHE_BYTES:-"), name
         assert (
             env["DATABASE_URL"].startswith("postgresql+psycopg://")
             and "@postgres:" in env["DATABASE_URL"]
@@ -200,11 +238,16 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
-    assert set(resolved) >= {"postgres", "redis", "migrate", "api", "worker", "worker-cpu"}
+    assert set(resolved) >= EVERY_SERVICE - {"reconciler", "flower"}
     # docker-compose kept (and so understood) the newer keys rather than dropping them.
     worker = resolved["worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["create-bucket"]["condition"] == "service_completed_successfully"
+    assert worker["environment"]["ARTIFACT_ROOT"] == f"s3://{BUCKET}/artifacts"
+    assert worker["environment"]["AWS_ACCESS_KEY_ID"] == "seqtrain"  # from .env.example
+    # Escaped (`$$`), not interpolated: the store's script reads its own environment.
+    assert re.search(r'"\$+S3_ACCESS_KEY"', " ".join(command_of(resolved["seaweedfs"])))
     assert resolved["worker-cpu"]["profiles"] == ["cpu"]
     assert worker["environment"]["SEQTRAIN_SECRET_KEY"] == "not-a-secret"
     port = resolved["api"]["ports"][0]  # "127.0.0.1:8000:8000" (v1) or a mapping (v2)
@@ -218,16 +261,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
 def test_docker_compose_config_lists_every_service(tmp_path):
     result = run_config(filled_env_file(tmp_path), "config", "--services")
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {
-        "postgres",
-        "redis",
-        "migrate",
-        "api",
-        "worker",
-        "worker-cpu",
-        "reconciler",
-        "flower",
-    }
+    assert set(result.stdout.split()) == EVERY_SERVICE
 
 
 def test_docker_compose_config_requires_the_secret_key(tmp_path):
