@@ -35,19 +35,30 @@ def children(pid: int) -> list[int]:
 
 
 class LocalService:
-    def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
-        self.workers, self.extra_env = workers, env or {}
+    """`store="s3"`: the artifacts in a SeaweedFS bucket started here, and each worker with
+    its own cache directory (`cache_dirs`): nothing on disk is shared but the database."""
+
+    def __init__(
+        self, workers: int = 1, env: dict[str, str] | None = None, store: str = "local"
+    ) -> None:
+        self.workers, self.extra_env, self.store = workers, env or {}, store
 
     def __enter__(self) -> LocalService:
         self.tmp = tempfile.TemporaryDirectory()
         var = Path(self.tmp.name)
         self.redis, redis_url = services.start_redis(var / "redis")
+        self.s3 = None
+        store_env = {"ARTIFACT_ROOT": str(var / "artifacts")}
+        if self.store == "s3":
+            self.s3, server = services.start_seaweedfs(var / "seaweedfs")
+            store_env = {"ARTIFACT_ROOT": "s3://seqtrain/artifacts", **server.env()}
         self.env = dict(
             os.environ,
             DATABASE_URL=f"sqlite:///{var / 'seqtrain.db'}",
             REDIS_URL=redis_url,
-            ARTIFACT_ROOT=str(var / "artifacts"),
             SEQTRAIN_VAR_DIR=str(var),
+            SEQTRAIN_CACHE_DIR=str(var / "cache-api"),
+            **store_env,
             **self.extra_env,
         )
         upgrade(self.env["DATABASE_URL"])
@@ -66,8 +77,13 @@ class LocalService:
                 **quiet,
             )
         ]
+        self.cache_dirs = [var / f"cache-worker-{index}" for index in range(self.workers)]
         for index in range(self.workers):
-            env = dict(self.env, SEQTRAIN_WORKER_NAME=f"bench-worker-{index}")
+            env = dict(
+                self.env,
+                SEQTRAIN_WORKER_NAME=f"bench-worker-{index}",
+                SEQTRAIN_CACHE_DIR=str(self.cache_dirs[index]),
+            )
             self.procs.append(
                 subprocess.Popen(
                     services.worker_command("default"),
@@ -87,6 +103,8 @@ class LocalService:
         for proc in reversed(self.procs):
             services.stop(proc)
         services.stop(self.redis)
+        if self.s3 is not None:
+            services.stop_seaweedfs(self.s3)
         self.tmp.cleanup()
 
     def upload(self, path: Path, name: str, **options: str) -> dict[str, Any]:
