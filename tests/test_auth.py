@@ -26,16 +26,14 @@ def headers_for(identity, accounts):
 
 
 @pytest.fixture
-def alice_job(db, settings, accounts):
+def alice_job(db, store, accounts):
     """A queued job of alice's with one checkpoint file in the store."""
     job = jobs.create_job(
         db, parse_spec(tiny_spec(name="alice-secret-job")), accounts["alice"].user_id
     )
     jobs.claim(db, job.id, "w", 60)
     key = f"jobs/{job.id}/checkpoints/step-1.safetensors"
-    path = settings.artifact_root / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"checkpoint bytes")
+    store.put_bytes(b"checkpoint bytes", key)
     jobs.add_checkpoint(
         db, job.id, 1, step=1, epoch=1, uri=key, sha256="0" * 64, size=16, metrics={}, keep_last=5
     )

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 
 import pytest
 import yaml
@@ -69,9 +70,12 @@ def test_submit_wait_succeeds_and_exits_zero(api_url, settings, worker, tmp_path
     assert job["id"] in [j["id"] for j in listed["jobs"]]
 
 
-def test_submit_wait_exits_nonzero_when_the_job_fails(api_url, client, settings, worker, tmp_path):
-    created = upload(client, SMALL_TSV, format="tsv", text_column="sentence", label_column="label")
-    (settings.artifact_root / f"datasets/{created.json['sha256']}").unlink()
+def test_submit_wait_exits_nonzero_when_the_job_fails(
+    api_url, client, settings, store, worker, tmp_path
+):
+    data = SMALL_TSV + f"great film {uuid.uuid4().hex}\tpos\n".encode()  # in no worker's cache
+    created = upload(client, data, format="tsv", text_column="sentence", label_column="label")
+    store.delete(f"datasets/{created.json['sha256']}")
     path = write_spec(tmp_path, tiny_spec(data={"dataset": created.json["reference"]}))
     result = seqtrain("submit", str(path), "--wait", "--queue", settings.default_queue, url=api_url)
     assert result.returncode == 1

@@ -14,10 +14,10 @@ from shared.data.examples import (
     split_indices,
 )
 from shared.data.text import PAD_ID, UNK_ID
-from shared.infra.storage import ArtifactStore
+from shared.infra.storage import LocalStore
 from shared.spec import DataSpec, JobSpec, TokenizerSpec
 
-STORE = ArtifactStore(Path("."))
+STORE = LocalStore(Path("."))
 
 
 def as_job(data: DataSpec, task: str | None = None) -> JobSpec:

@@ -13,16 +13,19 @@ from tests.helpers import SMALL_TSV, tiny_spec, upload
 TSV = dict(format="tsv", text_column="sentence", label_column="label")
 
 
-def stored(db, settings):
-    """(dataset rows, files in the store): what an upload may have left behind."""
+def stored(db, store):
+    """(dataset rows, files in the store): what an upload may have left behind (in a directory
+    store, staged files too)."""
     with db.session() as s:
         rows = s.scalar(select(func.count()).select_from(Dataset))
-    root = settings.artifact_root / "datasets"
-    files = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    files = [info.key.removeprefix("datasets/") for info in store.list("datasets/")]
+    folder = store.local_path("datasets")
+    if folder is not None:
+        files = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
     return rows, files
 
 
-def test_tsv_upload_reports_statistics_and_is_reused(client, db, settings):
+def test_tsv_upload_reports_statistics_and_is_reused(client, db, store):
     response = upload(client, SMALL_TSV, "small.tsv", **TSV)
     assert response.status_code == 201, response.json
     body = response.json
@@ -31,13 +34,13 @@ def test_tsv_upload_reports_statistics_and_is_reused(client, db, settings):
     assert stats["label_counts"] == {"neg": 40, "pos": 40}
     assert stats["tokens_per_row"]["p50"] == 4 and stats["tokens_per_row"]["max"] == 4
     assert stats["vocabulary_size"] == 2 + 2 + 40  # great, awful, film, number, 0..39
-    assert (settings.artifact_root / f"datasets/{body['sha256']}").read_bytes() == SMALL_TSV
+    assert store.get_bytes(f"datasets/{body['sha256']}") == SMALL_TSV
     assert client.get(body["url"]).json == body
     again = upload(client, SMALL_TSV, "copy.tsv", **TSV)
     assert again.status_code == 200 and again.json["id"] == body["id"]
     other_options = upload(client, SMALL_TSV, format="tsv", text_column="sentence")
     assert other_options.status_code == 201 and other_options.json["id"] != body["id"]
-    assert stored(db, settings) == (2, [body["sha256"]])  # one file for both
+    assert stored(db, store) == (2, [body["sha256"]])  # one file for both
 
 
 def test_jsonl_text_and_conll_uploads(client):
@@ -104,14 +107,14 @@ BAD = [
     ids=[b[0] for b in BAD],
 )
 def test_bad_uploads_say_why_and_store_nothing(
-    client, db, settings, content, options, status, path, needle
+    client, db, store, content, options, status, path, needle
 ):
     response = upload(client, content, **options)
     assert response.status_code == status, response.json
     error = response.json["error"]
     assert needle in error["message"] or any(needle in f["message"] for f in error["fields"])
     assert path in [f["path"] for f in error["fields"]]
-    assert stored(db, settings) == (0, [])
+    assert stored(db, store) == (0, [])
 
 
 def test_latin1_is_fine_when_declared(client):
@@ -119,13 +122,13 @@ def test_latin1_is_fine_when_declared(client):
     assert response.status_code == 201 and response.json["rows"] == 1
 
 
-def test_size_limit_is_413_with_the_limit(app, accounts, db, settings):
+def test_size_limit_is_413_with_the_limit(app, accounts, db, settings, store):
     from api import create_app
 
     small = create_app(replace(settings, max_dataset_bytes=1000), {"TESTING": True})
     response = upload(authed_client(small, accounts["alice"]), SMALL_TSV * 2, **TSV)
     assert response.status_code == 413 and "1,000-byte limit" in response.json["error"]["message"]
-    assert stored(db, settings) == (0, [])
+    assert stored(db, store) == (0, [])
     small.extensions["seqtrain"].db.dispose()
 
 
@@ -176,7 +179,7 @@ def test_task_and_format_must_fit(client):
         )
 
 
-def test_delete_is_refused_while_a_job_uses_it(client, db, settings):
+def test_delete_is_refused_while_a_job_uses_it(client, db, store):
     dataset = upload(client, SMALL_TSV, **TSV).json
     job = client.post(
         "/api/v1/jobs",
@@ -189,7 +192,7 @@ def test_delete_is_refused_while_a_job_uses_it(client, db, settings):
     client.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert client.delete(dataset["url"]).status_code == 204
     assert client.get(dataset["url"]).status_code == 404
-    assert stored(db, settings) == (0, [])
+    assert stored(db, store) == (0, [])
 
 
 # ---------------------------------------------------------------- the real data sets

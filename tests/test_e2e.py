@@ -3,10 +3,11 @@
 import hashlib
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from tests.conftest import DATASETS, wait_until
 from tests.helpers import SMALL_TSV, tiny_spec, upload
@@ -32,7 +33,7 @@ def wait_for_status(client, job_id, statuses, timeout=120.0):
     )
 
 
-def test_job_runs_from_post_to_checkpoint(client, settings, worker):
+def test_job_runs_from_post_to_checkpoint(client, settings, store, worker):
     job_id = submit(client, settings, training={"epochs": 3, "lr": 0.03})
     job = wait_for_status(client, job_id, TERMINAL)
     assert job["status"] == "succeeded", job["error"]
@@ -62,9 +63,13 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
     checkpoints = client.get(f"/api/v1/jobs/{job_id}/checkpoints").json["checkpoints"]
     assert [c["epoch"] for c in checkpoints] == [2, 3]
     newest = checkpoints[-1]
-    files = sorted((settings.artifact_root / f"jobs/{job_id}/checkpoints").glob("*.safetensors"))
+    files = [
+        info
+        for info in store.list(f"jobs/{job_id}/checkpoints/")
+        if info.key.endswith(".safetensors")
+    ]
     assert len(files) == 2
-    tensors = load_file(files[-1])
+    tensors = load(store.get_bytes(files[-1].key))
     assert (
         "model.encoder.embedding.weight" in tensors
         and tensors["model.encoder.embedding.weight"].shape[1] == 16
@@ -76,8 +81,8 @@ def test_job_runs_from_post_to_checkpoint(client, settings, worker):
         == newest["sha256"]
         == download.headers["X-Checksum-SHA256"]
     )
-    assert len(download.data) == newest["bytes"] == files[-1].stat().st_size
-    log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
+    assert len(download.data) == newest["bytes"] == files[-1].size
+    log = store.get_bytes(f"jobs/{job_id}/logs/attempt-1.log").decode()
     assert "epoch 3/3" in log
 
 
@@ -104,12 +109,13 @@ def test_cancel_running_job_within_two_seconds(client, settings, worker):
         )
 
 
-def test_trainer_failure_is_recorded_with_its_reason(client, settings, worker):
+def test_trainer_failure_is_recorded_with_its_reason(client, settings, store, worker):
     """A dataset whose stored file vanished: the trainer fails at once (no retry) and the
     job's error is the trainer's own account."""
-    created = upload(client, SMALL_TSV, format="tsv", text_column="sentence", label_column="label")
+    data = SMALL_TSV + f"great film {uuid.uuid4().hex}\tpos\n".encode()  # in no worker's cache
+    created = upload(client, data, format="tsv", text_column="sentence", label_column="label")
     assert created.status_code == 201, created.json
-    (settings.artifact_root / f"datasets/{created.json['sha256']}").unlink()
+    store.delete(f"datasets/{created.json['sha256']}")
     job_id = submit(client, settings, data={"dataset": created.json["reference"]})
     job = wait_for_status(client, job_id, TERMINAL, timeout=60)
     assert job["status"] == "failed" and job["attempt"] == 1

@@ -21,7 +21,8 @@ from shared.hub import catalog
 from shared.hub.archive import ModelArchiveError, inspect, unpack
 from shared.hub.cache import checkout
 from shared.hub.registry import ModelError
-from shared.infra.storage import ArtifactStore, file_digest
+from shared.infra.cache import LocalCache
+from shared.infra.storage import LocalStore, file_digest
 from tests.conftest import ROOT
 from tests.hubfiles import (
     bert_config,
@@ -448,8 +449,8 @@ def test_the_hub_imports_neither_torch_nor_transformers():
 # ---------------------------------------------------------------- the cache
 
 
-def stored_archive(bert: Path, tmp_path: Path) -> tuple[ArtifactStore, str, str]:
-    store = ArtifactStore(tmp_path / "artifacts")
+def stored_archive(bert: Path, tmp_path: Path) -> tuple[LocalStore, str, str]:
+    store = LocalStore(tmp_path / "artifacts")
     staging = store.staging_path("models/x")
     zip_dir(bert, staging)
     _, digest = file_digest(staging)
@@ -459,7 +460,7 @@ def stored_archive(bert: Path, tmp_path: Path) -> tuple[ArtifactStore, str, str]
 
 def test_checkout_unpacks_once_per_hash_even_when_raced(bert, tmp_path):
     store, uri, digest = stored_archive(bert, tmp_path)
-    cache = tmp_path / "cache"
+    cache = LocalCache(tmp_path / "cache", BIG)
     results: list[Path] = []
     threads = [
         threading.Thread(target=lambda: results.append(checkout(store, uri, digest, cache, BIG)))
@@ -469,10 +470,10 @@ def test_checkout_unpacks_once_per_hash_even_when_raced(bert, tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [cache / "models" / digest] * 4
+    assert results == [cache.root / "models" / digest] * 4
     folder = results[0]
     assert (folder / "model.safetensors").read_bytes() == (bert / "model.safetensors").read_bytes()
-    assert sorted(p.name for p in (cache / "models").iterdir()) == [digest, f"{digest}.lock"]
+    assert sorted(p.name for p in (cache.root / "models").iterdir()) == [digest, f"{digest}.lock"]
     before = (folder / "config.json").stat().st_mtime_ns
     assert checkout(store, uri, digest, cache, BIG) == folder
     assert (folder / "config.json").stat().st_mtime_ns == before
@@ -482,13 +483,13 @@ def test_checkout_refuses_a_changed_or_missing_archive(bert, tmp_path):
     store, uri, digest = stored_archive(bert, tmp_path)
     store.path(uri).write_bytes(store.path(uri).read_bytes() + b"tampered")
     with pytest.raises(ModelError, match="has changed since its upload"):
-        checkout(store, uri, digest, tmp_path / "cache", BIG)
+        checkout(store, uri, digest, LocalCache(tmp_path / "cache", BIG), BIG)
     store.delete(uri)
     with pytest.raises(ModelError, match="missing from the artifact store"):
-        checkout(store, uri, digest, tmp_path / "cache", BIG)
+        checkout(store, uri, digest, LocalCache(tmp_path / "cache", BIG), BIG)
     assert not (tmp_path / "cache" / "models" / digest).exists()
     with pytest.raises(ModelError, match="invalid model content hash"):
-        checkout(store, uri, "../../etc", tmp_path / "cache", BIG)
+        checkout(store, uri, "../../etc", LocalCache(tmp_path / "cache", BIG), BIG)
 
 
 def test_a_zip_directory_too_large_to_parse_is_refused_from_its_end_record(tmp_path):
@@ -522,5 +523,5 @@ def test_checkout_clears_what_a_killed_unpack_left(bert, tmp_path):
     stale = models / f".{digest}.deadbeef.tmp"
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
-    assert checkout(store, uri, digest, tmp_path / "cache", BIG) == models / digest
+    assert checkout(store, uri, digest, LocalCache(tmp_path / "cache", BIG), BIG) == models / digest
     assert not stale.exists()

@@ -67,6 +67,8 @@ def _run(settings, job_id: int, attempt: int, spec) -> subprocess.CompletedProce
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         ARTIFACT_ROOT=str(settings.artifact_root),
+        SEQTRAIN_S3_ENDPOINT_URL=settings.s3_endpoint_url or "",
+        SEQTRAIN_CACHE_DIR=str(settings.cache_dir),
         SEQTRAIN_SUPERVISOR_PID=str(os.getpid()),
     )
     env.update(overrides)

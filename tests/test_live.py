@@ -35,12 +35,11 @@ def run_epoch(db, job_id, attempt, step=10, epoch=1, loss=0.5, accuracy=0.8):
     jobs.write_metrics(db, job_id, attempt, rows, epoch=epoch, step=step)
 
 
-def write_log(settings, job_id, attempt, data: bytes):
-    path = settings.artifact_root / log_key(job_id, attempt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as handle:
-        handle.write(data)
-    return path
+def write_log(store, job_id, attempt, data: bytes) -> None:
+    """Append to an attempt's log archive in the store (replaced whole, as the worker does)."""
+    key = log_key(job_id, attempt)
+    before = store.get_bytes(key) if store.exists(key) else b""
+    store.put_bytes(before + data, key)
 
 
 def assert_field_error(response, status, path):
@@ -102,7 +101,7 @@ def test_board_bad_parameters_are_400_naming_them(client, query, field):
 # ---------------------------------------------------------------- logs and events
 
 
-def test_logs_follow_by_offset_in_bounded_chunks(client, db, accounts, settings):
+def test_logs_follow_by_offset_in_bounded_chunks(client, db, accounts, store):
     # The API reads where the worker writes: both take the key from shared.protocol.log_key.
     job_id = make_job(db, accounts["alice"])
     empty = client.get(f"/api/v1/jobs/{job_id}/logs").json
@@ -115,14 +114,14 @@ def test_logs_follow_by_offset_in_bounded_chunks(client, db, accounts, settings)
         "complete": False,
     }
     attempt = jobs.claim(db, job_id, "w", 60)
-    write_log(settings, job_id, attempt, b"epoch 1/3 loss 0.5\n")
+    write_log(store, job_id, attempt, b"epoch 1/3 loss 0.5\n")
     chunk = client.get(f"/api/v1/jobs/{job_id}/logs").json
     assert chunk["attempt"] == 1 and chunk["attempts"] == [1]
     assert chunk["text"] == "epoch 1/3 loss 0.5\n" and not chunk["complete"]
 
     # A big write arrives in 64 KiB chunks; a chunk never splits a UTF-8 character.
     big = ("é" * (LOG_CHUNK_BYTES // 2 + 7) + "\n").encode()
-    write_log(settings, job_id, attempt, big)
+    write_log(store, job_id, attempt, big)
     offset, text = chunk["next_offset"], ""
     for _ in range(10):
         part = client.get(f"/api/v1/jobs/{job_id}/logs?offset={offset}").json
@@ -141,15 +140,15 @@ def test_logs_follow_by_offset_in_bounded_chunks(client, db, accounts, settings)
     assert past["next_offset"] == offset and past["complete"] is True
 
 
-def test_logs_of_each_attempt(client, db, accounts, settings):
+def test_logs_of_each_attempt(client, db, accounts, store):
     job_id = make_job(db, accounts["alice"])
     first = jobs.claim(db, job_id, "w", 60)
-    write_log(settings, job_id, first, b"first attempt\n")
+    write_log(store, job_id, first, b"first attempt\n")
     jobs.requeue(db, job_id, first, "worker shutting down", "w")
     requeued = client.get(f"/api/v1/jobs/{job_id}/logs").json
     assert requeued["attempt"] == 1 and requeued["complete"] is True
     second = jobs.claim(db, job_id, "w", 60)
-    write_log(settings, job_id, second, b"second attempt\n")
+    write_log(store, job_id, second, b"second attempt\n")
     latest = client.get(f"/api/v1/jobs/{job_id}/logs").json
     assert latest["attempt"] == 2 and latest["attempts"] == [1, 2]
     assert latest["text"] == "second attempt\n" and latest["complete"] is False

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -38,8 +37,8 @@ from tests.test_auth import form_csrf
 
 
 @pytest.fixture(autouse=True)
-def _empty_model_store(settings):
-    shutil.rmtree(settings.artifact_root / "models", ignore_errors=True)
+def _empty_model_store(store):
+    store.delete_prefix("models/")
 
 
 @pytest.fixture
@@ -53,16 +52,11 @@ def archives(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def stored_files(settings) -> list[str]:
-    root = settings.artifact_root / "models"
-    return (
-        sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
-        if root.exists()
-        else []
-    )
+def stored_files(store) -> list[str]:
+    return [info.key.removeprefix("models/") for info in store.list("models/")]
 
 
-def test_upload_a_zip_then_get_it_and_reuse_it(client, db, settings, archives):
+def test_upload_a_zip_then_get_it_and_reuse_it(client, db, store, archives):
     response = upload_model(client, archives["zip"])
     assert response.status_code == 201, response.json
     body = response.json
@@ -76,13 +70,11 @@ def test_upload_a_zip_then_get_it_and_reuse_it(client, db, settings, archives):
     assert {f["path"] for f in body["files"]} >= {"config.json", "model.safetensors"}
     assert body["unpacked_bytes"] == sum(f["bytes"] for f in body["files"])
     assert response.headers["Location"] == body["url"]
-    assert (settings.artifact_root / f"models/{digest}").read_bytes() == archives[
-        "zip"
-    ].read_bytes()
+    assert store.get_bytes(f"models/{digest}") == archives["zip"].read_bytes()
     assert client.get(body["url"]).json == body
     again = upload_model(client, archives["zip"], "copy.zip")
     assert again.status_code == 200 and again.json["id"] == body["id"]
-    assert row_count(db, PretrainedModel) == 1 and stored_files(settings) == [digest]
+    assert row_count(db, PretrainedModel) == 1 and stored_files(store) == [digest]
 
 
 def test_upload_a_tar_gz_under_a_folder_with_a_name(client, archives):
@@ -93,7 +85,7 @@ def test_upload_a_tar_gz_under_a_folder_with_a_name(client, archives):
 
 
 def test_a_bad_archive_is_a_400_naming_the_member_and_stores_nothing(
-    client, db, settings, archives, tmp_path
+    client, db, store, archives, tmp_path
 ):
     members = directory_members(archives["bert_dir"])
     members["pytorch_model.bin"] = b"\x80\x04pickle"
@@ -106,9 +98,9 @@ def test_a_bad_archive_is_a_400_naming_the_member_and_stores_nothing(
     members["config.json"] = json.dumps({"model_type": "not-a-real-type"}).encode()
     response = upload_model(client, zip_members(tmp_path / "unknown.zip", members))
     assert response.status_code == 400 and "not-a-real-type" in response.json["error"]["message"]
-    assert row_count(db, PretrainedModel) == 0 and stored_files(settings) == []
-    models_dir = settings.artifact_root / "models"
-    assert not models_dir.exists() or list(models_dir.iterdir()) == []  # no staged leftovers
+    assert row_count(db, PretrainedModel) == 0 and stored_files(store) == []
+    models_dir = store.local_path("models")  # a directory store: no staged leftovers either
+    assert models_dir is None or not models_dir.exists() or list(models_dir.iterdir()) == []
 
 
 def test_request_problems(client, app, settings, archives):
@@ -160,9 +152,7 @@ def test_list_pages_with_a_cursor(client, archives, tmp_path):
     assert client.get("/api/v1/models?limit=0").status_code == 400
 
 
-def test_delete_is_refused_while_a_queued_job_uses_the_model(
-    client, db, settings, accounts, archives
-):
+def test_delete_is_refused_while_a_queued_job_uses_the_model(client, db, store, accounts, archives):
     model = upload_model(client, archives["zip"]).json
     job = jobs.create_job(
         db, parse_spec(tiny_spec(resources={"queue": "nobody"})), accounts["alice"].user_id
@@ -182,23 +172,23 @@ def test_delete_is_refused_while_a_queued_job_uses_the_model(
     assert kept.status_code == 409 and "force" in kept.json["error"]["message"]
     assert client.delete(model["url"] + "?force=true").status_code == 204
     assert client.get(model["url"]).status_code == 404
-    assert stored_files(settings) == []
+    assert stored_files(store) == []
     with db.session() as session:
         assert session.scalar(select(Job.base_model_id).where(Job.id == job.id)) is None
     assert registry.job_base_model(db, job.id) is None
 
 
-def test_one_file_for_two_owners_goes_with_the_last(app, settings, accounts, archives):
+def test_one_file_for_two_owners_goes_with_the_last(app, store, accounts, archives):
     alice, bob = authed_client(app, accounts["alice"]), authed_client(app, accounts["bob"])
     first, second = (
         upload_model(alice, archives["zip"]).json,
         upload_model(bob, archives["zip"]).json,
     )
-    assert first["id"] != second["id"] and stored_files(settings) == [first["sha256"]]
+    assert first["id"] != second["id"] and stored_files(store) == [first["sha256"]]
     assert alice.delete(first["url"]).status_code == 204
-    assert stored_files(settings) == [first["sha256"]]
+    assert stored_files(store) == [first["sha256"]]
     assert bob.delete(second["url"]).status_code == 204
-    assert stored_files(settings) == []
+    assert stored_files(store) == []
 
 
 def test_references_resolve_to_own_then_shared_models(app, db, accounts, archives):

@@ -65,7 +65,7 @@ class Placement:
         self.thread.join()
 
 
-def test_a_two_node_job_trains_across_two_workers(client, db, settings, pool):
+def test_a_two_node_job_trains_across_two_workers(client, db, settings, store, pool):
     pool.start("mn-a")
     pool.start("mn-b")
     created = client.post("/api/v1/jobs", json=spec(pool.queue))
@@ -89,11 +89,11 @@ def test_a_two_node_job_trains_across_two_workers(client, db, settings, pool):
         events = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
     assert rows and all(count == 1 for _, _, count in rows)  # global rank 0 alone reports
     assert any(m.startswith("all 2 workers reserved") for m in events), events
-    log = (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1.log").read_text()
+    log = store.get_bytes(f"jobs/{job_id}/logs/attempt-1.log").decode()
     assert "trained) on cpu (world size 2)" in log, log[-3000:]
     # 640 examples in global batches of 2 x 32: ten steps an epoch.
     assert job["step"] == 30
-    assert (settings.artifact_root / f"jobs/{job_id}/logs/attempt-1-node-1.log").exists()
+    assert store.exists(f"jobs/{job_id}/logs/attempt-1-node-1.log")
 
 
 def test_without_enough_idle_workers_nothing_starts_and_the_job_is_given_back(

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 from sqlalchemy import select
 
 from cli.services import stop, worker_command
 from shared import jobs
 from shared.infra.models import JobEvent, Metric
 from shared.infra.queue import job_ids_with_messages, redis_client
+from shared.infra.storage import open_store
 from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.conftest import ROOT, wait_until, worker_env
@@ -57,7 +58,7 @@ class Workers:
             | {
                 "SEQTRAIN_WORKER_NAME": name,
                 "SEQTRAIN_WORKER_RECONCILER": "1",
-                "SEQTRAIN_LEASE_SECONDS": "3",
+                "SEQTRAIN_LEASE_SECONDS": "5",  # renewed each 0.5 s: room for a loaded machine
                 "SEQTRAIN_HEARTBEAT_SECONDS": "0.5",
                 "SEQTRAIN_RECONCILE_SECONDS": "0.5",
                 "SEQTRAIN_ENQUEUE_GRACE_SECONDS": "2",
@@ -170,12 +171,13 @@ def first_train_step(db, job_id: int, attempt: int) -> int:
 
 def final_weights(settings, db, job_id: int) -> dict[str, torch.Tensor]:
     latest = jobs.latest_checkpoint(db, job_id)
-    tensors = load_file(settings.artifact_root / latest.uri)
+    tensors = load(open_store(settings).get_bytes(latest.uri))
     return {k: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-def uninterrupted_weights(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]:
-    """The same spec trained in this process without interruption (same thread count)."""
+def uninterrupted_weights(spec: dict, tmp_path: Path, splits=None) -> dict[str, torch.Tensor]:
+    """The same spec trained in this process without interruption (same thread count), on
+    `splits` (default: its built-in datasets)."""
     from shared.zoo.checkpoints import save_checkpoint
 
     saved: list[Path] = []
@@ -188,7 +190,7 @@ def uninterrupted_weights(spec: dict, tmp_path: Path) -> dict[str, torch.Tensor]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' trainers run with SEQTRAIN_TORCH_THREADS=1
     try:
-        train(parse_spec(spec), Reporter(lambda *a: None, save))
+        train(parse_spec(spec), Reporter(lambda *a: None, save), splits=splits)
     finally:
         torch.set_num_threads(threads)
     return {k: v for k, v in load_file(saved[-1]).items() if k.startswith("model.")}
@@ -239,7 +241,7 @@ def test_a_dead_worker_is_replaced_and_its_job_resumes(client, db, settings, poo
     job = wait_for(client, job_id, TERMINAL)
     assert watch.stop() == 1
     assert job["status"] == "succeeded", job["error"]
-    assert job["attempt"] == 2
+    assert job["attempt"] == 2, [e["message"] for e in job["events"]]
     lost = [e for e in job["events"] if "lease expired" in e["message"]]
     assert len(lost) == 1 and lost[0]["to_status"] == "queued" and "w1" in lost[0]["message"]
     resumed = resumed_steps(db, job_id)
@@ -331,7 +333,7 @@ def test_max_runtime_fails_the_attempt_without_retry(client, db, pool):
     assert not trainer_pids(job_id, pool.settings.database_url)
 
 
-def test_a_crashing_trainer_fails_with_its_traceback(client, db, settings, pool, accounts):
+def test_a_crashing_trainer_fails_with_its_traceback(client, db, store, pool, accounts):
     """An unreadable checkpoint makes the trainer crash: the job fails at once (a bug or
     corrupt state is not fixed by retrying) with the exit code and the traceback's end."""
     pool.start("w1")
@@ -340,11 +342,10 @@ def test_a_crashing_trainer_fails_with_its_traceback(client, db, settings, pool,
     # Attempt 1 left a checkpoint whose file is garbage, then was requeued.
     assert jobs.claim(db, job.id, "earlier", 60) == 1
     key = f"jobs/{job.id}/checkpoints/step-000000005-end.safetensors"
-    path = settings.artifact_root / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    garbage = b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header"
+    size, sha256 = store.put_bytes(garbage, key)  # the right hash: the bytes are the fault
     jobs.add_checkpoint(
-        db, job.id, 1, step=5, epoch=0, uri=key, sha256="0" * 64, size=32, metrics={}, keep_last=2
+        db, job.id, 1, step=5, epoch=0, uri=key, sha256=sha256, size=size, metrics={}, keep_last=2
     )
     assert jobs.requeue(db, job.id, 1, "worker drained", "test")
     from shared.infra.queue import JobQueue

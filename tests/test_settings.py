@@ -80,7 +80,7 @@ def test_var_dir_moves_the_database_and_the_artifacts():
     settings = Settings.from_env({"SEQTRAIN_VAR_DIR": "/srv/seqtrain"})
     assert settings.var_dir == Path("/srv/seqtrain")
     assert settings.database_url == "sqlite:////srv/seqtrain/seqtrain.db"
-    assert settings.artifact_root == Path("/srv/seqtrain/artifacts")
+    assert settings.artifact_root == "/srv/seqtrain/artifacts"
     explicit = Settings.from_env(
         {
             "SEQTRAIN_VAR_DIR": "/srv/x",
@@ -89,7 +89,7 @@ def test_var_dir_moves_the_database_and_the_artifacts():
         }
     )
     assert explicit.database_url == "postgresql+psycopg://h/db"
-    assert explicit.artifact_root == Path("/a")
+    assert explicit.artifact_root == "/a"
 
 
 @pytest.mark.parametrize(
@@ -126,9 +126,28 @@ def test_words_are_case_blind_and_checked():
     assert settings.log_format == "json" and settings.worker_device_kind == "cpu"
 
 
+def test_the_artifact_root_is_a_directory_or_an_s3_bucket():
+    assert Settings().artifact_root == "var/artifacts"
+    for raw in ("var/x", "/srv/artifacts", "s3://bucket", "s3://bucket/some/prefix"):
+        assert Settings.from_env({"ARTIFACT_ROOT": raw}).artifact_root == raw
+    assert Settings.from_env({"ARTIFACT_ROOT": " s3://b/p "}).artifact_root == "s3://b/p"
+    remote = Settings.from_env(
+        {
+            "ARTIFACT_ROOT": "s3://seqtrain/artifacts",
+            "SEQTRAIN_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
+            "SEQTRAIN_STORE_RETRY_SECONDS": "7.5",
+            "SEQTRAIN_CACHE_BYTES": "1000",
+        }
+    )
+    assert remote.s3_endpoint_url == "http://127.0.0.1:8333"
+    assert remote.store_retry_seconds == 7.5 and remote.cache_bytes == 1000
+
+
 @pytest.mark.parametrize(
     ("name", "raw", "expected"),
     [
+        ("ARTIFACT_ROOT", "s3://", "a directory or s3://bucket/prefix"),
+        ("ARTIFACT_ROOT", "s3:///prefix", "a directory or s3://bucket/prefix"),
         ("SEQTRAIN_AUTH_FAILURE_LIMIT", "2.5", "an integer"),
         ("SEQTRAIN_TORCH_THREADS", "many", "an integer"),
         ("SEQTRAIN_LEASE_SECONDS", "1m", "a number"),
