@@ -329,6 +329,21 @@ def worker(
     stop(proc, timeout=30)
 
 
+def s3_settings(
+    settings: Settings, server: S3Server, monkeypatch: pytest.MonkeyPatch, prefix: str, **fields
+) -> Settings:
+    """`settings` with the artifacts under a fresh `prefix` of `server`'s bucket; its
+    credentials in this process's environment (the API in-process and workers read them)."""
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return replace(
+        settings,
+        artifact_root=f"s3://seqtrain/{prefix}-{time.monotonic_ns()}",
+        s3_endpoint_url=server.endpoint_url,
+        **fields,
+    )
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + timeout
     while True:

@@ -20,7 +20,7 @@ from cli.services import S3Server, start_seaweedfs, stop
 from shared import jobs
 from shared.infra.storage import LocalStore, open_store
 from shared.protocol import log_key, log_stream_key
-from tests.conftest import authed_client, wait_until
+from tests.conftest import authed_client, s3_settings, wait_until
 from tests.helpers import tiny_spec
 from tests.test_live import make_job
 from worker import logship
@@ -38,12 +38,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def s3(settings, s3_server: S3Server, monkeypatch, tmp_path):
     """`settings` with the artifacts under a fresh prefix of the bucket, this test's cache."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    return replace(
+    return s3_settings(
         settings,
-        artifact_root=f"s3://seqtrain/logs-{time.monotonic_ns()}",
-        s3_endpoint_url=s3_server.endpoint_url,
+        s3_server,
+        monkeypatch,
+        "logs",
         store_retry_seconds=2.0,
         cache_dir=tmp_path / "cache",
     )

@@ -22,7 +22,7 @@ from shared import jobs
 from shared.infra.queue import redis_client
 from shared.infra.storage import ArtifactStore, StoreError, open_store
 from shared.spec import JobSpec, parse_spec
-from tests.conftest import ROOT, wait_until, worker_env
+from tests.conftest import ROOT, s3_settings, wait_until, worker_env
 from tests.helpers import tiny_spec
 from worker import reconciler as reconciler_module
 from worker.reconciler import SWEEP_KEY, Reconciler, remove_orphan_checkpoints
@@ -32,24 +32,13 @@ NOBODY = {"queue": "orphans-nobody-listens"}
 CHECKPOINTS = "jobs/{}/checkpoints/"
 
 
-def s3_settings(settings, server: S3Server, monkeypatch: pytest.MonkeyPatch):
-    """`settings` with the artifacts under a fresh prefix of `server`'s bucket."""
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
-    return replace(
-        settings,
-        artifact_root=f"s3://seqtrain/orphans-{time.monotonic_ns()}",
-        s3_endpoint_url=server.endpoint_url,
-    )
-
-
 @pytest.fixture(params=["local", "s3"])
 def conf(request: pytest.FixtureRequest, settings, db, tmp_path, monkeypatch):
     """The test's settings, on a fresh directory or a fresh prefix of the S3 server, whatever
     the session's own store."""
     if request.param == "local":
         return replace(settings, artifact_root=str(tmp_path / "artifacts"), s3_endpoint_url="")
-    return s3_settings(settings, request.getfixturevalue("s3_server"), monkeypatch)
+    return s3_settings(settings, request.getfixturevalue("s3_server"), monkeypatch, "orphans")
 
 
 def running_job(db, lease_seconds: float = 60, **sections) -> tuple[int, int]:
@@ -118,7 +107,7 @@ def test_a_fenced_save_deletes_its_object(conf, db):
 
 def test_a_store_that_stays_down_fails_the_save_with_no_row(settings, db, monkeypatch):
     dead = S3Server(f"http://127.0.0.1:{free_port()}", "nobody", "nothing", ())
-    conf = replace(s3_settings(settings, dead, monkeypatch), store_retry_seconds=0.5)
+    conf = replace(s3_settings(settings, dead, monkeypatch, "orphans"), store_retry_seconds=0.5)
     store = open_store(conf)
     job_id, attempt = running_job(db)
     with pytest.raises(StoreError, match="failed"):
@@ -129,7 +118,7 @@ def test_a_store_that_stays_down_fails_the_save_with_no_row(settings, db, monkey
 def test_the_trainer_exits_to_be_retried_when_the_store_stays_down(settings, db, monkeypatch):
     """ExitCode.RETRY (75) with an `error:` line, not a crash: a new attempt resumes."""
     dead = S3Server(f"http://127.0.0.1:{free_port()}", "nobody", "nothing", ())
-    conf = s3_settings(settings, dead, monkeypatch)
+    conf = s3_settings(settings, dead, monkeypatch, "orphans")
     job_id, attempt = running_job(db)
     env = worker_env(conf) | dead.env() | {"SEQTRAIN_STORE_RETRY_SECONDS": "0.5"}
     done = subprocess.run(
@@ -172,7 +161,7 @@ UPLOADER = textwrap.dedent(
 
 
 def test_a_killed_upload_leaves_no_row_and_no_object(settings, db, s3_server, monkeypatch):
-    conf = s3_settings(settings, s3_server, monkeypatch)
+    conf = s3_settings(settings, s3_server, monkeypatch, "orphans")
     store = open_store(conf)
     client, bucket = store.client, store.bucket  # type: ignore[attr-defined]
     job_id, attempt = running_job(db)

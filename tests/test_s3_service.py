@@ -10,16 +10,15 @@ import hashlib
 import signal
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
-from cli.services import S3Server, start_seaweedfs, stop_seaweedfs
+from cli.services import start_seaweedfs, stop_seaweedfs
 from shared import jobs
 from shared.data.examples import load_splits
 from shared.infra.storage import open_store
 from shared.spec import parse_spec
-from tests.conftest import wait_until
+from tests.conftest import s3_settings, wait_until
 from tests.helpers import tiny_spec, upload
 from tests.test_multinode import Placement
 from tests.test_recovery import (
@@ -43,17 +42,6 @@ FILMS = b"sentence\tlabel\n" + b"".join(
     for i in range(400)
     for adj, label in (("great", "pos"), ("awful", "neg"))
 )
-
-
-def s3_settings(settings, server: S3Server, monkeypatch, prefix: str):
-    """`settings` with the artifacts in `server`'s bucket (the API in this process too)."""
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
-    return replace(
-        settings,
-        artifact_root=f"s3://seqtrain/{prefix}-{time.monotonic_ns()}",
-        s3_endpoint_url=server.endpoint_url,
-    )
 
 
 @pytest.fixture
