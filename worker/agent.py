@@ -50,9 +50,7 @@ class WorkerAgent(threading.Thread):
 
     def run(self) -> None:
         registered = False
-        reconciler = Reconciler(
-            self.db, self.settings, actor=f"reconciler@{self.settings.worker_name}"
-        )
+        reconciler: Reconciler | None = None  # built once registered: it opens the store
         next_reconcile = time.monotonic() + self.settings.reconcile_seconds
         while not self.stop.is_set():
             try:
@@ -66,6 +64,9 @@ class WorkerAgent(threading.Thread):
                     continue
                 if self.settings.worker_reconciler and time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + self.settings.reconcile_seconds
+                    if reconciler is None:
+                        actor = f"reconciler@{self.settings.worker_name}"
+                        reconciler = Reconciler(self.db, self.settings, actor=actor)
                     reconciler.run_once()
             except Exception as exc:  # the database or Redis is down: keep trying
                 log.warning("worker agent: %s: %s", type(exc).__name__, exc)
