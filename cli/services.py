@@ -221,26 +221,34 @@ def start_seaweedfs(
     """Start SeaweedFS (master, volume, filer and S3 gateway in one `weed server`) on the
     loopback, with its data in `data_dir`, one S3 identity and `buckets` created. Pass the
     `ports` of an earlier server on the same `data_dir` to restart it where it was."""
-    import boto3
-
     ports = ports or free_ports(8)
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "s3.json"
-    identity = {"accessKey": access_key, "secretKey": secret_key}
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "seqtrain",
-                        "credentials": [identity],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
+    identity = {
+        "name": "seqtrain",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+    }
+    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+    config.write_text(json.dumps({"identities": [identity]}))
+    with (data_dir / "weed.log").open("ab") as log:
+        proc = subprocess.Popen(
+            _weed_argv(data_dir, ports, config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    )
+    server = S3Server(f"http://127.0.0.1:{ports[6]}", access_key, secret_key, ports)
+    wait_for_port(ports[6], proc, "SeaweedFS")
+    try:
+        _create_buckets(server, buckets, proc)
+    except RuntimeError:
+        stop(proc)
+        raise RuntimeError(f"SeaweedFS did not serve S3 (see {data_dir / 'weed.log'})") from None
+    return proc, server
+
+
+def _weed_argv(data_dir: Path, ports: tuple[int, ...], config: Path) -> list[str]:
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
     argv = [seaweedfs_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
     argv += [f"-dir={data_dir.resolve()}", "-volume.max=0", "-master.volumeSizeLimitMB=256"]
     argv += [f"-master.port={master}", f"-master.port.grpc={master_grpc}"]
@@ -250,36 +258,40 @@ def start_seaweedfs(
     argv += ["-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
     argv += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}"]
     argv += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0"]
-    with (data_dir / "weed.log").open("ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, ports)
-    wait_for_port(s3, proc, "SeaweedFS")
+    return argv
+
+
+def _create_buckets(
+    server: S3Server, buckets: tuple[str, ...], proc: subprocess.Popen[bytes]
+) -> None:
+    """Create the buckets that are missing, waiting (up to 60 s) for the gateway: it listens
+    before the filer and volume are ready. RuntimeError when the server never serves."""
+    import boto3
+
     client = boto3.client(
         "s3",
         endpoint_url=server.endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
         region_name="us-east-1",
     )
     deadline = time.monotonic() + 60
-    for bucket in buckets:
-        while True:  # the gateway listens before the filer and volume are ready
-            try:
-                client.head_bucket(Bucket=bucket)
-                break
-            except Exception:
+    try:
+        for bucket in buckets:
+            while True:
                 try:
-                    client.create_bucket(Bucket=bucket)
+                    client.head_bucket(Bucket=bucket)
                     break
                 except Exception:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        stop(proc)
-                        raise RuntimeError(
-                            f"SeaweedFS did not serve S3 (see {data_dir / 'weed.log'})"
-                        ) from None
-                    time.sleep(0.2)
-    client.close()
-    return proc, server
+                    try:
+                        client.create_bucket(Bucket=bucket)
+                        break
+                    except Exception:
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            raise RuntimeError("SeaweedFS did not serve S3") from None
+                        time.sleep(0.2)
+    finally:
+        client.close()
 
 
 def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
