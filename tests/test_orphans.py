@@ -14,11 +14,13 @@ import sys
 import textwrap
 import time
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
 from cli.services import S3Server, free_port
 from shared import jobs
+from shared.infra.models import Job, utcnow
 from shared.infra.queue import redis_client
 from shared.infra.storage import ArtifactStore, StoreError, open_store
 from shared.spec import JobSpec, parse_spec
@@ -47,6 +49,13 @@ def running_job(db, lease_seconds: float = 60, **sections) -> tuple[int, int]:
     attempt = jobs.claim(db, job.id, "orphans-test", lease_seconds)
     assert attempt is not None
     return job.id, attempt
+
+
+def expire_lease(db, job_id: int) -> None:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)
 
 
 def add_row(db, job_id: int, attempt: int, key: str, step: int, size: int) -> None:
@@ -224,7 +233,7 @@ def test_orphan_checkpoints_are_those_no_row_names(conf, db):
 
 def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch):
     store = open_store(conf)
-    job_id, attempt = running_job(db, lease_seconds=0.2)
+    job_id, attempt = running_job(db)
     prefix = CHECKPOINTS.format(job_id)
     named, orphan = prefix + "step-1.safetensors", prefix + "step-2.safetensors"
     store.put_bytes(b"weights", named)
@@ -234,6 +243,7 @@ def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch):
     monkeypatch.setattr(reconciler_module, "ORPHAN_CHECKPOINT_SECONDS", 0.5)
     redis_client(conf.redis_url).delete(SWEEP_KEY)
     first = Reconciler(db, conf)
+    expire_lease(db, job_id)  # only now: a worker's reconciler would otherwise take it first
     done = first.run_once(force=True)
     assert done.requeued == [job_id] and done.orphans == [orphan]
     assert keys(store, job_id) == [named]
