@@ -28,7 +28,7 @@ from shared.protocol import TrainerFailure
 from shared.registry import InferenceInputError, tasks_serving
 
 if TYPE_CHECKING:
-    from api.predictor import Predictor
+    from shared.zoo.predictor import Predictor
 
 bp = Blueprint("inference", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
@@ -65,7 +65,7 @@ def predictor_for(job: Job, route: str) -> tuple[int, Predictor]:
 def _load_predictor(
     checkpoint: Callable[[], Path], sha256: str, backbone: Callable[[], Path] | None
 ) -> Predictor:
-    from api.predictor import load_predictor  # torch, on first use only
+    from shared.zoo.predictor import load_predictor  # torch, on first use only
 
     # The checkpoint (from a remote store) and a base model are kept once per hash in this
     # machine's cache.

@@ -16,6 +16,7 @@ submission.py   NewJob, create_job(s), submit_jobs (one INSERT a batch), idempot
                 the queued jobs awaiting a Redis message
 queries.py      get_job, list_jobs (filters, sorts, pages), job_detail, owners, job_events,
                 latest_metrics, metric and checkpoint reads
+reports.py      a finished job's evaluation report (fenced write, read)
 transitions.py  cancel, claim, fenced writes (metrics, checkpoints), lease, finish, requeue,
                 recovery of lost attempts
 progress.py     a job's fraction of planned steps done and its ETA
@@ -51,6 +52,7 @@ from shared.jobs.queries import (
     list_metrics,
     owners,
 )
+from shared.jobs.reports import get_report, save_report
 from shared.jobs.submission import (
     NewJob,
     create_job,
@@ -99,6 +101,7 @@ __all__ = [
     "finish",
     "get_checkpoint",
     "get_job",
+    "get_report",
     "job_detail",
     "job_events",
     "keyed_job",
@@ -118,6 +121,7 @@ __all__ = [
     "request_cancel",
     "requeue",
     "requeue_or_fail",
+    "save_report",
     "submit_jobs",
     "write_metrics",
 ]
