@@ -55,6 +55,7 @@ class TrainResult:
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    run: Run | None = field(default=None, repr=False, compare=False)  # for the report
 
 
 @dataclass
@@ -135,7 +136,7 @@ def train(
         )
         run.report.flush()
         print("test " + " ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
-    return TrainResult(state.step, state.epoch, last, stopped_early)
+    return TrainResult(state.step, state.epoch, last, stopped_early, run)
 
 
 # ---------------------------------------------------------------- setting a run up

@@ -40,6 +40,7 @@ from shared.settings import Settings
 from shared.spec import JobSpec
 from shared.zoo.checkpoints import load_checkpoint
 from worker.distributed import end_group, init_distributed, rank_and_world
+from worker.evaluation import write_report
 from worker.launch import die_with_parent
 from worker.loop import Drained, TrainingError, TrainResult, train
 from worker.reporting import Reporter, ServiceReporter
@@ -77,6 +78,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     try:
         result = train(spec, report, resume, splits, backbone=backbone)
         reporter.flush()
+        write_report(db, store, cache, job_id, attempt, result, splits)
     except jobs.Fenced as exc:
         print(f"stopping: {exc}", file=sys.stderr, flush=True)
         return ExitCode.FENCED

@@ -149,7 +149,9 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _rows(splits: Splits, data: DataSpec, seed: int) -> tuple[list[Any], list[Any]]:
+def split_rows(splits: Splits, data: DataSpec, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train rows, validation rows): the validation dataset's, else a seeded share of the
+    training rows; index by index what `prepare_*` encodes into `Prepared.train` and `.val`."""
     rows = splits.train.rows
     if splits.validation is not None:
         return rows, splits.validation.rows
@@ -202,7 +204,7 @@ def prepare_classification(
 ) -> Prepared:
     """Split (seeded) unless validation data is given, train the tokenizer on the training
     split only (or reuse a checkpoint's), and encode each text with its label's id."""
-    train_rows, val_rows = _rows(splits, data, seed)
+    train_rows, val_rows = split_rows(splits, data, seed)
     test_rows = splits.test.rows if splits.test is not None else None
     tokenizer = tokenizer or _tokenizer(data, (r["text"] for r in train_rows))
     labels = labels or sorted({r["label"] for r in train_rows})
@@ -228,7 +230,7 @@ def prepare_tagging(
 ) -> Prepared:
     """As for classification, with a whole-word vocabulary and a tag on each word's first
     piece (IGNORE on the others)."""
-    train_rows, val_rows = _rows(splits, data, seed)
+    train_rows, val_rows = split_rows(splits, data, seed)
     test_rows = splits.test.rows if splits.test is not None else None
     cfg = data.tokenizer
     tokenizer = tokenizer or WordTokenizer.train_whole(

@@ -14,8 +14,16 @@ from torch import nn
 from shared.data.examples import prepare_classification
 from shared.data.tokenization import Tokenizer
 from shared.spec import ModelSpec
+from shared.zoo import report
 from shared.zoo.encoders import RecurrentEncoder, build_encoder
-from shared.zoo.task import INFERENCE_BATCH, Evaluation, InferenceInputError, Task, pad_batch
+from shared.zoo.task import (
+    INFERENCE_BATCH,
+    Evaluation,
+    InferenceInputError,
+    ReportSplit,
+    Task,
+    pad_batch,
+)
 
 
 class Classifier(nn.Module):
@@ -121,6 +129,23 @@ class ClassificationTask(Task):
                     }
                 )
         return out
+
+    def report(
+        self, model: nn.Module, tokenizer: Tokenizer, labels: list[str], split: ReportSplit
+    ) -> dict[str, Any]:
+        """Confusion, per-class scores, calibration and mistakes, from the probabilities
+        `predict` serves."""
+        gold: list[int] = []
+        probabilities: list[list[float]] = []
+        texts: list[str] = []
+        for indices, (tokens, lengths, targets) in split.batches():
+            probabilities.extend(model.predict(tokens, lengths).tolist())  # type: ignore[operator]
+            gold.extend(targets.tolist())
+            texts.extend(str(split.rows[i]["text"]) for i in indices)
+        return report.classification_section(labels, gold, probabilities, texts)
+
+    def report_summary(self, split: str, section: dict[str, Any]) -> dict[str, float]:
+        return report.classification_summary(split, section)
 
 
 class _Accuracy(Evaluation):

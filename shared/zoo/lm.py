@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +16,16 @@ from shared.data.examples import prepare_language_modeling
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.spec import ModelSpec
+from shared.zoo import report
 from shared.zoo.encoders import build_encoder
-from shared.zoo.task import Evaluation, Task
+from shared.zoo.task import Evaluation, ReportSplit, Task
 
 IGNORE = IGNORE_INDEX
+# The report's samples: one per temperature, each this many tokens after a prompt of the
+# validation text's first PROMPT_TOKENS tokens.
+SAMPLE_TEMPERATURES = (0.5, 1.0, 1.5)
+SAMPLE_TOKENS = 100
+PROMPT_TOKENS = 8
 
 
 class LanguageModel(nn.Module):
@@ -77,6 +84,7 @@ def sample_next(
 
 class LanguageModelingTask(Task):
     name = "language_modeling"
+    report_rows = False  # one token stream: no rows behind its windows
 
     prepare_examples = staticmethod(prepare_language_modeling)
 
@@ -117,6 +125,53 @@ class LanguageModelingTask(Task):
         if tokenizer.kind == "word" and prompt and not prompt[-1].isspace():
             text = " " + text
         return text
+
+    @torch.no_grad()
+    def report(
+        self, model: nn.Module, tokenizer: Tokenizer, labels: list[str], split: ReportSplit
+    ) -> dict[str, Any]:
+        """Mean token loss by position in the context over the split's first `limit`
+        windows, and (validation) seeded samples at a few temperatures."""
+        starts = [s for batch in split.examples.batch_order(split.batch_size, None) for s in batch]
+        starts = starts[: split.limit]
+        sums: torch.Tensor | None = None  # (T,) loss summed over windows, per position
+        counts: torch.Tensor | None = None
+        for first in range(0, len(starts), split.batch_size):
+            tokens, lengths, targets = (
+                t.to(split.device)
+                for t in split.examples.collate(starts[first : first + split.batch_size])
+            )
+            logits, _ = model(tokens, lengths)  # (B, T, V)
+            loss = F.cross_entropy(
+                logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+            )  # (B, T)
+            batch_sums, batch_counts = loss.sum(0).double(), (targets != IGNORE).sum(0)
+            sums = batch_sums if sums is None else sums + batch_sums
+            counts = batch_counts if counts is None else counts + batch_counts
+        assert sums is not None and counts is not None  # a stream has one window at least
+        samples = self._samples(model, tokenizer, split) if split.samples else []
+        return report.language_modeling_section(
+            len(starts), sums.tolist(), counts.tolist(), samples
+        )
+
+    def _samples(
+        self, model: nn.Module, tokenizer: Tokenizer, split: ReportSplit
+    ) -> list[dict[str, Any]]:
+        stream: torch.Tensor = split.examples.stream  # type: ignore[attr-defined]
+        prompt = tokenizer.decode(stream[:PROMPT_TOKENS].tolist())
+        return [
+            {
+                "temperature": temperature,
+                "prompt": prompt,
+                "text": self.generate(
+                    model, tokenizer, prompt, SAMPLE_TOKENS, temperature, None, split.seed
+                ),
+            }
+            for temperature in SAMPLE_TEMPERATURES
+        ]
+
+    def report_summary(self, split: str, section: dict[str, Any]) -> dict[str, float]:
+        return report.language_modeling_summary(split, section)
 
 
 class _Perplexity(Evaluation):

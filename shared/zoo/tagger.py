@@ -20,10 +20,11 @@ from shared.data.examples import prepare_tagging
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.spec import ModelSpec
+from shared.zoo import report
 from shared.zoo.crf import CRF
 from shared.zoo.encoders import build_encoder, padding_mask
 from shared.zoo.entity_metrics import entity_scores, token_accuracy
-from shared.zoo.task import Evaluation, Task, pad_batch
+from shared.zoo.task import Evaluation, ReportSplit, Task, pad_batch
 
 IGNORE = IGNORE_INDEX  # target value at padding positions
 
@@ -160,6 +161,27 @@ class TaggingTask(Task):
                     tags[word] = labels[path[position]]
             out.append({"tokens": words, "tags": tags})
         return out
+
+    def report(
+        self, model: nn.Module, tokenizer: Tokenizer, labels: list[str], split: ReportSplit
+    ) -> dict[str, Any]:
+        """Per-entity scores, tag confusion, missed and spurious entities, decoded as in
+        evaluation (CRF Viterbi on each word's first piece)."""
+        gold: list[list[str]] = []
+        predicted: list[list[str]] = []
+        words: list[list[str]] = []
+        for indices, (tokens, lengths, targets) in split.batches():
+            paths = model.predict(tokens, lengths, targets != IGNORE)  # type: ignore[operator]
+            for index, path, target in zip(indices, paths, targets.tolist(), strict=True):
+                keep = [i for i, t in enumerate(target[: len(path)]) if t != IGNORE]
+                gold.append([labels[target[i]] for i in keep])
+                predicted.append([labels[path[i]] for i in keep])
+                # Words cut by max_length carry no target: the kept ones are the first words.
+                words.append([str(w) for w in split.rows[index]["tokens"][: len(keep)]])
+        return report.tagging_section(labels, gold, predicted, words)
+
+    def report_summary(self, split: str, section: dict[str, Any]) -> dict[str, float]:
+        return report.tagging_summary(split, section)
 
 
 class _EntityScores(Evaluation):

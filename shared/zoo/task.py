@@ -4,34 +4,72 @@ found through `shared.registry.TASKS[name].plugin()`.
 
 A plug-in owns how rows become examples (`prepare`), its model (`build`), how many targets a
 batch carries (the weight of its mean loss), what training and evaluation accumulate and
-finish into metrics, and what inference returns (labels, tags, samples).
+finish into metrics, what inference returns (labels, tags, samples), and its section of a
+finished job's evaluation report (`report`, numbers from shared.zoo.report).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shared.data.examples import Prepared, Splits
+from shared.data.examples import Batch, Examples, Prepared, Splits
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.registry import InferenceInputError, TaskInfo, task_info
 from shared.spec import DataSpec, ModelSpec
 from shared.zoo.encoders import pad_right
 
-__all__ = ["INFERENCE_BATCH", "Evaluation", "InferenceInputError", "Task", "pad_batch"]
+__all__ = [
+    "INFERENCE_BATCH",
+    "REPORT_EXAMPLES",
+    "Evaluation",
+    "InferenceInputError",
+    "ReportSplit",
+    "Task",
+    "pad_batch",
+]
 
 # Texts a prediction request runs through the model at once.
 INFERENCE_BATCH = 64
+# Examples (or language-model windows) an evaluation report reads per split, at most.
+REPORT_EXAMPLES = 20_000
 
 
 def pad_batch(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, T), lengths (B,): the model's inputs."""
     return pad_right(sequences), torch.tensor([len(s) for s in sequences], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class ReportSplit:
+    """One split an evaluation report covers: its encoded examples and the parsed rows they
+    came from, index by index (texts and words for mistakes and examples; a token stream's
+    rows are not used)."""
+
+    name: str  # "validation" or "test"
+    examples: Examples
+    rows: list[Any]
+    device: torch.device
+    batch_size: int = 64
+    limit: int = REPORT_EXAMPLES
+    samples: bool = False  # language models: add generated samples
+    seed: int = 0
+
+    def batches(self) -> Iterator[tuple[list[int], Batch]]:
+        """(example indices, batch on the device) over the first `limit` examples of
+        sequence examples (classification, tagging), batched by length."""
+        for batch in self.examples.batch_order(self.batch_size, seed=None):
+            kept = [i for i in batch if i < self.limit]
+            if kept:
+                tokens, lengths, targets = self.examples.collate(kept)
+                device = self.device
+                yield kept, (tokens.to(device), lengths.to(device), targets.to(device))
 
 
 class Evaluation:
@@ -64,6 +102,8 @@ class Task:
     shard_evaluation: bool = True
     # Keys of `train_counts`, summed over an epoch's batches (the same on every rank).
     train_count_keys: tuple[str, ...] = ()
+    # Whether the report reads the parsed rows behind the examples (texts, words).
+    report_rows: bool = True
 
     @property
     def info(self) -> TaskInfo:
@@ -133,3 +173,14 @@ class Task:
     ) -> str:
         """The answer to `POST /jobs/<id>/generate` (tasks that serve `generate`)."""
         raise NotImplementedError
+
+    def report(
+        self, model: nn.Module, tokenizer: Tokenizer, labels: list[str], split: ReportSplit
+    ) -> dict[str, Any] | None:
+        """The split's section of the job's evaluation report (shared.zoo.report), the model
+        in eval mode; None: the task has no report."""
+        return None
+
+    def report_summary(self, split: str, section: dict[str, Any]) -> dict[str, float]:
+        """The section's headline numbers, keyed "<split>/<name>"."""
+        return {}
