@@ -7,7 +7,9 @@ rendered with autoescaping, the scripts write text with textContent, and the
 Content-Security-Policy forbids inline script, so user-supplied text stays text.
 
 /             jobs: filter, search, sort, pages, refreshed live
-/jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions
+/jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions,
+              its evaluation report
+/compare      2 to 8 jobs (?jobs=3,5,9): curves overlaid, final and best metrics, spec diff
 /workers      workers, their devices and current job; queue depths
 /models       the pretrained base models the viewer can use (rendered on the server)
 /submit       a spec as YAML or JSON, errors shown beside the line they concern
@@ -112,6 +114,13 @@ def job_page(job_id: int) -> Any:
         return render_template("missing.html", what=f"Job {job_id}"), 404
     base = hub.get_model(services().db, job.base_model_id) if job.base_model_id else None
     return render_template("job.html", job=job, spec_text=spec_yaml(job.spec), base=base)
+
+
+@bp.get("/compare")
+@signed_in
+def compare_page() -> Any:
+    """A shell: the script reads ?jobs= and fills the page from /api/v1/compare."""
+    return render_template("compare.html")
 
 
 @bp.get("/workers")

@@ -235,6 +235,7 @@
   }
 
   function onStatusChange() {
+    window.SeqtrainReport.refresh(state.status);
     loadEvents().catch(() => {});
     loadCheckpoints().catch(() => {});
     loadMetrics().catch(() => {});
@@ -432,4 +433,5 @@
   loadMetrics().catch(() => {});
   pollLog();
   openStream();
+  window.SeqtrainReport.refresh(state.status);
 })();

@@ -12,6 +12,13 @@
   const next = document.getElementById("next");
   const pageLabel = document.getElementById("page-label");
   const state = { page: 1, pages: 1, timer: null, generation: 0 };
+  // Jobs ticked for comparison, in the order ticked; kept across refreshes and pages.
+  // (sessionStorage: also across a reload and the way back from the comparison).
+  const SELECTED_KEY = "seqtrain.compare";
+  const selected = new Set(readSelection());
+  const compareButton = document.getElementById("compare-button");
+  const COMPARE_MIN = 2;
+  const COMPARE_MAX = 8;
 
   // Filters live in the URL, so a reload or a shared link shows the same view.
   const params = new URLSearchParams(window.location.search);
@@ -39,12 +46,48 @@
     return el("td", { className: "progress-cell" }, bar, " ", el("span", { className: "muted" }, label));
   }
 
+  function readSelection() {
+    try {
+      const ids = JSON.parse(sessionStorage.getItem(SELECTED_KEY) || "[]");
+      return Array.isArray(ids) ? ids.filter((id) => Number.isInteger(id) && id > 0) : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  function showSelection() {
+    try {
+      sessionStorage.setItem(SELECTED_KEY, JSON.stringify(Array.from(selected)));
+    } catch (e) {
+      // storage full or disabled: the selection lives in the page only
+    }
+    compareButton.textContent = "Compare (" + selected.size + ")";
+    compareButton.disabled = selected.size < COMPARE_MIN || selected.size > COMPARE_MAX;
+    compareButton.title = selected.size > COMPARE_MAX ? "At most " + COMPARE_MAX + " jobs" : "Select 2 to 8 jobs to compare";
+  }
+
+  function selectCell(job) {
+    const box = el("input", { type: "checkbox", className: "select-job", checked: selected.has(job.id), "aria-label": "select job " + job.id });
+    box.addEventListener("change", () => {
+      if (box.checked) selected.add(job.id);
+      else selected.delete(job.id);
+      showSelection();
+    });
+    return el("td", { className: "select-cell" }, box);
+  }
+
+  compareButton.addEventListener("click", () => {
+    window.location.assign("/compare?jobs=" + Array.from(selected).join(","));
+  });
+  showSelection();
+
   function row(job) {
     const link = el("a", { href: "/jobs/" + job.id, className: "job-name" }, job.name);
     const metric = job.metric_value === null ? "–" : job.metric_name + " " + number(job.metric_value);
     return el(
       "tr",
       { dataset: { jobId: String(job.id), status: job.status } },
+      selectCell(job),
       el("td", { className: "name-cell" }, el("span", { className: "muted" }, "#" + job.id + " "), link),
       el("td", {}, statusBadge(job.status)),
       el("td", { className: "wide" }, job.model_type),
