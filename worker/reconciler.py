@@ -4,6 +4,8 @@
   the last checkpoint, or failed once they have used `max_attempts`;
 - enqueues again queued jobs that have no message on Redis (Redis flushed or restarted, or
   the API could not reach it at submit);
+- does the same for job outputs (batch predictions, exports): expired leases requeued or
+  failed, queued outputs without a message enqueued again;
 - cleans the artifact store: a recovered job's checkpoint objects that no row names (a
   killed trainer's upload that completed without its row), and, at most every
   SWEEP_SECONDS across all workers, what killed writers left (stale staged files,
@@ -26,8 +28,14 @@ import redis
 
 from shared import jobs
 from shared.infra.db import Database
-from shared.infra.queue import JobQueue, job_ids_with_messages, redis_client
+from shared.infra.queue import (
+    OUTPUT_TASK_ID_PREFIX,
+    JobQueue,
+    job_ids_with_messages,
+    redis_client,
+)
 from shared.infra.storage import ArtifactStore, StoreError, open_store
+from shared.jobs import outputs
 from shared.protocol import RECONCILER_LOCK_KEY, JobStatus
 from shared.settings import Settings
 
@@ -75,6 +83,10 @@ class Pass:
     enqueued: list[int] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # checkpoint objects without a row
     swept: int | None = None  # staged files and incomplete uploads removed, when swept
+    # Job outputs: requeued or failed after their worker was lost, enqueued again.
+    outputs_requeued: list[int] = field(default_factory=list)
+    outputs_failed: list[int] = field(default_factory=list)
+    outputs_enqueued: list[int] = field(default_factory=list)
     skipped: bool = False
 
 
@@ -113,11 +125,15 @@ class Reconciler:
         if not force and (self.last_ok is None or now - self.last_ok > self.settings.lease_seconds):
             self.leases_from = now + self.settings.lease_seconds
         self.last_ok = now
+        expired_outputs = outputs.expired_output_leases(self.db)
         if now < self.leases_from:
-            expired = []
+            expired, expired_outputs = [], []
         for job_id, attempt in expired:
             self._recover(job_id, attempt, done)
+        for output_id, attempt in expired_outputs:
+            self._recover_output(output_id, attempt, done)
         self._enqueue_lost(done)
+        self._enqueue_lost_outputs(done)
         self._sweep(done)
         if done.requeued or done.failed or done.enqueued or done.orphans or done.swept:
             log.info(
@@ -128,6 +144,13 @@ class Reconciler:
                 done.enqueued,
                 len(done.orphans),
                 done.swept or 0,
+            )
+        if done.outputs_requeued or done.outputs_failed or done.outputs_enqueued:
+            log.info(
+                "reconciler: outputs requeued %s, failed %s, enqueued again %s",
+                done.outputs_requeued,
+                done.outputs_failed,
+                done.outputs_enqueued,
             )
         return done
 
@@ -152,6 +175,38 @@ class Reconciler:
             self.queue.enqueue_job(job_id, jobs.get_job(self.db, job_id).queue)
         except Exception as exc:  # stays queued in SQL; a later pass enqueues it
             log.warning("reconciler: enqueue of job %s failed: %s", job_id, exc)
+
+    def _recover_output(self, output_id: int, attempt: int, done: Pass) -> None:
+        status = outputs.recover_expired_output(self.db, output_id, attempt)
+        if status is None:
+            return
+        if status != JobStatus.QUEUED:
+            done.outputs_failed.append(output_id)
+            return
+        done.outputs_requeued.append(output_id)
+        try:
+            queue = outputs.get_output(self.db, output_id).queue
+            self.queue.enqueue_outputs([(output_id, queue)])
+        except Exception as exc:  # stays queued in SQL; a later pass enqueues it
+            log.warning("reconciler: enqueue of output %s failed: %s", output_id, exc)
+
+    def _enqueue_lost_outputs(self, done: Pass) -> None:
+        """Enqueue again the queued outputs that have no message on Redis."""
+        grace = self.settings.enqueue_grace_seconds
+        waiting = outputs.queued_outputs_awaiting_message(self.db, grace)
+        if not waiting:
+            return
+        wanted: dict[str, set[int]] = {}
+        for output_id, queue in waiting:
+            wanted.setdefault(queue, set()).add(output_id)
+        present = job_ids_with_messages(
+            self.redis, wanted, unacked_max_age=grace, prefix=OUTPUT_TASK_ID_PREFIX
+        )
+        lost = [(output_id, queue) for output_id, queue in waiting if output_id not in present]
+        if lost:
+            self.queue.enqueue_outputs(lost)
+            done.outputs_enqueued.extend(output_id for output_id, _ in lost)
+            outputs.mark_outputs_enqueued(self.db, done.outputs_enqueued)
 
     def _enqueue_lost(self, done: Pass) -> None:
         """Enqueue again the queued jobs that have no message on Redis."""

@@ -1,19 +1,23 @@
 """seqtrain.run_job: claim, supervise, done. Idempotent: a duplicate delivery claims nothing.
 
 seqtrain.join_job: one more worker for a multi-node attempt (worker.multinode); a message
-for an attempt that is over, or whose nodes are all taken, does nothing."""
+for an attempt that is over, or whose nodes are all taken, does nothing.
+
+seqtrain.run_output: claim a job output (batch predictions, an export) and run it in a
+child process (worker.outputs.supervisor); a no-op when the claim fails."""
 
 from __future__ import annotations
 
 import logging
 
 from shared import jobs
-from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, JobQueue
+from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, RUN_OUTPUT_TASK, JobQueue
 from shared.jobs import workers
 from shared.protocol import AttemptOutcome
 from shared.spec import JobSpec
 from worker import devices, multinode
 from worker.celery_app import app, database, forkserver, settings, shutting_down
+from worker.outputs.supervisor import run_output_now
 from worker.supervisor import supervise
 
 log = logging.getLogger(__name__)
@@ -92,3 +96,8 @@ def run_job(job_id: int) -> str:
 @app.task(name=JOIN_JOB_TASK, ignore_result=True)
 def join_job(job_id: int, attempt: int) -> str:
     return join_job_now(int(job_id), int(attempt))
+
+
+@app.task(name=RUN_OUTPUT_TASK, ignore_result=True)
+def run_output(output_id: int) -> str:
+    return run_output_now(database(), settings, int(output_id), shutting_down)

@@ -21,6 +21,8 @@ from shared.settings import Settings
 RUN_JOB_TASK = "seqtrain.run_job"
 # A multi-node attempt's call for one more worker: args [job id, attempt].
 JOIN_JOB_TASK = "seqtrain.join_job"
+# Work on a trained job's checkpoint (a job output: batch predictions, an export): args [output id].
+RUN_OUTPUT_TASK = "seqtrain.run_output"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -83,6 +85,19 @@ class JobQueue:
             for job_id, queue in jobs
         )
 
+    def enqueue_outputs(self, outputs: Iterable[tuple[int, str]]) -> None:
+        """One run message per (output id, queue); raises when Redis is down (the output
+        stays queued in SQL and the reconciler enqueues it)."""
+        self._push(
+            (
+                queue,
+                RUN_OUTPUT_TASK,
+                f"{OUTPUT_TASK_ID_PREFIX}{output_id}.{uuid.uuid4().hex[:12]}",
+                [output_id],
+            )
+            for output_id, queue in outputs
+        )
+
     def ask_to_join(self, job_id: int, attempt: int, queue: str, count: int) -> None:
         """Put `count` join messages for a multi-node attempt on the job's queue; each idle
         worker that takes one reserves a node rank."""
@@ -135,6 +150,7 @@ class JobQueue:
 
 
 TASK_ID_PREFIX = "job-"
+OUTPUT_TASK_ID_PREFIX = "output-"
 # Celery's Redis transport keeps delivered, unacknowledged messages here (kombu defaults).
 UNACKED_HASH = "unacked"
 UNACKED_INDEX = "unacked_index"
@@ -144,16 +160,17 @@ def redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
-def job_id_of(message: bytes | str) -> int | None:
-    """The job id in a raw Celery message on Redis (from its task id), or None."""
+def job_id_of(message: bytes | str, prefix: str = TASK_ID_PREFIX) -> int | None:
+    """The job id (with OUTPUT_TASK_ID_PREFIX: the output id) in a raw Celery message on
+    Redis (from its task id), or None."""
     try:
         payload = json.loads(message)
         task_id = payload["headers"]["id"]
     except (ValueError, KeyError, TypeError):
         return None
-    if not isinstance(task_id, str) or not task_id.startswith(TASK_ID_PREFIX):
+    if not isinstance(task_id, str) or not task_id.startswith(prefix):
         return None
-    head = task_id[len(TASK_ID_PREFIX) :].split(".", 1)[0]
+    head = task_id[len(prefix) :].split(".", 1)[0]
     return int(head) if head.isdigit() else None
 
 
@@ -171,6 +188,7 @@ def job_ids_with_messages(
     wanted: Mapping[str, Iterable[int]],
     unacked_max_age: float,
     chunk: int = 500,
+    prefix: str = TASK_ID_PREFIX,
 ) -> set[int]:
     """Which of the `wanted` jobs (queue -> job ids) have a message: waiting on that queue,
     or held by a worker for less than `unacked_max_age` seconds. A message held longer by
@@ -187,7 +205,7 @@ def job_ids_with_messages(
     if not targets:
         return set()
     every = set().union(*targets.values())
-    found = _held_by_workers(client, set(targets), unacked_max_age) & every
+    found = _held_by_workers(client, set(targets), unacked_max_age, prefix) & every
     step = max(1, chunk - chunk // 4)
     for queue, ids in sorted(targets.items()):
         missing = ids - found
@@ -196,7 +214,7 @@ def job_ids_with_messages(
             # LRANGE -(offset + chunk) -(offset + 1): `chunk` messages, the tail first.
             batch = client.lrange(queue, -(offset + chunk), -(offset + 1))
             for raw in batch:
-                job_id = job_id_of(raw)
+                job_id = job_id_of(raw, prefix)
                 if job_id in missing:
                     missing.discard(job_id)
                     found.add(job_id)
@@ -206,7 +224,9 @@ def job_ids_with_messages(
     return found
 
 
-def _held_by_workers(client: redis.Redis, queues: set[str], max_age: float) -> set[int]:
+def _held_by_workers(
+    client: redis.Redis, queues: set[str], max_age: float, prefix: str = TASK_ID_PREFIX
+) -> set[int]:
     """Jobs whose message a worker took from one of `queues` less than `max_age` s ago."""
     found: set[int] = set()
     cutoff = time.time() - max_age
@@ -223,7 +243,7 @@ def _held_by_workers(client: redis.Redis, queues: set[str], max_age: float) -> s
             continue
         if routing_key not in queues:
             continue
-        job_id = job_id_of(json.dumps(message))
+        job_id = job_id_of(json.dumps(message), prefix)
         if job_id is not None:
             found.add(job_id)
     return found
