@@ -12,6 +12,11 @@ batching.py     the group commit: concurrent requests share one flush
 datasets.py     /api/v1/datasets: upload (multipart), list, detail with statistics, delete
 models.py       /api/v1/models: pretrained base models: upload, list, detail, share, delete
 inference.py    /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
+outputs.py      /api/v1/jobs/<id>/predictions and /api/v1/outputs: work on a trained job
+                through the queue (batch predictions, exports), progress, cancel, download
+exports.py      /api/v1/jobs/<id>/exports: a bundle of a trained job (weights, ONNX, a card)
+reports.py      /api/v1/jobs/<id>/report: a finished job's evaluation report
+compare.py      /api/v1/compare?jobs=...: final and best metrics, spec differences
 predictor.py    loaded checkpoints for inference, cached per process
 board.py        /api/v1/jobs/board: the jobs page's rows with progress and latest metrics
 logs.py         /api/v1/jobs/<id>/logs (an attempt's output, by offset) and /events
@@ -88,15 +93,19 @@ def register_routes(app: Flask) -> None:
     """The error handlers and every blueprint."""
     from api import (
         board,
+        compare,
         datasets,
         errors,
+        exports,
         health,
         inference,
         jobs,
         logs,
         metrics,
         models,
+        outputs,
         pages,
+        reports,
         sessions,
         stream,
         tensorboard,
@@ -109,6 +118,10 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(datasets.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(inference.bp)
+    app.register_blueprint(outputs.bp)
+    app.register_blueprint(exports.bp)
+    app.register_blueprint(reports.bp)
+    app.register_blueprint(compare.bp)
     app.register_blueprint(sessions.bp)
     for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
         app.register_blueprint(live.bp)

@@ -3,6 +3,8 @@
 seqtrain up                          API + worker + Redis + SQLite, no configuration
 seqtrain submit examples/quickstart.yaml --wait | --follow
 seqtrain jobs | show ID | logs ID [-f] | cancel ID | retry ID
+seqtrain predict ID TEXT... | predict ID --dataset D --output FILE   (a whole dataset, queued)
+seqtrain export ID --output FILE [--no-onnx]   (weights, tokenizer, ONNX, model card; queued)
 seqtrain models upload DIR | list | show ID | delete ID | share ID
 seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from cli import accounts, datasets, jobs, local, models, serve
+from cli import accounts, datasets, exports, jobs, local, models, outputs, serve
 
 
 @click.group()
@@ -34,7 +36,8 @@ for command in (
     jobs.list_jobs,
     jobs.show,
     jobs.cancel,
-    jobs.predict,
+    outputs.predict,
+    exports.export,
     jobs.generate,
     local.train_local,
     datasets.datasets,

@@ -19,11 +19,15 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.serving import make_server
 
 import api.board
+import api.compare
 import api.datasets
+import api.exports
 import api.health
 import api.jobs  # noqa: F401  (registers the routes the document describes)
 import api.logs
 import api.models
+import api.outputs
+import api.reports
 import api.sessions
 import api.stream
 import api.tensorboard

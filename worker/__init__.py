@@ -11,9 +11,12 @@ state.py       the loop's state (epoch, step, position, best, patience, RNG) as 
 optim.py       learning-rate schedule; backward, clipping and the fused AdamW step
 distributed.py device choice, the DDP process group and its collectives
 reporting.py   where results go: SQL (fenced, batched), Redis pub/sub, TensorBoard, the store
+evaluation.py  the evaluation report: the best checkpoint over validation / test, rank 0 only
 launch.py      the trainer's command: one process, or torchrun's agent with a rank per device
 multinode.py   multi-node attempts: reserving the workers, following node 0
 reconciler.py  requeues expired leases and re-enqueues queued jobs Redis lost
+outputs/       job outputs (batch predictions, exports): the Celery-side supervisor, the child
+               (python -m worker.outputs) and each kind's runner
 agent.py       the worker's registration and heartbeat in the workers table
 devices.py     the devices a worker offers (GPUs probed in a child process, or CPU processes)
 procs.py       process helpers: dying with the parent, stopping a process group

@@ -17,6 +17,8 @@ submission.py   NewJob, create_job(s), submit_jobs (one INSERT a batch), idempot
 queries.py      get_job, list_jobs (filters, sorts, pages), job_detail, owners, job_events,
                 latest_metrics, metric and checkpoint reads
 reports.py      a finished job's evaluation report (fenced write, read)
+outputs.py      job outputs (batch predictions, exports): their own queued -> running ->
+                done state machine, fenced by attempt, and the recovery of lost ones
 transitions.py  cancel, claim, fenced writes (metrics, checkpoints), lease, finish, requeue,
                 recovery of lost attempts
 progress.py     a job's fraction of planned steps done and its ETA
@@ -34,6 +36,19 @@ from shared.jobs.errors import (
     JobNotFound,
 )
 from shared.jobs.events import add_event, note_event
+from shared.jobs.outputs import (
+    OutputNotFound,
+    cancel_output,
+    claim_output,
+    create_output,
+    expired_output_leases,
+    finish_output,
+    get_output,
+    list_outputs,
+    output_progress,
+    recover_expired_output,
+    renew_output_lease,
+)
 from shared.jobs.queries import (
     JOB_SORTS,
     SUMMARY_COLUMNS,
@@ -88,19 +103,26 @@ __all__ = [
     "JobNotFound",
     "JobPage",
     "NewJob",
+    "OutputNotFound",
     "Owner",
     "add_checkpoint",
     "add_event",
     "best_checkpoint",
+    "cancel_output",
     "claim",
+    "claim_output",
     "create_job",
     "create_jobs",
+    "create_output",
     "dataset_links",
     "expired_leases",
+    "expired_output_leases",
     "fenced",
     "finish",
+    "finish_output",
     "get_checkpoint",
     "get_job",
+    "get_output",
     "get_report",
     "job_detail",
     "job_events",
@@ -110,14 +132,18 @@ __all__ = [
     "list_checkpoints",
     "list_jobs",
     "list_metrics",
+    "list_outputs",
     "mark_enqueued",
     "note_attempt",
     "note_event",
+    "output_progress",
     "owners",
     "poll_running",
     "queued_awaiting_message",
     "recover_expired",
+    "recover_expired_output",
     "renew_lease",
+    "renew_output_lease",
     "request_cancel",
     "requeue",
     "requeue_or_fail",

@@ -11,11 +11,15 @@ tagger.py      per-token tag scores (B, T, K), CRF or softmax; TaggingTask
 lm.py          next-token logits (B, T, V), sampling; LanguageModelingTask
 crf.py         linear-chain CRF: forward algorithm and Viterbi
 entity_metrics.py  entity-level precision / recall / F1, the CoNLL way (torch-free)
+report.py      evaluation reports' numbers: confusion, per-class and per-entity scores,
+               calibration, loss by position (torch-free)
 pretrained.py  Hugging Face base models (type pretrained): encoder, causal LM, tokenizer,
                freeze, LoRA; offline always
 checkpoints.py one safetensors file per checkpoint: save / load (no pickle); the model's
                state without frozen base weights
 statecodec.py  nested state dicts <-> safetensors tensors + JSON (no pickle anywhere)
+onnx.py        ONNX export (dynamic batch and length) and its parity with PyTorch under
+               onnxruntime (onnx and onnxruntime imported on use)
 """
 
 from __future__ import annotations
