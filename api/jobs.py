@@ -183,12 +183,12 @@ def download_checkpoint(job_id: int, checkpoint_id: int) -> Any:
             raise missing
         response = send_file(path, mimetype=BINARY, as_attachment=True, download_name=filename)
     else:
-        response = _remote_download(ckpt.uri, filename, ckpt.bytes, missing)
+        response = store_download(ckpt.uri, filename, ckpt.bytes, missing)
     response.headers["X-Checksum-SHA256"] = ckpt.sha256
     return response
 
 
-def _remote_download(key: str, filename: str, size: int, missing: ApiError) -> BaseResponse:
+def store_download(key: str, filename: str, size: int, missing: ApiError) -> BaseResponse:
     """A redirect to a presigned URL, or the object streamed in 1 MiB chunks; `missing`
     when the store has no such object."""
     store = services().store

@@ -15,7 +15,7 @@ from api import services
 from api.auth import current_principal, require_principal
 from api.errors import ApiError
 from api.http import JOB, json_body, owned_job, reply
-from api.jobs import _remote_download
+from api.jobs import store_download
 from api.openapi import API_PREFIX, BINARY, id_rule, operation
 from api.schemas import _Out
 from shared import jobs
@@ -273,7 +273,7 @@ def download(output_id: int) -> Any:
             raise missing
         response = send_file(path, mimetype=mimetype, as_attachment=True, download_name=filename)
     else:
-        response = _remote_download(output.uri, filename, output.bytes or 0, missing)
+        response = store_download(output.uri, filename, output.bytes or 0, missing)
         response.mimetype = mimetype
     response.headers["X-Checksum-SHA256"] = output.sha256 or ""
     return response

@@ -370,6 +370,7 @@
 
   function showPredict() {
     predictBox.hidden = !(hasCheckpoint && !ACTIVE.includes(state.status));
+    window.SeqtrainOutputs.show(!predictBox.hidden);
   }
 
   if (task === "language_modeling") {
