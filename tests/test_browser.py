@@ -195,9 +195,10 @@ def test_submit_from_the_form_and_watch_it_train(open_page, client, settings, ac
         name="browser-run",
         resources={"queue": settings.default_queue},
         model={"embedding_dim": 32, "hidden_size": 32},
-        # Small batches: the run lasts long enough that the page sees it running even when
-        # it starts inside a stream's reconnect gap.
-        training={"epochs": 12, "batch_size": 8, "log_every_steps": 5},
+        # Small batches: about 2,500 steps of a few ms, so the run lasts longer than twice
+        # a queued job's stream reconnect gap (2 s), and the page sees it running wherever
+        # in the gap it starts.
+        training={"epochs": 16, "batch_size": 4, "log_every_steps": 5},
         checkpoint={"every_epochs": 4, "keep_last": 1},
     )
     tab.page.fill("#spec", yaml.safe_dump(spec, sort_keys=False))
@@ -212,10 +213,10 @@ def test_submit_from_the_form_and_watch_it_train(open_page, client, settings, ac
     assert points and max(points) > min(points), points  # the chart grew while training
     tab.until(
         "document.querySelector('#loss-chart').dataset.points > 20"
-        " && document.querySelector('#metric-chart').dataset.points >= 12"
+        " && document.querySelector('#metric-chart').dataset.points >= 16"
     )
-    tab.until("document.querySelector('#log').textContent.includes('epoch 12/12')")
-    assert "epoch 1/12" in tab.text("#log")
+    tab.until("document.querySelector('#log').textContent.includes('epoch 16/16')")
+    assert "epoch 1/16" in tab.text("#log")
     tab.page.wait_for_selector("#timeline li[data-to=succeeded]")
     link = tab.page.wait_for_selector("#checkpoints a")
     assert link.text_content() == "download"
