@@ -8,6 +8,7 @@ import threading
 from shared import jobs
 from shared.infra.db import Database
 from shared.jobs import nodes
+from shared.protocol import JobStatus
 from shared.spec import parse_spec
 from tests.helpers import tiny_spec
 
@@ -50,6 +51,19 @@ def test_an_attempt_that_is_over_reserves_nothing(db):
     assert not nodes.reserve_first(db, job_id, attempt, "w7", "127.0.0.1", 29501)  # stale
     assert nodes.reserve_first(db, job_id, second, "w7", "127.0.0.1", 29501)
     assert nodes.count(db, job_id, attempt) == 0 and nodes.count(db, job_id, second) == 1
+
+
+def test_the_end_of_an_attempt_releases_its_nodes_in_the_same_write(db):
+    job_id, attempt = claimed(db)
+    assert nodes.reserve_first(db, job_id, attempt, "w0", "127.0.0.1", 29500)
+    assert nodes.take_rank(db, job_id, attempt, 4, "w1") == 1
+    assert jobs.finish(db, job_id, attempt, JobStatus.SUCCEEDED, "done", "w0")
+    assert nodes.count(db, job_id, attempt) == 0  # no finished job still holds workers
+    # A fenced finish (the attempt is over) leaves another attempt's rows alone.
+    other, first = claimed(db)
+    assert nodes.reserve_first(db, other, first, "w2", "127.0.0.1", 29501)
+    assert not jobs.finish(db, other, first + 1, JobStatus.FAILED, "stale", "w9")
+    assert nodes.count(db, other, first) == 1
 
 
 def test_workers_racing_for_ranks_each_win_at_most_one(db, settings):

@@ -8,17 +8,23 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.infra.db import Database, affected_rows
-from shared.infra.models import Checkpoint, Job, Metric, utcnow
+from shared.infra.models import Checkpoint, Job, JobNode, Metric, utcnow
 from shared.jobs.errors import Fenced, InvalidTransition, JobNotFound
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
 from shared.protocol import TERMINAL_STATUSES, JobStatus
 
 CANCELLED_BY_USER = "cancelled by user"
+
+
+def _end_attempt(session: Session, job_id: int, attempt: int) -> None:
+    """An attempt that stops running gives up its node reservations in the same
+    transaction, so no reader sees a finished or requeued job still holding workers."""
+    session.execute(delete(JobNode).where(JobNode.job_id == job_id, JobNode.attempt == attempt))
 
 
 def request_cancel(db: Database, job_id: int, actor: str) -> Job:
@@ -175,6 +181,7 @@ def finish(
         )
         if done:
             add_event(session, job_id, attempt, JobStatus.RUNNING, status, actor, message)
+            _end_attempt(session, job_id, attempt)
         return bool(done)
 
 
@@ -205,6 +212,7 @@ def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -
         )
         if done:
             add_event(session, job_id, attempt, JobStatus.RUNNING, JobStatus.QUEUED, actor, message)
+            _end_attempt(session, job_id, attempt)
             return JobStatus.QUEUED
     # Still this attempt's and running, the requeue can only have been refused for the
     # cancel flag; a fenced attempt's finish is refused as well.
@@ -331,6 +339,7 @@ def recover_expired(db: Database, job_id: int, attempt: int, actor: str) -> JobS
         if not done:
             return None
         add_event(session, job_id, attempt, JobStatus.RUNNING, status, actor, message)
+        _end_attempt(session, job_id, attempt)
         return status
 
 
