@@ -19,24 +19,31 @@ class ExitCode(IntEnum):
     FAILED = 4  # retrying cannot fix it (bad data, NaN loss, out of memory); see `error:` line
     DRAINED = 5  # stopped on request (SIGUSR1) after saving a checkpoint at the current step
     RETRY = 75  # the database or artifact store failed: a new attempt resumes from a checkpoint
+    PAUSED = 6  # a sweep trial reached its decision point: evaluated, checkpointed, stopped
 
 
 class JobStatus(StrEnum):
     """A job's status in SQL: queued -> running -> succeeded | failed | cancelled, and
-    running -> queued when an attempt is given back."""
+    running -> queued when an attempt is given back. A sweep's trial also goes running ->
+    paused at a decision point (evaluated, checkpointed), then paused -> queued when the
+    sweep promotes it (it resumes from that checkpoint) or paused -> pruned (final)."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
+)
 
 
 class AttemptOutcome(StrEnum):
@@ -49,6 +56,7 @@ class AttemptOutcome(StrEnum):
     REQUEUED = "requeued"  # given back; a later attempt resumes from the last checkpoint
     FENCED = "fenced"  # another attempt owns the job: nothing was recorded
     RETRY = "retry"  # worth another attempt, if the job has attempts left
+    PAUSED = "paused"  # a sweep trial at a decision point; the sweep promotes or prunes it
 
 
 # Target value at positions that carry no label (pads, later pieces of a word); the

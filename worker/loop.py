@@ -32,6 +32,7 @@ from worker.distributed import (
     rank_and_world,
     to_device,
 )
+from worker.intervals import log_interval, metric_row, new_window
 from worker.optim import optimization, optimizer_step
 from worker.reporting import Reporter, silent
 from worker.state import TrainState, seed_everything
@@ -46,6 +47,15 @@ class Drained(Exception):
 
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped at step {step} after saving a checkpoint")
+        self.step = step
+
+
+class Paused(Exception):
+    """A sweep trial reached its decision point: evaluated, and checkpointed at the step."""
+
+    def __init__(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+        super().__init__(f"at step {step} (epoch {epoch}) after an evaluation: {shown}")
         self.step = step
 
 
@@ -126,11 +136,13 @@ def train(
         state.epoch, state.next_batch = state.epoch + 1, 0
         last = end_of_epoch(run, totals, seconds)
         stopped_early = keep_best(run, last)
+        if not stopped_early and pause_due(run):
+            raise Paused(state.step, state.epoch, last)  # keep_best saved this epoch's end
     if run.data.test is not None:
         test = evaluate(run, run.data.test)
         last.update({f"test/{k}": v for k, v in test.items()})
         run.report.log_metrics(
-            [_row(state.step, state.epoch, "test", k, v) for k, v in test.items()],
+            [metric_row(state.step, state.epoch, "test", k, v) for k, v in test.items()],
             state.epoch,
             state.step,
         )
@@ -230,6 +242,7 @@ def restore(run: Run, resume: dict[str, Any]) -> None:
 
 
 def announce(run: Run) -> None:
+    run.report.planned(run.total_steps)
     spec, data, params = run.spec, run.data, list(run.model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     print(
@@ -260,18 +273,6 @@ def epoch_order(run: Run) -> list[list[int]]:
     return run.data.train.batch_order(state.global_batch, seed)
 
 
-def new_window() -> dict[str, float]:
-    """Running sums of one log interval; `start` is when it began."""
-    return {
-        "loss": 0.0,
-        "n": 0,
-        "samples": 0,
-        "tokens": 0,
-        "slots": 0,
-        "start": time.perf_counter(),
-    }
-
-
 def train_epoch(
     run: Run, order: list[list[int]], last: dict[str, float]
 ) -> tuple[dict[str, float], float]:
@@ -297,7 +298,37 @@ def train_epoch(
             raise Drained(state.step)
         if state.step >= run.total_steps:
             break
+        if index + 1 < len(order) and pause_due(run, mid_epoch=True):
+            pause_mid_epoch(run, index + 1, last)
     return totals, time.perf_counter() - started
+
+
+def pause_due(run: Run, mid_epoch: bool = False) -> bool:
+    """Whether a sweep trial stands at its decision point (`Reporter.pause_at_*`) short of
+    its end: the step limit anywhere, the epoch limit at an epoch's end."""
+    state, report = run.state, run.report
+    if state.step >= run.total_steps or state.epoch >= run.spec.training.epochs:
+        return False
+    if report.pause_at_step is not None and state.step >= report.pause_at_step:
+        return True
+    return (
+        not mid_epoch and report.pause_at_epoch is not None and state.epoch >= report.pause_at_epoch
+    )
+
+
+def pause_mid_epoch(run: Run, next_batch: int, last: dict[str, float]) -> None:
+    """Evaluate on the validation split, write those metrics, checkpoint at this step and
+    raise Paused. The evaluation draws no random numbers and leaves the selection state
+    alone, so a resumed trial trains on exactly as one never paused."""
+    state = run.state
+    val = {f"val/{k}": v for k, v in evaluate(run, run.data.val).items()}
+    rows = [metric_row(state.step, state.epoch, *k.split("/"), v) for k, v in val.items()]
+    run.report.log_metrics(rows, state.epoch, state.step)
+    run.report.save(
+        run.checkpoint(next_batch, last), state.epoch, state.step, {**last, **val}, False
+    )
+    run.report.flush()
+    raise Paused(state.step, state.epoch, val)
 
 
 def train_step(
@@ -341,26 +372,6 @@ def train_step(
     return grad_norm
 
 
-def log_interval(run: Run, window: dict[str, float], grad_norm: float) -> None:
-    """The interval's train metrics: loss, learning rate, gradient norm, speed, padding."""
-    seconds = time.perf_counter() - window["start"]
-    seen = all_reduce_sums(
-        {k: window[k] for k in ("loss", "n", "samples", "tokens", "slots")}, run.device
-    )
-    values = {
-        "loss": seen["loss"] / max(seen["n"], 1),
-        "lr": run.scheduler.get_last_lr()[0],
-        "grad_norm": grad_norm,
-        "tokens_per_s": seen["tokens"] / seconds,
-        "samples_per_s": seen["samples"] / seconds,
-        "padding_ratio": 1 - seen["tokens"] / max(seen["slots"], 1),
-    }
-    step, epoch = run.state.step, run.state.epoch
-    run.report.log_metrics(
-        [_row(step, epoch, "train", k, v) for k, v in values.items()], epoch, step
-    )
-
-
 # ---------------------------------------------------------------- evaluation and selection
 
 
@@ -401,7 +412,9 @@ def end_of_epoch(run: Run, totals: dict[str, float], seconds: float) -> dict[str
     }
     last.update(run.task.train_metrics(totals))
     last.update({f"val/{k}": v for k, v in val.items()})
-    rows = [_row(state.step, state.epoch, *key.split("/"), value) for key, value in last.items()]
+    rows = [
+        metric_row(state.step, state.epoch, *key.split("/"), value) for key, value in last.items()
+    ]
     run.report.log_metrics(rows, state.epoch, state.step)
     run.report.flush()
     print(
@@ -426,7 +439,8 @@ def keep_best(run: Run, last: dict[str, float]) -> bool:
     patience = cfg.early_stopping_patience
     stopped_early = patience is not None and state.stale >= patience
     final = state.epoch == cfg.epochs or state.step >= run.total_steps or stopped_early
-    if is_best or final or state.epoch % run.spec.checkpoint.every_epochs == 0:
+    every = state.epoch % run.spec.checkpoint.every_epochs == 0 or pause_due(run)
+    if is_best or final or every:
         run.report.save(run.checkpoint(0, last), state.epoch, state.step, last, is_best)
     if stopped_early:
         print(
@@ -434,7 +448,3 @@ def keep_best(run: Run, last: dict[str, float]) -> bool:
             flush=True,
         )
     return stopped_early
-
-
-def _row(step: int, epoch: int, split: str, name: str, value: float) -> dict[str, Any]:
-    return {"step": step, "epoch": epoch, "split": split, "name": name, "value": float(value)}

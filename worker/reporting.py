@@ -42,11 +42,23 @@ class Reporter:
     flush: Callable[[], None] = lambda: None
     # True once the trainer should checkpoint and stop (the worker is draining).
     stop_requested: Callable[[], bool] = lambda: False
+    # A sweep trial's decision point: evaluate, checkpoint and stop (Paused) at this step,
+    # or at the end of this epoch; None: train to the end.
+    pause_at_step: int | None = None
+    pause_at_epoch: int | None = None
+    # Told the optimizer steps the run plans, once it is set up (rank 0).
+    planned: Callable[[int], None] = lambda total_steps: None
 
 
 def silent(report: Reporter) -> Reporter:
     """What ranks other than 0 report: nothing (rank 0 alone writes metrics and checkpoints)."""
-    return Reporter(lambda *a: None, lambda *a, **k: None, stop_requested=report.stop_requested)
+    return Reporter(
+        lambda *a: None,
+        lambda *a, **k: None,
+        stop_requested=report.stop_requested,
+        pause_at_step=report.pause_at_step,
+        pause_at_epoch=report.pause_at_epoch,
+    )
 
 
 class ServiceReporter:
@@ -118,6 +130,15 @@ class ServiceReporter:
                 self.redis.publish(metrics_channel(self.job_id), json.dumps(rows))
             except Exception as exc:  # live pages are best-effort; SQL already has the rows
                 print(f"metrics fan-out failed: {exc}", file=sys.stderr, flush=True)
+
+    def planned(self, total_steps: int) -> None:
+        """Record the steps the attempt plans on the job (progress, a sweep's epochs)."""
+
+        def write() -> None:
+            with jobs.fenced(self.db, self.job_id, self.attempt, total_steps=total_steps):
+                pass
+
+        with_db_retries(write, seconds=DB_RETRY_SECONDS)
 
     def close(self) -> None:
         """Close (and upload) the TensorBoard file and the Redis connection (every row is

@@ -267,6 +267,9 @@ def classify_exit(returncode: int, log_path: Path) -> Outcome:
         return Outcome(AttemptOutcome.REQUEUED, message, returncode)
     if returncode == ExitCode.FAILED:
         return Outcome(AttemptOutcome.FAILED, error_line(log_path) or tail(log_path), returncode)
+    if returncode == ExitCode.PAUSED:
+        message = paused_line(log_path) or "paused at a decision point of its sweep"
+        return Outcome(AttemptOutcome.PAUSED, message, returncode)
     if returncode < 0:  # killed from outside (the kernel's OOM killer, an operator): retry
         detail = tail(log_path, 5)
         what = " (SIGKILL: out of memory, or killed by an operator)" if returncode == -9 else ""
@@ -281,6 +284,14 @@ def classify_exit(returncode: int, log_path: Path) -> Outcome:
         f"trainer crashed (exit code {returncode}):\n{tail(log_path)}",
         returncode,
     )
+
+
+def paused_line(log_path: Path) -> str:
+    """The trainer's last `paused: ...` line (where it stopped), without the prefix."""
+    for line in reversed(tail(log_path, 50).splitlines()):
+        if line.startswith("paused: "):
+            return line.removeprefix("paused: ")
+    return ""
 
 
 def error_line(log_path: Path) -> str:
@@ -308,6 +319,8 @@ def _record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str
         ended = jobs.requeue(db, job_id, attempt, reason.message, actor)
     elif status == AttemptOutcome.RETRY:
         ended = jobs.requeue_or_fail(db, job_id, attempt, reason.message, actor)
+    elif status == AttemptOutcome.PAUSED:
+        ended = jobs.pause(db, job_id, attempt, reason.message, actor)
     else:
         return reason  # FENCED: nothing to write
     if ended is None:

@@ -42,7 +42,7 @@ from shared.zoo.checkpoints import load_checkpoint
 from worker.distributed import end_group, init_distributed, rank_and_world
 from worker.evaluation import write_report
 from worker.launch import die_with_parent
-from worker.loop import Drained, TrainingError, TrainResult, train
+from worker.loop import Drained, Paused, TrainingError, TrainResult, train
 from worker.reporting import Reporter, ServiceReporter
 
 __all__ = ["Reporter", "TrainResult", "TrainingError", "main", "run", "train"]
@@ -72,7 +72,13 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
             )
     reporter = ServiceReporter(db, store, job_id, attempt, spec, settings.redis_url)
     report = Reporter(
-        reporter.log_metrics, reporter.save, reporter.flush, stop_requested=_STOP.is_set
+        reporter.log_metrics,
+        reporter.save,
+        reporter.flush,
+        stop_requested=_STOP.is_set,
+        pause_at_step=job.pause_at_step,
+        pause_at_epoch=job.pause_at_epoch,
+        planned=reporter.planned,
     )
     print(f"read the job, its data and base model in {time.perf_counter() - started:.2f} s")
     try:
@@ -85,6 +91,10 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
     except Drained as exc:
         print(f"drained: {exc}", flush=True)
         return ExitCode.DRAINED
+    except Paused as exc:
+        reporter.flush()
+        print(f"paused: {exc}", flush=True)
+        return ExitCode.PAUSED
     finally:
         reporter.close()
     print(f"done: step {result.step}, {json.dumps(result.metrics)}", flush=True)

@@ -15,6 +15,12 @@ job_nodes     the workers reserved for a multi-node attempt, one row a node rank
 reports       a finished job's evaluation report (JSON), written by its last attempt
 job_outputs   work a worker does on a trained job through the queue: batch predictions
               over a dataset, exported bundles; each with its own attempt (fencing) and file
+sweeps        hyperparameter searches: base spec, distributions, objective, sampler, pruner
+sweep_trials  a sweep's trials: Optuna's trial number, its job, parameters, objective
+
+Optuna keeps each sweep's study in its own tables (studies, trials, ..., version_info) in the
+same database, with its own Alembic history in `alembic_version`; ours is recorded in
+`seqtrain_alembic_version` (shared.sweeps.storage, README "Sweeps").
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import DateTime, TypeDecorator
+from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
 from shared.protocol import JobStatus
 
@@ -33,7 +39,7 @@ JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 TERMINAL_STATUSES: tuple[JobStatus, ...] = tuple(s for s in JobStatus if s.terminal)
 
 # BIGINT on PostgreSQL, INTEGER on SQLite (so that it stays the rowid alias).
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+BigId: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -217,6 +223,13 @@ class Job(Base):
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A client's Idempotency-Key: a retried POST with the same key returns this job.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # The optimizer steps the trainer plans (epochs x steps per epoch, or max_steps), set
+    # when an attempt starts; progress and a sweep's epochs trained read it.
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    # A sweep trial's next decision point: the trainer evaluates, checkpoints and stops
+    # (status paused) at this optimizer step or after this epoch; null: train to the end.
+    pause_at_step: Mapped[int | None] = mapped_column(Integer)
+    pause_at_epoch: Mapped[int | None] = mapped_column(Integer)
     # When the job's id was last put on Redis; the reconciler re-enqueues lost messages.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -390,3 +403,9 @@ class JobOutput(Base):
         Index("ix_job_outputs_owner_id", "owner_id", "id"),
         {"sqlite_autoincrement": True},  # an id, and its download link, is never reused
     )
+
+
+# The sweep tables live in their own module (for size); imported here so that every user of
+# this module's metadata (Alembic, the tests' truncation) sees them.
+from shared.infra.sweep_tables import Sweep as Sweep  # noqa: E402
+from shared.infra.sweep_tables import SweepTrial as SweepTrial  # noqa: E402

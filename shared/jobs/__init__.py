@@ -2,7 +2,8 @@
 
 queued -> running (claim: attempt + 1, lease) -> succeeded | failed | cancelled
 running -> queued (worker drained or lost; the next claim resumes)
-queued -> cancelled (cancel before any worker claimed it)
+queued | paused -> cancelled (cancel while no attempt runs)
+running -> paused -> queued | pruned (a sweep trial at a decision point: promoted or pruned)
 
 The attempt number is the fencing token: writes by an attempt (metrics, checkpoints,
 final status) go through `fenced()`, which only succeeds while the job is still running
@@ -21,6 +22,7 @@ outputs.py      job outputs (batch predictions, exports): their own queued -> ru
                 done state machine, fenced by attempt, and the recovery of lost ones
 transitions.py  cancel, claim, fenced writes (metrics, checkpoints), lease, finish, requeue,
                 recovery of lost attempts
+pausing.py      a sweep trial's pause, promotion and pruning
 progress.py     a job's fraction of planned steps done and its ETA
 estimate.py     parameter count and peak memory per device of a spec, without torch
 routing.py      whether any registered worker on the job's queue can hold it
@@ -49,6 +51,7 @@ from shared.jobs.outputs import (
     recover_expired_output,
     renew_output_lease,
 )
+from shared.jobs.pausing import pause, promote, prune
 from shared.jobs.queries import (
     JOB_SORTS,
     SUMMARY_COLUMNS,
@@ -138,7 +141,10 @@ __all__ = [
     "note_event",
     "output_progress",
     "owners",
+    "pause",
     "poll_running",
+    "promote",
+    "prune",
     "queued_awaiting_message",
     "recover_expired",
     "recover_expired_output",

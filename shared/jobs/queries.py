@@ -37,6 +37,7 @@ SUMMARY_COLUMNS = (
     Job.cancel_requested,
     Job.epoch,
     Job.step,
+    Job.total_steps,
     Job.error,
     Job.devices,
     Job.created_at,

@@ -129,7 +129,7 @@ def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
     if not batch:
         return []
     now = utcnow()
-    rows = [_job_values(new, now) for new in batch]
+    rows = [job_values(new, now) for new in batch]
     if not db.is_sqlite:
         return _insert_jobs_one_statement(db, batch, rows)
     with db.session() as session:
@@ -145,7 +145,7 @@ def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
         return [job.id for job in created]
 
 
-def _job_values(new: NewJob, now: datetime) -> dict[str, Any]:
+def job_values(new: NewJob, now: datetime) -> dict[str, Any]:
     """Every inserted column of a new job, Python-side defaults included."""
     spec = new.spec
     values: dict[str, Any] = {

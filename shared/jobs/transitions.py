@@ -19,6 +19,8 @@ from shared.jobs.queries import get_job
 from shared.protocol import TERMINAL_STATUSES, JobStatus
 
 CANCELLED_BY_USER = "cancelled by user"
+# Statuses a cancel ends at once: no attempt is running.
+WAITING = (JobStatus.QUEUED, JobStatus.PAUSED)
 
 
 def _end_attempt(session: Session, job_id: int, attempt: int) -> None:
@@ -28,7 +30,7 @@ def _end_attempt(session: Session, job_id: int, attempt: int) -> None:
 
 
 def request_cancel(db: Database, job_id: int, actor: str) -> Job:
-    """Cancel a queued job at once; flag a running one for its supervisor (seen within a
+    """Cancel a queued (or paused) job at once; flag a running one for its supervisor (seen within a
     second). Repeated or concurrent cancels answer with the job and write nothing more."""
     with db.session() as session:
         job = session.get(Job, job_id)
@@ -39,7 +41,7 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
         done = affected_rows(
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .where(Job.id == job_id, Job.status == job.status, Job.status.in_(WAITING))
                 .values(
                     status=JobStatus.CANCELLED,
                     finished_at=utcnow(),
@@ -53,7 +55,7 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
                 session,
                 job_id,
                 job.attempt,
-                JobStatus.QUEUED,
+                JobStatus(job.status),
                 JobStatus.CANCELLED,
                 actor,
                 CANCELLED_BY_USER,
