@@ -56,6 +56,8 @@ class TaskInfo:
     board_metric: str
     # "module:Class" of the plug-in (imports torch).
     plugin_path: str
+    # Every metric an evaluation reports (as val/<name>; a sweep's objective is one).
+    metrics: tuple[str, ...] = ("loss",)
     # The head's exact parameter count, and the (floats, mask bytes) a token of a training
     # batch keeps in it for backward (shared.jobs.estimate).
     head_parameters: HeadFormula = lambda *_: 0
@@ -119,6 +121,7 @@ TASKS: dict[str, TaskInfo] = {
             selection_metric="accuracy",
             maximize=True,
             board_metric="accuracy",
+            metrics=("loss", "accuracy"),
             plugin_path="shared.zoo.classifier:ClassificationTask",
             head_parameters=_pooled_head,
             head_activations=_pooled_activations,
@@ -131,6 +134,7 @@ TASKS: dict[str, TaskInfo] = {
             selection_metric="loss",
             maximize=False,
             board_metric="perplexity",
+            metrics=("loss", "perplexity"),
             plugin_path="shared.zoo.lm:LanguageModelingTask",
             head_parameters=_vocabulary_head,
             head_activations=_vocabulary_activations,
@@ -147,6 +151,7 @@ TASKS: dict[str, TaskInfo] = {
             selection_metric="f1",
             maximize=True,
             board_metric="f1",
+            metrics=("loss", "f1", "precision", "recall", "accuracy"),
             plugin_path="shared.zoo.tagger:TaggingTask",
             head_parameters=_tag_head,
             head_activations=_tag_activations,

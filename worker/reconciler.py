@@ -6,6 +6,8 @@
   the API could not reach it at submit);
 - does the same for job outputs (batch predictions, exports): expired leases requeued or
   failed, queued outputs without a message enqueued again;
+- advances the running hyperparameter sweeps (worker.sweeper): reports trials
+  evaluations to Optuna, promotes or prunes paused trials, starts new ones;
 - cleans the artifact store: a recovered job's checkpoint objects that no row names (a
   killed trainer's upload that completed without its row), and, at most every
   SWEEP_SECONDS across all workers, what killed writers left (stale staged files,
@@ -38,6 +40,7 @@ from shared.infra.storage import ArtifactStore, StoreError, open_store
 from shared.jobs import outputs
 from shared.protocol import RECONCILER_LOCK_KEY, JobStatus
 from shared.settings import Settings
+from worker.sweeper import run_sweeps
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class Pass:
     outputs_requeued: list[int] = field(default_factory=list)
     outputs_failed: list[int] = field(default_factory=list)
     outputs_enqueued: list[int] = field(default_factory=list)
+    # Jobs of sweep trials the sweep controller created (worker.sweeper).
+    trials_created: list[int] = field(default_factory=list)
     skipped: bool = False
 
 
@@ -134,6 +139,7 @@ class Reconciler:
             self._recover_output(output_id, attempt, done)
         self._enqueue_lost(done)
         self._enqueue_lost_outputs(done)
+        done.trials_created = run_sweeps(self.db, self.settings, self.queue)
         self._sweep(done)
         if done.requeued or done.failed or done.enqueued or done.orphans or done.swept:
             log.info(
