@@ -17,6 +17,7 @@ outputs.py      /api/v1/jobs/<id>/predictions and /api/v1/outputs: work on a tra
 exports.py      /api/v1/jobs/<id>/exports: a bundle of a trained job (weights, ONNX, a card)
 reports.py      /api/v1/jobs/<id>/report: a finished job's evaluation report
 compare.py      /api/v1/compare?jobs=...: final and best metrics, spec differences
+sweeps.py       /api/v1/sweeps: hyperparameter sweeps: submit, list, detail with trials, cancel
 predictor.py    loaded checkpoints for inference, cached per process
 board.py        /api/v1/jobs/board: the jobs page's rows with progress and latest metrics
 logs.py         /api/v1/jobs/<id>/logs (an attempt's output, by offset) and /events
@@ -108,6 +109,7 @@ def register_routes(app: Flask) -> None:
         reports,
         sessions,
         stream,
+        sweeps,
         tensorboard,
         workers,
     )
@@ -122,6 +124,7 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(exports.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(compare.bp)
+    app.register_blueprint(sweeps.bp)
     app.register_blueprint(sessions.bp)
     for live in (board, logs, stream, workers, tensorboard):  # what the status pages read
         app.register_blueprint(live.bp)

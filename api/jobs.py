@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, redirect, send_file, stream_with_context, url_for
+from flask import Blueprint, Response, redirect, request, send_file, stream_with_context, url_for
+from pydantic import Field
 from werkzeug.wrappers import Response as BaseResponse
 
 from api import services, submissions
@@ -18,21 +19,35 @@ from api.schemas import (
     CheckpointList,
     CheckpointOut,
     JobCreated,
-    JobDetail,
     JobList,
     JobSummary,
     ListJobsQuery,
     MetricList,
     MetricsQuery,
+    _Out,
 )
+from api.schemas import JobDetail as BaseDetail
 from shared import jobs
 from shared.infra.models import TERMINAL_STATUSES
 from shared.infra.storage import ArtifactMissing
 from shared.jobs.progress import job_progress
 from shared.spec import JobSpec, parse_spec
+from shared.sweeps.store import trial_of_job
 
 bp = Blueprint("jobs", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
+
+
+class SweepRef(_Out):
+    id: int
+    number: int = Field(description="The trial's number in the sweep.")
+    url: str
+
+
+class JobDetail(BaseDetail):
+    """A job's detail, with the sweep it is a trial of."""
+
+    sweep: SweepRef | None = Field(None, description="The sweep this job is a trial of.")
 
 
 def created(result: submissions.Submitted) -> Response:
@@ -109,6 +124,10 @@ def show(job_id: int) -> Response:
         devices=job.devices,
         estimate=job.estimate,
     )
+    trial = trial_of_job(services().db, job_id)
+    if trial is not None:
+        url = f"{request.script_root}{API_PREFIX}/sweeps/{trial[0]}"
+        detail["sweep"] = {"id": trial[0], "number": trial[1], "url": url}
     return reply(JobDetail.model_validate(detail))
 
 

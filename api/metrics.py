@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,11 +22,16 @@ from prometheus_client.registry import Collector
 
 from api import Services, stats
 from api.errors import ApiError
+from shared.infra.models import utcnow
 from shared.infra.queue import queue_depths, redis_client
+from shared.protocol import JobStatus
+from shared.sweeps.store import trial_counts
 
 bp = Blueprint("metrics", __name__)
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 REGISTRY = "seqtrain.metrics"  # the app.extensions key of the app's CollectorRegistry
+# Sweeps a scrape reports: running ones, and those finished this long ago at most.
+SWEEPS_FINISHED_WITHIN = timedelta(hours=24)
 
 
 @bp.record_once
@@ -97,6 +103,21 @@ def _durations(histograms: dict[str, stats.Histogram]) -> Metric:
     return family
 
 
+def _sweep_trials(counts: Mapping[tuple[int, str], int]) -> Metric:
+    """Each reported sweep's trials by status, every status (0 for none)."""
+    family = GaugeMetricFamily(
+        "seqtrain_sweep_trials",
+        "Trials of each running (or recently finished) sweep, by status.",
+        labels=["sweep", "status"],
+    )
+    for sweep in sorted({sweep for sweep, _ in counts}):
+        statuses = [s.value for s in JobStatus]
+        statuses += sorted({st for sw, st in counts if sw == sweep} - set(statuses))
+        for status in statuses:
+            family.add_metric([str(sweep), status], counts.get((sweep, status), 0))
+    return family
+
+
 class ServiceFigures(Collector):
     """Every metric family, each read once per scrape from SQL and Redis."""
 
@@ -129,6 +150,7 @@ class ServiceFigures(Collector):
         durations = stats.job_durations(db)
         workers = stats.workers_by_state(db, settings.worker_stale_seconds)
         speeds = stats.running_tokens_per_second(db)
+        sweeps = trial_counts(db, finished_since=utcnow() - SWEEPS_FINISHED_WITHIN)
         return [
             _labelled("seqtrain_jobs", "Jobs by status.", "status", sorted(jobs.items())),
             GaugeMetricFamily("seqtrain_redis_up", "1 when Redis answered.", value=up),
@@ -156,6 +178,7 @@ class ServiceFigures(Collector):
                 "Sum over running jobs of their newest training throughput.",
                 value=sum(speeds.values()),
             ),
+            _sweep_trials(sweeps),
         ]
 
 

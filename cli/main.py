@@ -6,6 +6,7 @@ seqtrain jobs | show ID | logs ID [-f] | cancel ID | retry ID
 seqtrain predict ID TEXT... | predict ID --dataset D --output FILE   (a whole dataset, queued)
 seqtrain export ID --output FILE [--no-onnx]   (weights, tokenizer, ONNX, model card; queued)
 seqtrain models upload DIR | list | show ID | delete ID | share ID
+seqtrain sweep submit FILE [--wait] | sweeps list | show ID | cancel ID   (hyperparameter sweeps)
 seqtrain api | worker | migrate      the parts one by one (what docker compose runs)
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from cli import accounts, datasets, exports, jobs, local, models, outputs, serve
+from cli import accounts, datasets, exports, jobs, local, models, outputs, serve, sweeps
 
 
 @click.group()
@@ -42,6 +43,8 @@ for command in (
     local.train_local,
     datasets.datasets,
     models.models,
+    sweeps.sweeps,
+    sweeps.sweep,
 ):
     main.add_command(command)
 

@@ -30,6 +30,7 @@ import api.outputs
 import api.reports
 import api.sessions
 import api.stream
+import api.sweeps
 import api.tensorboard
 import api.workers  # noqa: F401
 from api.openapi import document

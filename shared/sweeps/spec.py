@@ -204,6 +204,37 @@ def corners(param: FloatParam | IntParam | CategoricalParam) -> list[Any]:
     return [param.low, param.high] if param.low != param.high else [param.low]
 
 
+# The most points a grid sweep may have (the grid sampler lists every one).
+MAX_GRID_POINTS = 100_000
+
+
+def grid_points(param: FloatParam | IntParam | CategoricalParam) -> float:
+    """How many values the grid sampler would give one parameter, counted without listing
+    them (inf for a float range too fine to count); 1 where the distribution is invalid
+    (validate_sweep names that)."""
+    if isinstance(param, CategoricalParam):
+        return len(param.choices)
+    if param.step is None or param.high < param.low:
+        return 1
+    count = (param.high - param.low) / param.step
+    return math.floor(count + 1e-9) + 1 if math.isfinite(count) else math.inf
+
+
+def check_grid_size(sweep: SweepSpec) -> None:
+    """A grid sweep is refused past MAX_GRID_POINTS points, before any grid is listed."""
+    if sweep.sampler != "grid":
+        return
+    total = 1.0
+    for path, param in sweep.parameters.items():
+        total *= grid_points(param)
+        if total > MAX_GRID_POINTS:
+            raise SweepError(
+                f"parameters.{path}",
+                f"the grid would have more than {MAX_GRID_POINTS:,} points; use a coarser "
+                "step, fewer values, or another sampler",
+            )
+
+
 def grid_space(sweep: SweepSpec) -> dict[str, list[Any]]:
     """Every parameter's values for the grid sampler (floats need a step)."""
     space: dict[str, list[Any]] = {}
@@ -224,6 +255,7 @@ def validate_sweep(payload: Any) -> tuple[SweepSpec, JobSpec]:
     """The sweep and its base job spec, or pydantic's ValidationError (the request's shape)
     or SweepError (a parameter that does not fit the job spec, naming it)."""
     sweep = SweepSpec.model_validate(payload)
+    check_grid_size(sweep)  # before anything lists the grid
     try:
         base = parse_spec(sweep.spec)
     except ValidationError as exc:
