@@ -213,3 +213,40 @@ def test_a_killed_controller_and_a_flushed_redis_create_no_trial_twice(
     )
     assert numbers == list(range(6))
     assert all(JobStatus(jobs.get_job(db, t.job_id).status).terminal for t in trials)
+
+
+def test_the_median_pruner_prunes_at_once_and_a_cancel_stops_every_trial(
+    db,
+    settings,
+    accounts,
+    pool,  # noqa: F811
+):
+    pool.start("sw-m")
+    payload = sweep_request(
+        pool.queue,
+        name="median-sweep",
+        pruner={"type": "median", "unit": "epochs", "min_resource": 1, "startup_trials": 1},
+    )
+    sweep = create(db, accounts["alice"].user_id, payload)
+    done = finished(db, sweep.id, 400)
+    assert done.status == "succeeded", done.error
+    trials = sweeps.trials(db, sweep.id)
+    pruned = [t for t in trials if t.status == JobStatus.PRUNED]
+    assert pruned and not any(t.held for t in trials)
+    for trial in pruned:  # pruned when it paused, not held for later
+        events = messages(db, trial.job_id)
+        assert events[-1] == "pruned at epochs 1 by the median pruner", events
+    # A second sweep, cancelled while it runs: no trial is left running or queued.
+    sweep = create(db, accounts["alice"].user_id, dict(payload, name="cancelled-sweep"))
+    wait_until(
+        lambda: any(t.status == JobStatus.RUNNING for t in sweeps.trials(db, sweep.id)),
+        120,
+        message="a running trial",
+    )
+    for job_id in sweeps.request_cancel(db, sweep.id):
+        jobs.request_cancel(db, job_id, "alice")
+    done = finished(db, sweep.id, 120)
+    assert done.status == "cancelled"
+    statuses = {t.status for t in sweeps.trials(db, sweep.id)}
+    assert statuses <= {JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.PRUNED}, statuses
+    assert JobStatus.CANCELLED in statuses

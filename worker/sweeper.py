@@ -102,8 +102,14 @@ def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
             min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
         )
     if pruner.type == "hyperband":
+        # Counted in epochs, a trial's budget is known; in steps Optuna infers it from the
+        # first trial that completes (until then nothing is pruned).
+        epochs = int((sweep.spec.get("training") or {}).get("epochs") or 0)
+        top: int | str = epochs if pruner.unit == "epochs" and epochs else "auto"
         return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
+            min_resource=pruner.min_resource,
+            max_resource=top,
+            reduction_factor=pruner.reduction_factor,
         )
     return optuna.pruners.MedianPruner(
         n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.min_resource - 1
