@@ -10,6 +10,8 @@ Content-Security-Policy forbids inline script, so user-supplied text stays text.
 /jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions,
               its evaluation report
 /compare      2 to 8 jobs (?jobs=3,5,9): curves overlaid, final and best metrics, spec diff
+/sweeps       sweeps: status, trials done, best value, refreshed live
+/sweeps/<id>  one sweep: settings, best trial (clone it as a job), trials, charts, cancel
 /workers      workers, their devices and current job; queue depths
 /models       the pretrained base models the viewer can use (rendered on the server)
 /submit       a spec as YAML or JSON, errors shown beside the line they concern
@@ -50,6 +52,7 @@ from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
 from shared.auth import Principal
 from shared.hub import registry as hub
+from shared.sweeps import store as sweep_store
 
 bp = Blueprint("pages", __name__)
 EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
@@ -121,6 +124,26 @@ def job_page(job_id: int) -> Any:
 def compare_page() -> Any:
     """A shell: the script reads ?jobs= and fills the page from /api/v1/compare."""
     return render_template("compare.html")
+
+
+@bp.get("/sweeps")
+@signed_in
+def sweeps_page() -> Any:
+    return render_template("sweeps.html", is_admin=g.principal.is_admin)
+
+
+@bp.get("/sweeps/" + id_rule("sweep_id"))
+@signed_in
+def sweep_page(sweep_id: int) -> Any:
+    """A shell: the script fills the page from /api/v1/sweeps/<id> and polls it while the
+    sweep runs. Another user's sweep is missing, as one that does not exist."""
+    try:
+        sweep = sweep_store.get_sweep(services().db, sweep_id)
+    except sweep_store.SweepNotFound:
+        sweep = None
+    if sweep is None or not g.principal.may_see(sweep.owner_id):
+        return render_template("missing.html", what=f"Sweep {sweep_id}"), 404
+    return render_template("sweep.html", sweep=sweep)
 
 
 @bp.get("/workers")

@@ -25,7 +25,7 @@ from tests.helpers import tiny_spec
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 WIDTHS = {"desktop": 1280, "phone": 390}
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 XSS_NAME = "<img src=x onerror=alert(1)>"
 
 # One backend is enough here: the API tests cover both.

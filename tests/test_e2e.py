@@ -14,7 +14,7 @@ from tests.helpers import SMALL_TSV, tiny_spec, upload
 from worker.procs import trainer_pids
 
 pytestmark = pytest.mark.e2e
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 
 
 def submit(client, settings, **sections):

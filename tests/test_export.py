@@ -26,7 +26,7 @@ from tests.conftest import ROOT, wait_until
 from tests.helpers import tiny_spec
 
 pytestmark = pytest.mark.e2e
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 FILES = {"model.safetensors", "tokenizer.json", "labels.json", "spec.json", "README.md"}
 TEXTS = ["a gripping , beautiful film", "dull and lifeless", "great", "awful awful plot"]
 

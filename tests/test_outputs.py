@@ -27,7 +27,7 @@ from worker.outputs.predictions import flatten
 from worker.reconciler import Reconciler
 
 pytestmark = pytest.mark.e2e
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 # A queue nobody consumes, one per test: SQLite and PostgreSQL sessions share a Redis.
 NOBODY = f"outputs-nobody-{uuid.uuid4().hex[:8]}"
 CONLL = b"".join(

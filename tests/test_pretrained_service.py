@@ -17,7 +17,7 @@ from tests.conftest import wait_until
 from tests.hfmodels import archive, tiny_bert, tiny_gpt2
 from tests.test_auth import form_csrf
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 
 
 def builtin_rows(name: str) -> list[dict[str, Any]]:

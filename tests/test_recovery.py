@@ -31,7 +31,7 @@ from worker.reconciler import Reconciler
 from worker.trainer import Reporter, train
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
-TERMINAL = {"succeeded", "failed", "cancelled"}
+TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 
 # Long enough to be interrupted (~200 steps), small enough to finish in a few seconds.
 LONG = {

@@ -11,7 +11,8 @@
   const task = root.dataset.task;
   const base = "/api/v1/jobs/" + jobId;
   const METRIC = { classification: "accuracy", tagging: "f1", language_modeling: "perplexity" }[task];
-  const ACTIVE = ["queued", "running"];
+  // Not finished: a paused job (a sweep trial at a decision point) can still be cancelled.
+  const ACTIVE = ["queued", "running", "paused"];
   const LOG_KEEP_CHARS = 200000;
 
   const $ = (id) => document.getElementById(id);
@@ -128,7 +129,23 @@
       const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
       $("fact-runtime").textContent = duration((end - Date.parse(job.started_at)) / 1000);
     }
+    showTrial(job.sweep);
     showPredict();
+  }
+
+  // A sweep's trial: "trial N of sweep S" under the title, linking to the sweep's page.
+  function showTrial(sweep) {
+    let note = $("job-sweep");
+    if (!sweep) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = el("p", { id: "job-sweep", className: "muted" });
+      root.querySelector(".title-bar").after(note);
+    }
+    note.replaceChildren("trial " + sweep.number + " of ",
+      el("a", { href: "/sweeps/" + sweep.id }, "sweep " + sweep.id));
   }
 
   async function loadEvents() {

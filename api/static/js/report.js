@@ -7,7 +7,7 @@
 window.SeqtrainReport = (function () {
   const { api, el, number } = window.Seqtrain;
   const SVG = "http://www.w3.org/2000/svg";
-  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const TERMINAL = ["succeeded", "failed", "cancelled", "pruned"];
   const SPLIT_NAMES = { validation: "validation", test: "test" };
   const state = { loaded: false, loading: false, retried: false, report: null, chart: null };
 
