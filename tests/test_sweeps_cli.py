@@ -7,37 +7,22 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
-import pytest
 import yaml
 from sqlalchemy import update
-from werkzeug.serving import make_server
 
 from shared.infra.models import Job
 from shared.protocol import JobStatus
 from shared.spec import parse_spec
 from shared.sweeps import store
 from shared.sweeps.spec import trial_spec
+from tests import test_cli
 from tests.conftest import ROOT, wait_until
 from tests.helpers import tiny_spec
 
-
-@pytest.fixture
-def api_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
-
-
-@pytest.fixture(autouse=True)
-def cli_env(accounts, tmp_path, monkeypatch):
-    """The CLI authenticates as alice; no var/dev-token is found by accident."""
-    monkeypatch.setenv("SEQTRAIN_TOKEN", accounts["alice"].token)
-    monkeypatch.setenv("SEQTRAIN_VAR_DIR", str(tmp_path / "var"))
+# The CLI tests' fixtures: a live API server, and the CLI signed in as alice.
+api_url = test_cli.api_url
+cli_env = test_cli.cli_env
 
 
 def command(*args: str, url: str) -> list[str]:

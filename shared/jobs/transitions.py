@@ -194,6 +194,23 @@ def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -
     requested (honoured instead of the requeue); None when the attempt no longer owns the
     job (fenced: nothing was written, and nobody cancelled anything).
     """
+    return leave_running(
+        db, job_id, attempt, JobStatus.QUEUED, message, actor, enqueued_at=utcnow()
+    )
+
+
+def leave_running(
+    db: Database,
+    job_id: int,
+    attempt: int,
+    status: JobStatus,
+    message: str,
+    actor: str,
+    **values: Any,
+) -> JobStatus | None:
+    """running -> `status` (queued, paused: not an end) for this attempt only, with the lease
+    cleared and `values` set. CANCELLED instead when a cancel was requested; None when the
+    attempt no longer owns the job."""
     with db.session() as session:
         done = affected_rows(
             session.execute(
@@ -204,19 +221,14 @@ def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -
                     Job.status == JobStatus.RUNNING,
                     Job.cancel_requested.is_(False),
                 )
-                .values(
-                    status=JobStatus.QUEUED,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    enqueued_at=utcnow(),
-                )
+                .values(status=status, lease_owner=None, lease_expires_at=None, **values)
             )
         )
         if done:
-            add_event(session, job_id, attempt, JobStatus.RUNNING, JobStatus.QUEUED, actor, message)
+            add_event(session, job_id, attempt, JobStatus.RUNNING, status, actor, message)
             _end_attempt(session, job_id, attempt)
-            return JobStatus.QUEUED
-    # Still this attempt's and running, the requeue can only have been refused for the
+            return status
+    # Still this attempt's and running, the change can only have been refused for the
     # cancel flag; a fenced attempt's finish is refused as well.
     if finish(db, job_id, attempt, JobStatus.CANCELLED, CANCELLED_BY_USER, actor):
         return JobStatus.CANCELLED
