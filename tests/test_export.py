@@ -24,23 +24,12 @@ from shared.zoo.crf import CRF
 from shared.zoo.onnx import onnx_session
 from tests.conftest import ROOT, wait_until
 from tests.helpers import tiny_spec
+from tests.test_outputs import train
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "cancelled", "pruned"}
 FILES = {"model.safetensors", "tokenizer.json", "labels.json", "spec.json", "README.md"}
 TEXTS = ["a gripping , beautiful film", "dull and lifeless", "great", "awful awful plot"]
-
-
-def train(client, settings, **sections):
-    spec = tiny_spec(resources={"queue": settings.default_queue}, **sections)
-    job_id = client.post("/api/v1/jobs", json=spec).json["id"]
-    job = wait_until(
-        lambda: (j := client.get(f"/api/v1/jobs/{job_id}").json)["status"] in TERMINAL and j,
-        180,
-        message=f"job {job_id} to end",
-    )
-    assert job["status"] == "succeeded", job["error"]
-    return job
 
 
 def export(client, job_id, **body):

@@ -36,7 +36,8 @@ CONLL = b"".join(
 )
 
 
-def train(client, settings, **sections):
+def train(client, settings, **sections) -> dict:
+    """A tiny job trained to success by the session's worker; its JSON."""
     spec = tiny_spec(resources={"queue": settings.default_queue}, **sections)
     job_id = client.post("/api/v1/jobs", json=spec).json["id"]
     job = wait_until(
@@ -45,7 +46,7 @@ def train(client, settings, **sections):
         message=f"job {job_id} to end",
     )
     assert job["status"] == "succeeded", job["error"]
-    return job_id
+    return job
 
 
 def dataset(client, content, filename="rows.tsv", **options):
@@ -96,7 +97,7 @@ def same_as_predict(client, job_id, texts, records):
 
 
 def test_batch_prediction_equals_predict_in_jsonl_and_csv(client, settings, store, worker):
-    job_id = train(client, settings, training={"epochs": 2})
+    job_id = train(client, settings, training={"epochs": 2})["id"]
     reference = dataset(client, SMALL_TSV, text_column="sentence", label_column="label")
     texts = [line.split("\t")[0] for line in SMALL_TSV.decode().splitlines()[1:]]
 
@@ -164,7 +165,7 @@ def test_tagging_and_language_model_outputs_have_their_fields(client, settings, 
 
 
 def test_cancel_a_running_output_leaves_no_file(client, settings, store, worker):
-    job_id = train(client, settings, training={"epochs": 1})
+    job_id = train(client, settings, training={"epochs": 1})["id"]
     many = b"text\tlabel\n" + b"".join(
         f"row {i} was great fun\tpos\n".encode() for i in range(60_000)
     )
@@ -315,7 +316,7 @@ def api_url(app):
 def test_the_cli_predicts_a_dataset_to_a_file(
     api_url, client, settings, accounts, worker, tmp_path
 ):
-    job_id = train(client, settings, training={"epochs": 1})
+    job_id = train(client, settings, training={"epochs": 1})["id"]
     reference = dataset(client, SMALL_TSV, text_column="sentence", label_column="label")
     out = tmp_path / "p.csv"
     env = dict(os.environ, SEQTRAIN_TOKEN=accounts["alice"].token, SEQTRAIN_VAR_DIR=str(tmp_path))
