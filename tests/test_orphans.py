@@ -231,7 +231,7 @@ def test_orphan_checkpoints_are_those_no_row_names(conf, db):
     assert len(keys(store, other_id)) == 1
 
 
-def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch):
+def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch, request):
     store = open_store(conf)
     job_id, attempt = running_job(db)
     prefix = CHECKPOINTS.format(job_id)
@@ -241,9 +241,14 @@ def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch):
     add_row(db, job_id, attempt, named, 1, 7)
     time.sleep(1.1)
     monkeypatch.setattr(reconciler_module, "ORPHAN_CHECKPOINT_SECONDS", 0.5)
-    redis_client(conf.redis_url).delete(SWEEP_KEY)
+    redis = redis_client(conf.redis_url)
+    # Hold the pass lock, so that no worker's reconciler takes the job or the orphan sweep
+    # first while this test's own passes (forced, past the lock) run.
+    redis.set(reconciler_module.LOCK_KEY, "test", px=60_000)
+    request.addfinalizer(lambda: redis.delete(reconciler_module.LOCK_KEY))
     first = Reconciler(db, conf)
-    expire_lease(db, job_id)  # only now: a worker's reconciler would otherwise take it first
+    expire_lease(db, job_id)
+    redis.delete(SWEEP_KEY)
     done = first.run_once(force=True)
     assert done.requeued == [job_id] and done.orphans == [orphan]
     assert keys(store, job_id) == [named]

@@ -129,7 +129,7 @@ def test_tagging_and_language_model_outputs_have_their_fields(client, settings, 
         task="tagging",
         data={"dataset": "builtin:entities"},
         training={"epochs": 1},
-    )
+    )["id"]
     sentences = dataset(client, CONLL, "s.conll", format="conll", scheme="IOB2")
     _, body = predictions(client, tagger, sentences, format="csv")
     rows = list(csv.DictReader(io.StringIO(body)))
@@ -151,7 +151,7 @@ def test_tagging_and_language_model_outputs_have_their_fields(client, settings, 
         data={"dataset": "builtin:stories", "tokenizer": {"kind": "char"}},
         model={"type": "gru"},
         training={"max_steps": 20, "epochs": 1},
-    )
+    )["id"]
     prompts = dataset(client, b"the cat\nonce upon a time\n", "p.txt", format="text")
     done, body = predictions(client, lm, prompts, length=12, seed=3, temperature=0.5)
     records = [json.loads(line) for line in body.splitlines()]
@@ -356,7 +356,7 @@ def test_sst2_dev_batch_prediction_gives_the_labels_of_predict(client, settings,
     dev_ref = dataset(client, dev, "sst2-dev.tsv", text_column="sentence", label_column="label")
     job_id = train(
         client, settings, data={"dataset": train_ref, "max_length": 64}, training={"epochs": 1}
-    )
+    )["id"]
     started = time.perf_counter()
     done, body = predictions(client, job_id, dev_ref)
     records = [json.loads(line) for line in body.splitlines()]
