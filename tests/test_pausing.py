@@ -14,7 +14,7 @@ from shared.spec import parse_spec
 from shared.zoo.checkpoints import load_checkpoint
 from tests.helpers import tiny_spec
 from tests.test_trainer import TASK_SPECS, Collect
-from worker.loop import Paused
+from worker.pausing import Paused
 from worker.trainer import Reporter, train
 
 

@@ -34,6 +34,7 @@ from worker.distributed import (
 )
 from worker.intervals import log_interval, metric_row, new_window
 from worker.optim import optimization, optimizer_step
+from worker.pausing import Paused, pause_due
 from worker.reporting import Reporter, silent
 from worker.state import TrainState, seed_everything
 
@@ -47,15 +48,6 @@ class Drained(Exception):
 
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped at step {step} after saving a checkpoint")
-        self.step = step
-
-
-class Paused(Exception):
-    """A sweep trial reached its decision point: evaluated, and checkpointed at the step."""
-
-    def __init__(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
-        super().__init__(f"at step {step} (epoch {epoch}) after an evaluation: {shown}")
         self.step = step
 
 
@@ -301,19 +293,6 @@ def train_epoch(
         if index + 1 < len(order) and pause_due(run, mid_epoch=True):
             pause_mid_epoch(run, index + 1, last)
     return totals, time.perf_counter() - started
-
-
-def pause_due(run: Run, mid_epoch: bool = False) -> bool:
-    """Whether a sweep trial stands at its decision point (`Reporter.pause_at_*`) short of
-    its end: the step limit anywhere, the epoch limit at an epoch's end."""
-    state, report = run.state, run.report
-    if state.step >= run.total_steps or state.epoch >= run.spec.training.epochs:
-        return False
-    if report.pause_at_step is not None and state.step >= report.pause_at_step:
-        return True
-    return (
-        not mid_epoch and report.pause_at_epoch is not None and state.epoch >= report.pause_at_epoch
-    )
 
 
 def pause_mid_epoch(run: Run, next_batch: int, last: dict[str, float]) -> None:

@@ -42,7 +42,8 @@ from shared.zoo.checkpoints import load_checkpoint
 from worker.distributed import end_group, init_distributed, rank_and_world
 from worker.evaluation import write_report
 from worker.launch import die_with_parent
-from worker.loop import Drained, Paused, TrainingError, TrainResult, train
+from worker.loop import Drained, TrainingError, TrainResult, train
+from worker.pausing import Paused
 from worker.reporting import Reporter, ServiceReporter
 
 __all__ = ["Reporter", "TrainResult", "TrainingError", "main", "run", "train"]
