@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from shared.data.datasets import BUILTIN_DATASETS, load
 from shared.data.examples import load_splits, prepare_tagging
-from shared.data.tokenization import PretrainedTokenizer, tokenizer_from_dict
+from shared.data.pretrained_tokens import PretrainedTokenizer
+from shared.data.tokenization import tokenizer_from_dict
 from shared.protocol import IGNORE_INDEX
 from shared.registry import task_info
 from shared.spec import JobSpec, parse_spec

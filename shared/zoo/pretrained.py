@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data.tokenization import PretrainedTokenizer
+from shared.data.pretrained_tokens import PretrainedTokenizer
 from shared.protocol import IGNORE_INDEX, TrainerFailure
 from shared.spec import LoraSpec, ModelSpec
 from shared.zoo.encoders import padding_mask
