@@ -54,8 +54,10 @@ def owned_dataset(dataset_id: int) -> Dataset:
     tag="datasets",
 )
 def upload() -> Response:
-    """Validates and parses the whole file before anything is stored. Re-uploading the same
-    bytes with the same options returns the existing dataset (200)."""
+    """Validates and parses the whole file before anything is stored. tsv, csv and jsonl
+    name their columns: text_column (and label_column), or source_column and target_column
+    for seq2seq pairs. Re-uploading the same bytes with the same options returns the
+    existing dataset (200)."""
     svc = services()
     limit = svc.settings.max_dataset_bytes
     if request.mimetype != "multipart/form-data":

@@ -28,6 +28,14 @@ def _dataset_line(d: dict[str, Any]) -> str:
 @click.option("--name", help="Name to refer to it by (default: the file name).")
 @click.option("--text-column", help="tsv/csv: text column header; jsonl: text field.")
 @click.option("--label-column", help="tsv/csv: label column header; jsonl: label field.")
+@click.option(
+    "--source-column",
+    help="seq2seq pairs (with --target-column, instead of --text-column): tsv/csv: source "
+    "column header; jsonl: source field.",
+)
+@click.option(
+    "--target-column", help="seq2seq pairs: tsv/csv: target column header; jsonl: target field."
+)
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--token-column", type=int, help="conll: token column index (default 0).")
 @click.option("--tag-column", type=int, help="conll: tag column index (default -1, the last).")
@@ -43,6 +51,8 @@ def datasets_upload(
     name: str | None,
     text_column: str | None,
     label_column: str | None,
+    source_column: str | None,
+    target_column: str | None,
     encoding: str,
     token_column: int | None,
     tag_column: int | None,
@@ -57,6 +67,8 @@ def datasets_upload(
         "name": name,
         "text_column": text_column,
         "label_column": label_column,
+        "source_column": source_column,
+        "target_column": target_column,
         "encoding": encoding,
         "token_column": token_column,
         "tag_column": tag_column,

@@ -6,6 +6,7 @@ protocol.py  what processes agree on: exit codes, job statuses, attempt outcomes
 registry.py  the names a spec may use: model types and tasks with their facts (torch-free)
 settings.py  every setting, declared once: environment name, default, parser, description
 spec.py      the job spec (pydantic): validation, defaults, descriptions, size limits
+modelspec.py the spec's base section and its model section (sizes, pretrained, LoRA)
 auth.py      users and API tokens (hashed), principals and ownership
 safejson.py  JSON from clients, refused past 64 levels of nesting before it is decoded
 infra/       the infrastructure: SQL engine and sessions, ORM tables, artifact store, queue

@@ -7,154 +7,42 @@ spec asking for a model no worker could hold is a 422 at submit, not an OOM in a
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shared.data.datasets import BUILTIN_DATASETS
-from shared.registry import MODEL_TYPES, TASKS, ModelType, TaskName, describe_tasks
+from shared.modelspec import (
+    PRINTABLE,
+    SCRATCH_SIZE_FIELDS,
+    LoraSpec,
+    ModelSpec,
+    _Section,
+)
+from shared.registry import TASKS, TaskName, describe_tasks
 from shared.sizes import estimate_parameters
+
+__all__ = [
+    "FINE_TUNING_DEFAULTS",
+    "MAX_MODEL_PARAMETERS",
+    "PRINTABLE",
+    "SCRATCH_SIZE_FIELDS",
+    "CheckpointSpec",
+    "DataSpec",
+    "DecodingSpec",
+    "JobSpec",
+    "LoraSpec",
+    "ModelSpec",
+    "ResourcesSpec",
+    "TokenizerSpec",
+    "TrainingSpec",
+    "dataset_references",
+    "parse_spec",
+]
 
 # Upper bound on trainable parameters accepted at submit (about 400 MB of fp32 weights,
 # 1.6 GB with AdamW state and gradients). Settings can lower it per deployment.
 MAX_MODEL_PARAMETERS = 100_000_000
-# Printable text: no control characters (they break logs, pages and PostgreSQL text columns).
-PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class LoraSpec(_Section):
-    r: int = Field(8, ge=1, le=1024, description="Rank of each low-rank update.")
-    alpha: float = Field(16.0, gt=0.0, le=100_000.0, description="Scale of the update (alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
-    target_modules: list[str] | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        description='Names of the modules that get adapters (e.g. ["query", "value"]); '
-        "null: peft's defaults for the model's architecture.",
-    )
-
-    @field_validator("target_modules")
-    @classmethod
-    def _module_names(cls, names: list[str] | None) -> list[str] | None:
-        for name in names or ():
-            if not re.fullmatch(r"[A-Za-z0-9_.]{1,100}", name):
-                raise ValueError(f"{name[:40]!r} is not a module name (letters, digits, _ and .)")
-        return names
-
-
-# The fields that size a model trained from scratch; a pretrained model's config sizes it.
-SCRATCH_SIZE_FIELDS = ("embedding_dim", "hidden_size", "num_layers", "nhead", "dim_feedforward")
-
-
-class ModelSpec(_Section):
-    type: ModelType = Field(
-        "lstm",
-        description="Architecture: "
-        + " | ".join(MODEL_TYPES)
-        + " (pretrained: fine-tune a base model from the model registry, `model.pretrained`).",
-    )
-    embedding_dim: int = Field(
-        128, ge=2, le=4096, description="Token embedding width (the transformer's d_model)."
-    )
-    hidden_size: int = Field(
-        128,
-        ge=1,
-        le=8192,
-        description="Recurrent hidden state width per direction (recurrent models).",
-    )
-    num_layers: int = Field(1, ge=1, le=24, description="Stacked recurrent or encoder layers.")
-    dropout: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Dropout probability between layers and before the head."
-    )
-    nhead: int = Field(4, ge=1, le=64, description="Attention heads (transformer only).")
-    dim_feedforward: int = Field(
-        512,
-        ge=1,
-        le=32768,
-        description="Feed-forward width inside each encoder layer (transformer only).",
-    )
-
-    pooling: Literal["last", "mean", "max", "attention", "cls"] = Field(
-        "last",
-        description="classification: how token states become one vector (last real state, "
-        "mean or max over real tokens, learned attention, or the first token: `cls`, pretrained "
-        "encoders only). A transformer trained from scratch always pools with the mean; a "
-        "pretrained model pools with the mean unless set.",
-    )
-    crf: bool = Field(
-        True,
-        description="tagging: a CRF over the tag scores (BiLSTM-CRF; on a pretrained model, over "
-        "each word's first sub-token); false: per-token softmax.",
-    )
-    pretrained: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        pattern=PRINTABLE,
-        description="type pretrained: the base model, `model:<id>` or the name of a model in the "
-        "registry (yours, else a shared one); pinned at submit.",
-    )
-    freeze: Literal["none", "embeddings", "encoder"] = Field(
-        "none",
-        description="type pretrained: parts of the base model kept fixed (encoder: only the head "
-        "trains).",
-    )
-    lora: LoraSpec | None = Field(
-        None,
-        description="type pretrained: train low-rank adapters (LoRA, with peft) instead of the "
-        "base weights; checkpoints then hold only the adapters and the head.",
-    )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="type pretrained: recompute the base model's activations in backward "
-        "(less memory, about a third slower).",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelSpec:
-        if self.type == "transformer" and self.embedding_dim % self.nhead != 0:
-            raise ValueError(
-                f"embedding_dim ({self.embedding_dim}) must be divisible by nhead ({self.nhead})"
-            )
-        # Judged by value, not by what the client wrote: a stored spec lists every field.
-        fields = type(self).model_fields
-        if self.type != "pretrained":
-            given = [
-                name
-                for name in ("pretrained", "freeze", "lora", "gradient_checkpointing")
-                if getattr(self, name) != fields[name].default
-            ]
-            if given:
-                verb = "applies" if len(given) == 1 else "apply"
-                raise ValueError(f"{', '.join(given)} {verb} only to type pretrained")
-            if self.pooling == "cls":
-                raise ValueError("pooling cls needs a pretrained encoder (type pretrained)")
-            return self
-        if self.pretrained is None:
-            raise ValueError("type pretrained needs `pretrained`: model:<id> or a model's name")
-        if self.lora is not None and self.freeze != "none":
-            raise ValueError(
-                "lora already keeps the base model fixed; leave freeze out (or none) with lora"
-            )
-        sized = [
-            name for name in SCRATCH_SIZE_FIELDS if getattr(self, name) != fields[name].default
-        ]
-        if sized:
-            raise ValueError(
-                f"{', '.join(sized)}: a pretrained model's sizes come from its config; leave "
-                "them out"
-            )
-        if self.pooling == "last":
-            if "pooling" in self.model_fields_set:
-                raise ValueError("pooling last is for recurrent models; use cls or mean")
-            return self.model_copy(update={"pooling": "mean"})
-        return self
 
 
 DATASET_REFERENCE = (
@@ -176,7 +64,14 @@ class TokenizerSpec(_Section):
         le=1_000_000,
         description="Rarer tokens (or merges) are left out of the vocabulary.",
     )
-    lowercase: bool = Field(True, description="Lower-case text before tokenizing.")
+    lowercase: bool = Field(
+        True, description="Lower-case text before tokenizing (seq2seq: false unless set)."
+    )
+    shared: bool = Field(
+        True,
+        description="seq2seq: one tokenizer for source and target, trained on both sides; "
+        "false: one per side, each of at most vocab_size ids.",
+    )
 
 
 class DataSpec(_Section):
@@ -186,7 +81,7 @@ class DataSpec(_Section):
         max_length=200,
         pattern=PRINTABLE,
         description="Training data: " + DATASET_REFERENCE + " Null: the task's built-in dataset "
-        "(builtin:sentiment, builtin:stories, builtin:entities).",
+        "(builtin:sentiment, builtin:stories, builtin:entities, builtin:dates).",
     )
     validation_dataset: str | None = Field(
         None,
@@ -204,6 +99,19 @@ class DataSpec(_Section):
     )
     max_length: int = Field(
         128, ge=1, le=4096, description="Tokens kept per example (longer texts are truncated)."
+    )
+    max_source_length: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="seq2seq: source tokens kept per pair; null: max_length.",
+    )
+    max_target_length: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="seq2seq: target tokens kept per pair (and the longest translation); "
+        "null: max_length.",
     )
     val_fraction: float = Field(
         0.1,
@@ -275,6 +183,13 @@ class TrainingSpec(_Section):
         description="Warmup as a fraction of all steps, when warmup_steps is null (pretrained "
         "models: 0.06 unless set).",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="seq2seq: share of each target's probability spread over the vocabulary "
+        "in the training loss (0.1 is usual); evaluation reports the plain loss.",
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
@@ -338,6 +253,45 @@ class CheckpointSpec(_Section):
     )
 
 
+class DecodingSpec(_Section):
+    beam_size: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="seq2seq: hypotheses kept while decoding validation, test and served "
+        "translations (1: greedy).",
+    )
+    length_penalty: float = Field(
+        0.6,
+        ge=0.0,
+        le=5.0,
+        description="seq2seq: beam scores are divided by ((5 + length) / 6) ** length_penalty "
+        "(0: the plain sum of log-probabilities, which favours short translations).",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="seq2seq: most tokens a translation has; null: twice the source's plus "
+        "10, at most data.max_target_length.",
+    )
+    samples: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="seq2seq: sample translations (source, reference, hypothesis) stored with "
+        "each validation.",
+    )
+
+
+# The fields that only a seq2seq job may set, with the section that holds each.
+SEQ2SEQ_FIELDS = {
+    "model": ("attention", "share_embeddings", "tie_embeddings"),
+    "data": ("max_source_length", "max_target_length"),
+    "training": ("label_smoothing",),
+}
+
+
 class JobSpec(_Section):
     # The one required field: a job without a name cannot be told apart in a list.
     name: str = Field(
@@ -358,6 +312,10 @@ class JobSpec(_Section):
     )
     checkpoint: CheckpointSpec = Field(
         default_factory=CheckpointSpec, description="Checkpoint policy."
+    )
+    decoding: DecodingSpec = Field(
+        default_factory=DecodingSpec,
+        description="seq2seq: how translations are decoded (validation, test, serving).",
     )
 
     @field_validator("model")
@@ -388,6 +346,44 @@ class JobSpec(_Section):
                 "embedding_dim, dim_feedforward or data.tokenizer.vocab_size)"
             )
         return model
+
+    @model_validator(mode="after")
+    def _seq2seq(self) -> JobSpec:
+        """Fields only seq2seq reads are refused elsewhere; seq2seq tokenizes with BPE and
+        keeps case (BLEU scores the detokenized, cased text) unless the spec says otherwise."""
+        if self.task != "seq2seq":
+            given = [
+                f"{section}.{name}"
+                for section, names in SEQ2SEQ_FIELDS.items()
+                for name in names
+                if getattr(getattr(self, section), name)
+                != type(getattr(self, section)).model_fields[name].default
+            ]
+            if not self.data.tokenizer.shared:
+                given.append("data.tokenizer.shared")
+            if self.decoding != DecodingSpec():
+                given.append("decoding")
+            if given:
+                raise ValueError(f"{', '.join(given)}: only task seq2seq reads these")
+            return self
+        model, tokenizer = self.model, self.data.tokenizer
+        if model.share_embeddings and not tokenizer.shared:
+            raise ValueError("model.share_embeddings needs data.tokenizer.shared: true")
+        recurrent = model.type != "transformer"
+        if model.tie_embeddings and recurrent and model.embedding_dim != model.hidden_size:
+            raise ValueError(
+                f"model.tie_embeddings: the decoder's output ({model.hidden_size}, "
+                f"hidden_size) must be as wide as its embeddings ({model.embedding_dim})"
+            )
+        defaults = {
+            name: value
+            for name, value in {"kind": "bpe", "lowercase": False}.items()
+            if name not in tokenizer.model_fields_set
+        }
+        if not defaults:
+            return self
+        data = self.data.model_copy(update={"tokenizer": tokenizer.model_copy(update=defaults)})
+        return self.model_copy(update={"data": data})
 
     @model_validator(mode="after")
     def _pretrained(self) -> JobSpec:

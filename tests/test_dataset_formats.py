@@ -247,6 +247,123 @@ def test_jsonl_too_many_classes():
     assert caught.value.field == "label_field"
 
 
+# --- seq2seq pairs -----------------------------------------------------------------------
+
+PAIRS_TSV = b"id\tde\ten\n1\t Guten Morgen. \tGood morning.\n\n2\tWie geht's?\tHow are you?\n"
+
+
+def pairs_tsv(data: bytes) -> ParsedDataset:
+    return parse_delimited(data, delimiter="\t", source_column="de", target_column="en")
+
+
+def pairs_jsonl(data: bytes) -> ParsedDataset:
+    return parse_jsonl(data, source_field="de", target_field="en")
+
+
+def test_tsv_pairs_keep_the_text_as_written():
+    parsed = pairs_tsv(PAIRS_TSV)
+    assert parsed.format == "tsv" and parsed.columns == ["source", "target"]
+    assert parsed.rows == [
+        {"source": "Guten Morgen.", "target": "Good morning."},  # stripped, case kept
+        {"source": "Wie geht's?", "target": "How are you?"},
+    ]
+
+
+def test_csv_pairs_with_quoted_commas():
+    data = b'en,fr\n"Yes, sir.",  "Oui, monsieur."\r\nNo.,Non.\r\n'
+    parsed = parse_delimited(data, delimiter=",", source_column="en", target_column="fr")
+    assert parsed.format == "csv"
+    assert parsed.rows == [
+        {"source": "Yes, sir.", "target": "Oui, monsieur."},
+        {"source": "No.", "target": "Non."},
+    ]
+
+
+def test_jsonl_pairs_keep_tabs_and_spaces():
+    data = b'{"de": "Ein\\tHund ", "en": "A dog", "id": 1}\n\n{"en": "Cats.", "de": "Katzen."}\n'
+    parsed = pairs_jsonl(data)
+    assert parsed.format == "jsonl" and parsed.columns == ["source", "target"]
+    assert parsed.rows == [
+        {"source": "Ein\tHund ", "target": "A dog"},
+        {"source": "Katzen.", "target": "Cats."},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "field", "message"),
+    [
+        (b"de\ten\na\tb\nc\t \n", 3, "target_column", "empty target in column 'en'"),
+        (b"de\ten\na\tb\n\t d\n", 3, "source_column", "empty source in column 'de'"),
+        (
+            b"source\ten\na\tb\n",
+            1,
+            "source_column",
+            "no column 'de' in the header; columns: 'source', 'en'",
+        ),
+        (
+            b"de\tenglish\na\tb\n",
+            1,
+            "target_column",
+            "no column 'en' in the header; columns: 'de', 'english'",
+        ),
+        (b"de,en\na,b\n", 1, "source_column", "is the file comma-separated"),
+        (b"de\ten\na\tb\tc\n", 2, "file", "expected 2 fields"),
+    ],
+)
+def test_tsv_pair_errors_name_line_and_field(data, line, field, message):
+    with pytest.raises(DatasetFormatError, match=message) as caught:
+        pairs_tsv(data)
+    assert (caught.value.line, caught.value.field) == (line, field)
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "message"),
+    [
+        (b'["Hallo", "Hello"]', "file", "expected a JSON object, found an array"),
+        (b'"Hallo"', "file", "expected a JSON object, found a string"),
+        (b'{"de": "Hallo"}', "target_column", "no field 'en'; fields: 'de'"),
+        (
+            b'{"german": "Hallo", "en": "Hi"}',
+            "source_column",
+            "no field 'de'; fields: 'german', 'en'",
+        ),
+        (
+            b'{"de": "Hallo", "en": ""}',
+            "target_column",
+            "'en' must be a non-empty string, found an empty string",
+        ),
+        (b'{"de": " ", "en": "Hi"}', "source_column", "found an empty string"),
+        (b'{"de": 3, "en": "three"}', "source_column", "found the number 3"),
+        (b'{"de": "Hallo", "en": null}', "target_column", "found null"),
+        (b'{"de": "Hallo", "en": ["Hi"]}', "target_column", "found an array"),
+    ],
+)
+def test_jsonl_pair_errors_name_line_and_field(record, field, message):
+    data = b'{"de": "Guten Tag", "en": "Good day"}\n\n' + record + b"\n"
+    with pytest.raises(DatasetFormatError, match=message) as caught:
+        pairs_jsonl(data)
+    assert (caught.value.line, caught.value.field) == (3, field)
+    assert str(caught.value).startswith("line 3: ")
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"text_column": "de", "source_column": "de", "target_column": "en"},
+        {"label_column": "de", "source_column": "de", "target_column": "en"},
+        {"source_column": "de"},
+        {"target_column": "en"},
+        {},
+    ],
+)
+def test_readers_need_a_text_or_a_pair(columns):
+    with pytest.raises(DatasetFormatError, match="or source_column and target_column"):
+        parse_delimited(PAIRS_TSV, delimiter="\t", **columns)
+    fields = {name.replace("_column", "_field"): value for name, value in columns.items()}
+    with pytest.raises(DatasetFormatError, match="or source_column and target_column"):
+        parse_jsonl(b'{"de": "a", "en": "b"}\n', **fields)
+
+
 # --- plain text --------------------------------------------------------------------------
 
 
@@ -458,6 +575,40 @@ def test_conll_statistics_by_hand():
     }
 
 
+def test_pair_statistics_by_hand():
+    pairs = [  # (source tokens, target tokens): (1, 2), (2, 2), (3, 4), (4, 3), (10, 13)
+        ("Hallo", "Hello there"),
+        ("Guten Tag", "Good day"),
+        ("Wie geht es", "How are you doing"),
+        ("Ich bin sehr müde", "I'm very tired"),
+        (
+            "eins zwei drei vier fünf sechs sieben acht neun zehn",
+            " ".join(["one"] * 12 + ["Hallo"]),
+        ),
+    ]
+    data = "de\ten\n" + "".join(f"{de}\t{en}\n" for de, en in pairs)
+    stats = statistics(pairs_tsv(data.encode()))
+    assert stats == {
+        "rows": 5,
+        "pairs": 5,
+        # nearest rank of 5 values: p50 is the 3rd (ceil(2.5)), p95 the 5th (ceil(4.75))
+        "source_tokens_per_row": {"p50": 3, "p95": 10, "max": 10, "mean": 4.0},
+        "target_tokens_per_row": {"p50": 3, "p95": 13, "max": 13, "mean": 4.8},
+        "source_vocabulary_size": 1 + 2 + 3 + 4 + 10,  # no token repeats
+        "target_vocabulary_size": 2 + 2 + 4 + 3 + 1 + 1,  # "one" once; "Hallo" is new here
+        "length_ratio": 1.2,  # 24 target tokens / 20 source tokens
+    }
+
+
+def test_pair_statistics_round_the_ratio_and_survive_no_rows():
+    data = b'{"s": "a b c", "t": "x"}\n'
+    stats = statistics(parse_jsonl(data, source_field="s", target_field="t"))
+    assert stats["length_ratio"] == 0.33 and stats["pairs"] == 1
+    empty = statistics(ParsedDataset("jsonl", [], ["source", "target"]))
+    assert empty["pairs"] == 0 and empty["length_ratio"] == 0.0
+    assert empty["source_tokens_per_row"] == {"p50": 0, "p95": 0, "max": 0, "mean": 0.0}
+
+
 def test_statistics_of_no_rows():
     stats = statistics(ParsedDataset("csv", [], ["text"]))
     assert stats["rows"] == 0 and stats["tokens_per_row"]["p95"] == 0
@@ -494,3 +645,22 @@ def test_tinyshakespeare():
     parsed = parse_text(dataset("tinyshakespeare/input.txt"))
     assert parsed.text is not None and len(parsed.text) == 1_115_394
     assert statistics(parsed)["characters"] == 65
+
+
+def test_multi30k_pairs():
+    folder = DATASETS / "multi30k"
+    if not folder.is_dir():
+        pytest.skip(
+            f"Multi30k is not present at {folder} (the shared data sets sit beside the checkout)"
+        )
+    parsed = parse_jsonl(
+        (folder / "train.jsonl").read_bytes(), source_field="de", target_field="en"
+    )
+    stats = statistics(parsed)
+    assert len(parsed.rows) == stats["rows"] == stats["pairs"] == 29_000
+    assert parsed.rows[0] == {
+        "source": "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
+        "target": "Two young, White males are outside near many bushes.",
+    }
+    assert any("\t" in row["source"] for row in parsed.rows)  # one source holds a tab, kept
+    assert 0.9 < stats["length_ratio"] < 1.3

@@ -2,11 +2,14 @@
 
 stories   plain text for language modelling: short templated sentences
 entities  CoNLL (IOB2) sentences with PER, LOC and ORG entities, some of several tokens
+dates     JSON Lines pairs for seq2seq: a date in words or numbers -> its ISO 8601 form
 (The classification set, sentiment, is a file in builtin/; see scripts/make_sentiment.py.)
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import random
 
 _PEOPLE = [
@@ -132,3 +135,56 @@ def entities(sentences: int = 600, seed: int = 11) -> bytes:
                 pairs.append((piece, "O"))
         blocks.append("".join(f"{token} {tag}\n" for token, tag in pairs))
     return "\n".join(blocks).encode("utf-8")
+
+
+_MONTHS = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+]
+# Ways to write a date, each in a few spellings; a small vocabulary (months, days, years
+# 1990-2029, "the", "of") so a tiny model learns the mapping in a few epochs.
+_DATE_FORMS = [
+    "{month} {ordinal}, {year}",  # march 3rd, 2021
+    "{day} {Month} {year}",  # 3 March 2021
+    "the {ordinal} of {month} {year}",  # the 3rd of march 2021
+    "{dd}/{mm}/{year}",  # 03/03/2021 (day first)
+    "{Month} {day}, {year}",  # March 3, 2021
+    "{ordinal} {month} {year}",  # 3rd march 2021
+]
+_FIRST_DAY = datetime.date(1990, 1, 1).toordinal()
+_LAST_DAY = datetime.date(2029, 12, 31).toordinal()
+
+
+def _ordinal(day: int) -> str:
+    suffix = "th" if 10 < day < 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return f"{day}{suffix}"
+
+
+def dates(pairs: int = 2000, seed: int = 13) -> bytes:
+    """JSON Lines {"source": "the 3rd of march 2021", "target": "2021-03-03"}, one a line."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(pairs):
+        date = datetime.date.fromordinal(rng.randint(_FIRST_DAY, _LAST_DAY))
+        month = _MONTHS[date.month - 1]
+        source = rng.choice(_DATE_FORMS).format(
+            month=month,
+            Month=month.capitalize(),
+            day=date.day,
+            ordinal=_ordinal(date.day),
+            dd=f"{date.day:02d}",
+            mm=f"{date.month:02d}",
+            year=date.year,
+        )
+        lines.append(json.dumps({"source": source, "target": date.isoformat()}))
+    return ("\n".join(lines) + "\n").encode("utf-8")

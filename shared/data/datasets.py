@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import exists, select
 
 from shared.data import builtin as builtin_data
@@ -32,6 +31,7 @@ from shared.data.formats import (
     parse_text,
     statistics,
 )
+from shared.data.options import DatasetUpload
 from shared.infra.cache import ChecksumMismatch, LocalCache
 from shared.infra.db import Database
 from shared.infra.listing import (
@@ -63,9 +63,6 @@ class DatasetInUse(DatasetError):
     pass
 
 
-_TEXT = r"^[^\x00-\x1f\x7f]+$"
-
-
 def filename_as_name(filename: str) -> str | None:
     """An uploaded file's name as the dataset's default name; None when it breaks the
     rules of `name` (a DatasetError says which)."""
@@ -80,91 +77,27 @@ def filename_as_name(filename: str) -> str | None:
     return filename
 
 
-class DatasetUpload(BaseModel):
-    """Upload options (multipart form fields besides `file`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str | None = Field(
-        None,
-        min_length=1,
-        max_length=NAME_MAX,
-        pattern=NAME_PATTERN,
-        description="Name to refer to it by (default: the file's name, which must then obey "
-        "the same rules).",
-    )
-    format: Literal["tsv", "csv", "jsonl", "text", "conll"] = Field(description="File format.")
-    encoding: str = Field(
-        "utf-8",
-        pattern=r"^[A-Za-z0-9_.-]{1,40}$",
-        description="Text encoding of the file, e.g. utf-8, latin-1.",
-    )
-    text_column: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        pattern=_TEXT,
-        description="tsv/csv: header of the text column; jsonl: text field.",
-    )
-    label_column: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        pattern=_TEXT,
-        description="tsv/csv: header of the label column; jsonl: label field.",
-    )
-    token_column: int = Field(0, ge=-64, le=63, description="conll: column index of the token.")
-    tag_column: int = Field(
-        -1, ge=-64, le=63, description="conll: column index of the tag (-1: last)."
-    )
-    scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
-        "auto", description="conll: tag scheme."
-    )
-    max_classes: int = Field(1000, ge=2, le=100_000, description="Most distinct labels accepted.")
-
-    @model_validator(mode="after")
-    def _columns_fit_the_format(self) -> DatasetUpload:
-        if self.format in ("tsv", "csv", "jsonl") and self.text_column is None:
-            raise ValueError(f"text_column is required for {self.format} files")
-        if self.format in ("text", "conll") and (self.text_column or self.label_column):
-            raise ValueError(f"text_column and label_column do not apply to {self.format} files")
-        return self
-
-    def parse_options(self) -> dict[str, Any]:
-        """The options that, with the bytes, determine the rows (stored with the dataset)."""
-        if self.format in ("tsv", "csv", "jsonl"):
-            return {
-                "encoding": self.encoding,
-                "text_column": self.text_column,
-                "label_column": self.label_column,
-                "max_classes": self.max_classes,
-            }
-        if self.format == "conll":
-            return {
-                "encoding": self.encoding,
-                "token_column": self.token_column,
-                "tag_column": self.tag_column,
-                "scheme": self.scheme,
-            }
-        return {"encoding": self.encoding}
-
-
 def parse(data: bytes, fmt: str, options: dict[str, Any]) -> ParsedDataset:
+    """The rows of a dataset's bytes, parsed with the options stored with it."""
     encoding = options.get("encoding", "utf-8")
     if fmt in ("tsv", "csv"):
         return parse_delimited(
             data,
             delimiter="\t" if fmt == "tsv" else ",",
-            text_column=options["text_column"],
+            text_column=options.get("text_column"),
             label_column=options.get("label_column"),
+            source_column=options.get("source_column"),
+            target_column=options.get("target_column"),
             encoding=encoding,
             max_classes=options.get("max_classes", 1000),
         )
     if fmt == "jsonl":
         return parse_jsonl(
             data,
-            text_field=options["text_column"],
+            text_field=options.get("text_column"),
             label_field=options.get("label_column"),
+            source_field=options.get("source_column"),
+            target_field=options.get("target_column"),
             encoding=encoding,
             max_classes=options.get("max_classes", 1000),
         )
@@ -220,6 +153,14 @@ BUILTIN_DATASETS: dict[str, Builtin] = {
             {"scheme": "IOB2"},
             "600 generated sentences tagged PER / LOC / ORG in IOB2 (tagging).",
             builtin_data.entities,
+        ),
+        Builtin(
+            "dates",
+            "jsonl",
+            {"source_column": "source", "target_column": "target"},
+            "2,000 generated dates in words and numbers -> ISO 8601, e.g. the 3rd of march "
+            "2021 -> 2021-03-03 (seq2seq).",
+            builtin_data.dates,
         ),
     )
 }
@@ -408,13 +349,27 @@ def reference_id(reference: str, field: str) -> int:
 
 
 def check_task(resolved: Resolved, task: str, field: str, training: bool = False) -> None:
-    """The dataset suits `task`; the one a classifier trains on (`training`) has at least
-    two labels, since one label leaves nothing to learn."""
+    """The dataset suits `task` (seq2seq, and only seq2seq, reads source/target pairs); the
+    one a classifier trains on (`training`) has at least two labels, since one label leaves
+    nothing to learn."""
     formats = TASKS[task].formats if task in TASKS else ()
     fmt = resolved.format
     name = resolved.reference if isinstance(resolved, Builtin) else f"dataset:{resolved.id}"
     if fmt not in formats:
         raise DatasetError(f"{name} is a {fmt} dataset; {task} needs {' / '.join(formats)}", field)
+    pairs = bool(resolved.options.get("source_column"))
+    if task == "seq2seq" and not pairs:
+        raise DatasetError(
+            f"{name} holds no source/target pairs; seq2seq needs a dataset uploaded with "
+            "source_column and target_column",
+            field,
+        )
+    if task != "seq2seq" and pairs:
+        raise DatasetError(
+            f"{name} holds source/target pairs (seq2seq), not texts; {task} needs a dataset "
+            "uploaded with text_column" + (" and label_column" if task == "classification" else ""),
+            field,
+        )
     if task == "classification" and not resolved.options.get("label_column"):
         raise DatasetError(f"{name} has no label column; upload it with label_column", field)
     counts = resolved.stats.get("label_counts") if isinstance(resolved, Dataset) else None

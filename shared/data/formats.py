@@ -13,7 +13,8 @@ tabular.py (TSV, CSV, JSON Lines) and conll.py (CoNLL, tag schemes); import them
     statistics(parsed)  # {"rows": 67349, "label_counts": {"0": 29780, "1": 37569}, ...}
 
 Rows use fixed keys whatever the file calls its columns: {"text", "label"} for
-classification, {"text"} for plain text, {"tokens", "tags"} for CoNLL (tags in IOB2).
+classification, {"text"} for plain text, {"tokens", "tags"} for CoNLL (tags in IOB2),
+{"source", "target"} for seq2seq pairs (TSV, CSV or JSON Lines).
 """
 
 from __future__ import annotations
@@ -48,15 +49,20 @@ __all__ = [
 def statistics(parsed: ParsedDataset) -> dict[str, Any]:
     """Numbers that describe a parsed dataset, for the user to check it before training.
 
-    Every format: "rows", "tokens_per_row" ({"p50", "p95", "max", "mean"}; tokens split on
-    whitespace, a CoNLL row's tokens are its sentence) and "vocabulary_size" (distinct
+    Texts and CoNLL: "rows", "tokens_per_row" ({"p50", "p95", "max", "mean"}; tokens split
+    on whitespace, a CoNLL row's tokens are its sentence) and "vocabulary_size" (distinct
     tokens). With labels: "label_counts" and "num_labels". Text: "characters" (distinct)
     and "text_length". CoNLL: "sentences", "tokens", "entities" and "tag_counts" (IOB2).
+    Pairs: "rows" and "pairs" (the same count), "source_tokens_per_row",
+    "target_tokens_per_row", "source_vocabulary_size", "target_vocabulary_size" and
+    "length_ratio" (target tokens / source tokens over the whole file, to 2 places).
     Percentiles use the nearest-rank method: the p-th percentile of n sorted values is the
     value at rank ceil(p / 100 * n), so it is always one of the values.
     """
     if parsed.format == "conll":
         return _conll_statistics(parsed.rows)
+    if "source" in parsed.columns:
+        return _pair_statistics(parsed.rows)
     token_lists = [row["text"].split() for row in parsed.rows]
     stats: dict[str, Any] = {"rows": len(parsed.rows), **_token_statistics(token_lists)}
     if "label" in parsed.columns:
@@ -83,18 +89,32 @@ def _conll_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _token_statistics(token_lists: list[list[str]]) -> dict[str, Any]:
+def _pair_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    # No plain "tokens_per_row" / "vocabulary_size": which side they described would be a guess.
+    sources = [row["source"].split() for row in rows]
+    targets = [row["target"].split() for row in rows]
+    source_tokens, target_tokens = sum(map(len, sources)), sum(map(len, targets))
+    return {
+        "rows": len(rows),
+        "pairs": len(rows),
+        **_token_statistics(sources, prefix="source_"),
+        **_token_statistics(targets, prefix="target_"),
+        "length_ratio": round(target_tokens / source_tokens, 2) if source_tokens else 0.0,
+    }
+
+
+def _token_statistics(token_lists: list[list[str]], prefix: str = "") -> dict[str, Any]:
     lengths = sorted(map(len, token_lists))
     vocabulary = {token for tokens in token_lists for token in tokens}
     mean = round(sum(lengths) / len(lengths), 2) if lengths else 0.0
     return {
-        "tokens_per_row": {
+        f"{prefix}tokens_per_row": {
             "p50": _nearest_rank(lengths, 50),
             "p95": _nearest_rank(lengths, 95),
             "max": lengths[-1] if lengths else 0,
             "mean": mean,
         },
-        "vocabulary_size": len(vocabulary),
+        f"{prefix}vocabulary_size": len(vocabulary),
     }
 
 

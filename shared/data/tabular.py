@@ -1,14 +1,17 @@
-"""TSV, CSV and JSON Lines uploads -> rows {"text", "label"} for classification.
+"""TSV, CSV and JSON Lines uploads -> rows {"text", "label"} for classification (or
+{"text"} for language modelling), or {"source", "target"} pairs for seq2seq.
 
 parsed = parse_delimited(data, delimiter="\\t", text_column="sentence", label_column="label")
+pairs = parse_jsonl(data, source_field="de", target_field="en")
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from shared import safejson
@@ -21,27 +24,29 @@ def parse_delimited(
     data: bytes,
     *,
     delimiter: str,
-    text_column: str,
+    text_column: str | None = None,
     label_column: str | None = None,
+    source_column: str | None = None,
+    target_column: str | None = None,
     encoding: str = "utf-8",
     max_classes: int = 1000,
 ) -> ParsedDataset:
-    """Rows {"text", "label"} of a TSV (delimiter "\\t") or CSV (",") file with a header.
+    """Rows of a TSV (delimiter "\\t") or CSV (",") file with a header: {"text", "label"}
+    (`text_column`, and `label_column` if given) or {"source", "target"} (`source_column`
+    and `target_column`, for seq2seq).
 
     Cells are stripped of surrounding whitespace (SST-2 has a space before each tab, CSV
-    files often one after each comma); blank lines are skipped. Every row needs as many
-    fields as the header, a non-empty text and, when `label_column` is given, a non-empty
-    label; at most `max_classes` distinct labels.
+    files often one after each comma) and otherwise kept as written; blank lines are
+    skipped. Every row needs as many fields as the header and a non-empty cell in each
+    selected column; at most `max_classes` distinct labels.
     """
     if delimiter not in ("\t", ","):
         raise DatasetFormatError(
             f"delimiter must be a tab or a comma, not {delimiter!r}", field="delimiter"
         )
+    selected = _selected(text_column, label_column, source_column, target_column)
     records = _csv_records(decode(data, encoding), delimiter)
     header_line, header = next(records)  # decode() refuses a file without a non-blank line
-    selected = {"text": text_column}  # row key -> the file's column
-    if label_column is not None:
-        selected["label"] = label_column
     indexes = {
         key: _column_index(header, header_line, column, f"{key}_column", delimiter)
         for key, column in selected.items()
@@ -57,6 +62,20 @@ def parse_delimited(
         _check_classes(rows, max_classes, repr(label_column), "label_column")
     columns = list(selected)
     return ParsedDataset("tsv" if delimiter == "\t" else "csv", rows, columns)
+
+
+def _selected(
+    text: str | None, label: str | None, source: str | None, target: str | None
+) -> dict[str, str]:
+    """Row key -> the file's column (or JSON field): a text (and a label), or a pair."""
+    if source is not None and target is not None and text is None and label is None:
+        return {"source": source, "target": target}
+    if text is not None and source is None and target is None:
+        return {"text": text} if label is None else {"text": text, "label": label}
+    raise DatasetFormatError(
+        "give text_column (and label_column), or source_column and target_column",
+        field="text_column",
+    )
 
 
 def _csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
@@ -136,29 +155,31 @@ def _check_classes(rows: list[dict[str, Any]], max_classes: int, name: str, fiel
 def parse_jsonl(
     data: bytes,
     *,
-    text_field: str,
+    text_field: str | None = None,
     label_field: str | None = None,
+    source_field: str | None = None,
+    target_field: str | None = None,
     encoding: str = "utf-8",
     max_classes: int = 1000,
 ) -> ParsedDataset:
-    """Rows {"text", "label"} of a JSON Lines file: one JSON object a line, blank lines skipped.
+    """Rows of a JSON Lines file (one JSON object a line, blank lines skipped): {"text",
+    "label"} (`text_field`, and `label_field` if given) or {"source", "target"}
+    (`source_field` and `target_field`, for seq2seq).
 
-    The text must be a non-empty string, kept as it is. A label may be a string, an integer
-    or a boolean and is stored as a string: 1 -> "1", true -> "true" (as the file spells it).
+    A text, source or target must be a non-empty string, kept exactly as it is (a tab
+    inside is fine). A label may be a string, an integer or a boolean and is stored as a
+    string: 1 -> "1", true -> "true" (as the file spells it).
     """
+    selected = _selected(text_field, label_field, source_field, target_field)
     rows = []
-    for line, source in enumerate(decode(data, encoding).split("\n"), start=1):
-        if not source.strip():
+    for line, record_text in enumerate(decode(data, encoding).split("\n"), start=1):
+        if not record_text.strip():
             continue
-        record = _json_object(source, line)
-        row = {"text": _json_text(record, text_field, line)}
-        if label_field is not None:
-            row["label"] = _json_label(record, label_field, line)
-        rows.append(row)
-    if label_field is None:
-        return ParsedDataset("jsonl", rows, ["text"])
-    _check_classes(rows, max_classes, f"field {label_field!r}", "label_field")
-    return ParsedDataset("jsonl", rows, ["text", "label"])
+        record = _json_object(record_text, line)
+        rows.append({key: _JSON_VALUES[key](record, name, line) for key, name in selected.items()})
+    if label_field is not None:
+        _check_classes(rows, max_classes, f"field {label_field!r}", "label_field")
+    return ParsedDataset("jsonl", rows, list(selected))
 
 
 def _json_object(source: str, line: int) -> dict[str, Any]:
@@ -186,12 +207,12 @@ def _json_field(record: dict[str, Any], name: str, field: str, line: int) -> Any
     return record[name]
 
 
-def _json_text(record: dict[str, Any], name: str, line: int) -> str:
-    value = _json_field(record, name, "text_field", line)
+def _json_string(record: dict[str, Any], name: str, line: int, field: str) -> str:
+    value = _json_field(record, name, field, line)
     if isinstance(value, str) and value.strip():
         return value
     message = f"field {name!r} must be a non-empty string, found {_json_kind(value)}"
-    raise DatasetFormatError(message, field="text_field", line=line)
+    raise DatasetFormatError(message, field=field, line=line)
 
 
 def _json_label(record: dict[str, Any], name: str, line: int) -> str:
@@ -205,6 +226,16 @@ def _json_label(record: dict[str, Any], name: str, line: int) -> str:
         f"found {_json_kind(value)}"
     )
     raise DatasetFormatError(message, field="label_field", line=line)
+
+
+# Row key -> how a JSON Lines record's value becomes the row's (`field`: the option to fix;
+# the pair's are named after the upload options, source_column and target_column).
+_JSON_VALUES: dict[str, Callable[[dict[str, Any], str, int], str]] = {
+    "text": functools.partial(_json_string, field="text_field"),
+    "label": _json_label,
+    "source": functools.partial(_json_string, field="source_column"),
+    "target": functools.partial(_json_string, field="target_column"),
+}
 
 
 def _json_kind(value: Any) -> str:

@@ -20,8 +20,8 @@ class DatasetFormatError(TrainerFailure, ValueError):
     """An uploaded dataset cannot be read: what is wrong, where, and which option to fix.
 
     `field` is the upload option the error concerns ("file", "encoding", "delimiter",
-    "text_column", "label_column", "text_field", "label_field", "token_column",
-    "tag_column", "scheme"); `line` is 1-based; `byte_offset` counts from the file's first
+    "text_column", "label_column", "source_column", "target_column", "text_field",
+    "label_field", "token_column", "tag_column", "scheme"); `line` is 1-based; `byte_offset` counts from the file's first
     byte. str() puts the location first: "line 3, byte 57: invalid UTF-8 byte 0xe9 (...)".
     """
 
