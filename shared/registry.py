@@ -31,7 +31,7 @@ SCRATCH_TYPES = ("rnn", "gru", "lstm", "bilstm", "transformer")
 # Gate blocks per recurrent cell: an LSTM's four (input, forget, cell, output), a GRU's three.
 RECURRENT_GATES = {"rnn": 1, "gru": 3, "lstm": 4, "bilstm": 4}
 
-TaskName = Literal["classification", "language_modeling", "tagging"]
+TaskName = Literal["classification", "language_modeling", "tagging", "seq2seq"]
 
 
 class InferenceInputError(ValueError):
@@ -62,8 +62,9 @@ class TaskInfo:
     # batch keeps in it for backward (shared.jobs.estimate).
     head_parameters: HeadFormula = lambda *_: 0
     head_activations: HeadFormula = lambda *_: (0.0, 0.0)
-    # The inference route a trained job answers: POST /jobs/<id>/predict or /generate.
-    serves: Literal["predict", "generate"] = "predict"
+    # The inference route a trained job answers: POST /jobs/<id>/predict, /generate or
+    # /translate.
+    serves: Literal["predict", "generate", "translate"] = "predict"
     model_types: tuple[str, ...] = MODEL_TYPES
     # Tokenizer kinds the task can read (None: any).
     tokenizer_kinds: tuple[str, ...] | None = None
@@ -103,6 +104,19 @@ def _tag_activations(model: ModelSpec, width: int, vocab: int, tags: int) -> tup
 
 def _vocabulary_head(model: ModelSpec, width: int, vocab: int, labels: int) -> int:
     return width * vocab + vocab
+
+
+def _decoder_head(model: ModelSpec, width: int, vocab: int, labels: int) -> int:
+    # A seq2seq model's "head" is its decoder (shared.sizes.seq2seq_decoder_parameters).
+    from shared.sizes import seq2seq_decoder_parameters
+
+    return seq2seq_decoder_parameters(model, width, vocab)
+
+
+def _decoder_activations(model: ModelSpec, width: int, vocab: int, labels: int) -> tuple:
+    # Per target token: the decoder's states (about as many as the encoder's per layer),
+    # the logits over the target vocabulary, their log-softmax and their gradient.
+    return (model.num_layers * (4 * width + 2 * model.dim_feedforward) + 3 * (vocab + 2), 0)
 
 
 def _vocabulary_activations(model: ModelSpec, width: int, vocab: int, labels: int) -> tuple:
@@ -156,6 +170,24 @@ TASKS: dict[str, TaskInfo] = {
             head_parameters=_tag_head,
             head_activations=_tag_activations,
             tokenizer_kinds=("word",),
+        ),
+        TaskInfo(
+            name="seq2seq",
+            summary="text -> text, e.g. translation",
+            formats=("tsv", "csv", "jsonl"),
+            default_dataset="dates",
+            selection_metric="bleu",
+            maximize=True,
+            board_metric="bleu",
+            metrics=("loss", "perplexity", "bleu", "chrf"),
+            plugin_path="shared.zoo.seq2seq:Seq2SeqTask",
+            head_parameters=_decoder_head,
+            head_activations=_decoder_activations,
+            serves="translate",
+            model_types=("rnn", "gru", "lstm", "bilstm", "transformer"),
+            model_type_reason="seq2seq trains its encoder-decoder from scratch: use rnn, gru, "
+            "lstm, bilstm (attention decoders) or transformer",
+            tokenizer_kinds=("word", "char", "bpe", "wordpiece"),
         ),
     )
 }

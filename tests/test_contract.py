@@ -138,9 +138,11 @@ def test_every_accepted_spec_round_trips_unchanged(client, db, spec, queue):
     # Dataset references must name data that exists: use the built-in classification set.
     for field in ("dataset", "validation_dataset", "test_dataset"):
         if isinstance(spec.get("data"), dict) and spec["data"].get(field) is not None:
-            builtin = {"language_modeling": "stories", "tagging": "entities"}.get(
-                spec.get("task"), "sentiment"
-            )
+            builtin = {
+                "language_modeling": "stories",
+                "tagging": "entities",
+                "seq2seq": "dates",
+            }.get(spec.get("task"), "sentiment")
             spec["data"][field] = f"builtin:{builtin}"
     if not accepted(spec):
         return

@@ -48,6 +48,16 @@ SPECS: dict[str, dict[str, Any]] = {
         training={"epochs": 50, "max_steps": STEPS, "log_every_steps": 1, "lr": 0.01},
         checkpoint={"every_steps": 5, "keep_last": 50},
     ),
+    # An encoder-decoder: a GRU with attention; each rank's loss is weighed by its share of
+    # the global batch's target tokens (BOS is no target), and both ranks decode validation.
+    "seq2seq": tiny_spec(
+        task="seq2seq",
+        data={"dataset": "builtin:dates", "max_length": 24, "tokenizer": {"kind": "char"}},
+        model={"type": "gru", "embedding_dim": 16, "hidden_size": 24, "dropout": 0.0},
+        training={"epochs": 2, "max_steps": STEPS, "log_every_steps": 1, "lr": 0.01},
+        checkpoint={"every_steps": 5, "keep_last": 50},
+        decoding={"beam_size": 1, "samples": 0},
+    ),
     # A pretrained encoder (tiny BERT, its own dropout off) with LoRA adapters and a head.
     "pretrained": {
         **tiny_spec(training={"epochs": 2, "max_steps": STEPS, "log_every_steps": 1, "lr": 0.01}),

@@ -17,7 +17,7 @@ EXAMPLES = sorted(
 
 def test_there_is_an_example_per_task():
     tasks = {parse_spec(yaml.safe_load(p.read_text())).task for p in EXAMPLES}
-    assert tasks == {"classification", "language_modeling", "tagging"}
+    assert tasks == {"classification", "language_modeling", "tagging", "seq2seq"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -30,8 +30,10 @@ def log_interval(run: Run, window: dict[str, float], grad_norm: float) -> None:
     seen = all_reduce_sums(
         {k: window[k] for k in ("loss", "n", "samples", "tokens", "slots")}, run.device
     )
+    loss = seen["loss"] / max(seen["n"], 1)
     values = {
-        "loss": seen["loss"] / max(seen["n"], 1),
+        "loss": loss,
+        **run.task.interval_metrics(loss),
         "lr": run.scheduler.get_last_lr()[0],
         "grad_norm": grad_norm,
         "tokens_per_s": seen["tokens"] / seconds,

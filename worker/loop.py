@@ -131,7 +131,7 @@ def train(
         if not stopped_early and pause_due(run):
             raise Paused(state.step, state.epoch, last)  # keep_best saved this epoch's end
     if run.data.test is not None:
-        test = evaluate(run, run.data.test)
+        test = evaluate(run, run.data.test, "test")
         last.update({f"test/{k}": v for k, v in test.items()})
         run.report.log_metrics(
             [metric_row(state.step, state.epoch, "test", k, v) for k, v in test.items()],
@@ -174,13 +174,8 @@ def setup(
         resume["labels"] if resume else None,
     )
     encoded = time.perf_counter()
-    model = task.build(
-        spec.model,
-        data.tokenizer.vocab_size,
-        max(len(data.labels), 2),
-        spec.data.max_length,
-        backbone=backbone,
-    ).to(device)
+    vocab_size, num_labels = task.model_sizes(data.tokenizer, data.labels)
+    model = task.build_for(spec, vocab_size, num_labels, backbone).to(device)
     built = time.perf_counter()
     # Every rank built the same weights from the same seed (DDP also broadcasts rank 0's);
     # from here each rank draws its own dropout masks.
@@ -354,13 +349,14 @@ def train_step(
 # ---------------------------------------------------------------- evaluation and selection
 
 
-def evaluate(run: Run, examples: datalib.Examples) -> dict[str, float]:
+def evaluate(run: Run, examples: datalib.Examples, split: str = "validation") -> dict[str, float]:
     """The task's metrics on `examples`. With several ranks each evaluates its share of the
-    batches and the sums are reduced, unless the task's metrics need the whole set on each."""
+    batches and the sums are reduced, unless the task's metrics need the whole set on each.
+    The evaluation's samples (a few translations, say) are reported beside its metrics."""
     model, device, task = run.model, run.device, run.task
     model.eval()
     rank, world = (run.rank, run.world) if task.shard_evaluation else (0, 1)
-    evaluation = task.evaluation(run.data.labels)
+    evaluation = task.evaluation_for(run.spec, run.data, examples)
     total_loss, weight = 0.0, 0
     with torch.no_grad():
         for batch in examples.batch_order(run.spec.training.batch_size, seed=None)[rank::world]:
@@ -369,13 +365,16 @@ def evaluate(run: Run, examples: datalib.Examples) -> dict[str, float]:
             n = task.count_targets(targets)
             total_loss += float(loss) * n
             weight += n
-            evaluation.add(model, tokens, lengths, targets, logits)
+            evaluation.add(model, tokens, lengths, targets, logits, batch)
     model.train()
     sums = {"loss": total_loss, "weight": weight, **evaluation.sums()}
     if world > 1:
         sums = all_reduce_sums(sums, device)
     result = {"loss": sums["loss"] / max(int(sums["weight"]), 1)}
     result.update(evaluation.finish(result["loss"], sums))
+    samples = evaluation.samples()
+    if samples:
+        run.report.log_samples(split, run.state.epoch, run.state.step, samples)
     return result
 
 

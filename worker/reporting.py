@@ -48,6 +48,8 @@ class Reporter:
     pause_at_epoch: int | None = None
     # Told the optimizer steps the run plans, once it is set up (rank 0).
     planned: Callable[[int], None] = lambda total_steps: None
+    # An evaluation's samples (split, epoch, step, items): seq2seq's sample translations.
+    log_samples: Callable[[str, int, int, list[dict[str, Any]]], None] = lambda *a: None
 
 
 def silent(report: Reporter) -> Reporter:
@@ -139,6 +141,15 @@ class ServiceReporter:
                 pass
 
         with_db_retries(write, seconds=DB_RETRY_SECONDS)
+
+    def log_samples(self, split: str, epoch: int, step: int, items: list[dict[str, Any]]) -> None:
+        """Store an evaluation's samples (fenced, riding out a database outage)."""
+        with_db_retries(
+            lambda: jobs.write_samples(
+                self.db, self.job_id, self.attempt, epoch=epoch, step=step, split=split, items=items
+            ),
+            seconds=DB_RETRY_SECONDS,
+        )
 
     def close(self) -> None:
         """Close (and upload) the TensorBoard file and the Redis connection (every row is

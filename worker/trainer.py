@@ -80,6 +80,7 @@ def run_attempt(job_id: int, attempt: int, settings: Settings) -> int:
         pause_at_step=job.pause_at_step,
         pause_at_epoch=job.pause_at_epoch,
         planned=reporter.planned,
+        log_samples=reporter.log_samples,
     )
     print(f"read the job, its data and base model in {time.perf_counter() - started:.2f} s")
     try:

@@ -159,6 +159,7 @@ class _Accuracy(Evaluation):
         lengths: torch.Tensor,
         targets: torch.Tensor,
         logits: torch.Tensor,
+        indices: list[int],
     ) -> None:
         self.correct += int((logits.argmax(-1) == targets).sum())
 

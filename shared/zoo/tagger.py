@@ -199,6 +199,7 @@ class _EntityScores(Evaluation):
         lengths: torch.Tensor,
         targets: torch.Tensor,
         logits: torch.Tensor,
+        indices: list[int],
     ) -> None:
         paths = model.predict(tokens, lengths, targets != IGNORE)  # type: ignore[operator]
         for path, target in zip(paths, targets.tolist(), strict=True):

@@ -22,7 +22,7 @@ from shared.data.examples import Batch, Examples, Prepared, Splits
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.registry import InferenceInputError, TaskInfo, task_info
-from shared.spec import DataSpec, ModelSpec
+from shared.spec import DataSpec, JobSpec, ModelSpec
 from shared.zoo.encoders import pad_right
 
 __all__ = [
@@ -74,7 +74,10 @@ class ReportSplit:
 
 class Evaluation:
     """Sums over one evaluation's batches; `finish` turns the (all-reduced) sums into the
-    task's metrics beside the loss. Every rank must return the same keys from `sums`."""
+    task's metrics beside the loss. Every rank must return the same keys from `sums`.
+    `add` is told the batch's example indices too (a seq2seq evaluation looks up the
+    references as written); `samples` is what the evaluation shows a person (a few
+    translations), stored beside its metrics."""
 
     def add(
         self,
@@ -83,6 +86,7 @@ class Evaluation:
         lengths: torch.Tensor,
         targets: torch.Tensor,
         logits: torch.Tensor,
+        indices: list[int],
     ) -> None:
         pass
 
@@ -91,6 +95,9 @@ class Evaluation:
 
     def finish(self, loss: float, sums: dict[str, float]) -> dict[str, float]:
         return {}
+
+    def samples(self) -> list[dict[str, Any]]:
+        return []
 
 
 class Task:
@@ -123,6 +130,18 @@ class Task:
     ) -> Prepared:
         return self.prepare_examples(data, seed, splits, tokenizer, labels)
 
+    def model_sizes(self, tokenizer: Tokenizer, labels: list[str]) -> tuple[int, int]:
+        """(vocab_size, num_labels) the model is built with: the tokenizer's ids and the
+        label or tag count (at least 2)."""
+        return tokenizer.vocab_size, max(len(labels), 2)
+
+    def build_for(
+        self, spec: JobSpec, vocab_size: int, num_labels: int, backbone: Path | None = None
+    ) -> nn.Module:
+        """The job's model (`model_sizes` gives the sizes); tasks that read more of the spec
+        than its model section override this."""
+        return self.build(spec.model, vocab_size, num_labels, spec.data.max_length, backbone)
+
     def build(
         self,
         model: ModelSpec,
@@ -138,6 +157,10 @@ class Task:
         """How many targets the batch's mean loss averages over."""
         return int((targets != IGNORE_INDEX).sum())
 
+    def interval_metrics(self, loss: float) -> dict[str, float]:
+        """Train metrics each log interval adds beside its mean loss (seq2seq: perplexity)."""
+        return {}
+
     def train_counts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
         """What a training step adds to the epoch's `train_count_keys`."""
         return {}
@@ -148,6 +171,10 @@ class Task:
 
     def evaluation(self, labels: list[str]) -> Evaluation:
         return Evaluation()
+
+    def evaluation_for(self, spec: JobSpec, data: Prepared, examples: Examples) -> Evaluation:
+        """The evaluation of `examples` (a split of `data`); by default `evaluation`."""
+        return self.evaluation(data.labels)
 
     def predict(
         self,
@@ -172,6 +199,19 @@ class Task:
         seed: int | None,
     ) -> str:
         """The answer to `POST /jobs/<id>/generate` (tasks that serve `generate`)."""
+        raise NotImplementedError
+
+    def translate(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        texts: list[str],
+        beam_size: int,
+        length_penalty: float,
+        max_length: int | None,
+    ) -> list[dict[str, Any]]:
+        """Answers to `POST /jobs/<id>/translate` (tasks that serve `translate`): each text's
+        translation and score."""
         raise NotImplementedError
 
     def report(
