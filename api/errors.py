@@ -58,6 +58,7 @@ INVALID = {
     "ShareModel": "invalid sharing request",
     "PredictRequest": "invalid prediction request",
     "GenerateRequest": "invalid generation request",
+    "TranslateRequest": "invalid translation request",
 }
 
 

@@ -1,4 +1,4 @@
-"""/api/v1/jobs/<id>/predict and /generate: answers from the job's best checkpoint.
+"""/api/v1/jobs/<id>/predict, /generate and /translate: answers from the job's best checkpoint.
 
 torch is imported on the first prediction only; each checkpoint is loaded once per process.
 """
@@ -17,7 +17,14 @@ from api.auth import require_principal
 from api.errors import ApiError
 from api.http import JOB, json_body, owned_job, reply
 from api.openapi import API_PREFIX, operation
-from api.schemas import GenerateRequest, GenerateResponse, PredictRequest, PredictResponse
+from api.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    PredictRequest,
+    PredictResponse,
+    TranslateRequest,
+    TranslateResponse,
+)
 from shared import jobs
 from shared.hub import registry as hub
 from shared.hub.cache import checkout
@@ -126,3 +133,40 @@ def generate(job_id: int) -> Response:
         params.seed,
     )
     return reply(GenerateResponse(checkpoint_id=checkpoint_id, prompt=params.prompt, text=text))
+
+
+@operation(
+    bp,
+    "POST",
+    JOB + "/translate",
+    summary="Translate texts with a seq2seq model",
+    body=TranslateRequest,
+    responses={200: TranslateResponse},
+    errors=(400, 404, 409, 413, 415, 422),
+    tag="inference",
+)
+def translate(job_id: int) -> Response:
+    """Beam-search translations of `texts` from the job's best checkpoint, each with its
+    length-normalised log-probability; unset decoding settings are the job's
+    `spec.decoding`."""
+    params = TranslateRequest.model_validate(json_body())
+    job = owned_job(job_id)
+    checkpoint_id, predictor = predictor_for(job, "translate")
+    beam_size = params.beam_size or predictor.spec.decoding.beam_size
+    try:
+        answers = offload.run(
+            predictor.translate, params.texts, beam_size, params.length_penalty, params.max_length
+        )
+    except InferenceInputError as exc:
+        raise ApiError(
+            422, "validation_error", str(exc), [{"path": exc.path, "message": str(exc)}]
+        ) from None
+    translations = [
+        {"text": text, "translation": answer["translation"], "score": answer["score"]}
+        for text, answer in zip(params.texts, answers, strict=True)
+    ]
+    return reply(
+        TranslateResponse.model_validate(
+            {"checkpoint_id": checkpoint_id, "beam_size": beam_size, "translations": translations}
+        )
+    )

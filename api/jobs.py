@@ -1,5 +1,5 @@
-"""/api/v1/jobs: submit, retry, list, detail, metrics, checkpoints (+ download), cancel. Thin
-routes: parse and validate -> call api.submissions or shared.jobs -> serialize."""
+"""/api/v1/jobs: submit, retry, list, detail, metrics, samples, checkpoints (+ download),
+cancel. Thin routes: parse and validate -> call api.submissions or shared.jobs -> serialize."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from api.schemas import (
     ListJobsQuery,
     MetricList,
     MetricsQuery,
+    SampleList,
     _Out,
 )
 from api.schemas import JobDetail as BaseDetail
@@ -153,6 +154,22 @@ def metrics(job_id: int) -> Response:
     )
     next_after = rows[-1].id if len(rows) == params.limit else None
     return reply(MetricList.model_validate({"metrics": rows, "next_after": next_after}))
+
+
+@operation(
+    bp,
+    "GET",
+    JOB + "/samples",
+    summary="Sample translations of each evaluation (seq2seq), newest epoch first",
+    responses={200: SampleList},
+    errors=(404,),
+)
+def samples(job_id: int) -> Response:
+    """A few (source, reference, hypothesis) triples stored after each validation (and the
+    test evaluation) of a seq2seq job; empty for other tasks."""
+    owned_job(job_id)
+    rows = jobs.list_samples(services().db, job_id)
+    return reply(SampleList.model_validate({"samples": rows}))
 
 
 @operation(

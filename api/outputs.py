@@ -34,7 +34,13 @@ PREDICTION_FORMATS = {
     "classification": ("tsv", "csv", "jsonl"),
     "tagging": ("conll", "tsv", "csv", "jsonl", "text"),
     "language_modeling": ("text", "tsv", "csv", "jsonl"),
+    # Each row's source (or text) translated; a pair's target is kept as the reference.
+    "seq2seq": ("tsv", "csv", "jsonl"),
 }
+
+
+# PredictionsRequest's seq2seq fields: the job's spec.decoding where left out.
+DECODING_OPTIONS = ("beam_size", "length_penalty", "max_length")
 
 
 class PredictionsRequest(BaseModel):
@@ -52,6 +58,18 @@ class PredictionsRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=100_000, description="language modelling: top k.")
     seed: int | None = Field(
         None, ge=0, le=2**31 - 1, description="language modelling: row i samples with seed + i."
+    )
+    beam_size: int | None = Field(
+        None, ge=1, le=16, description="seq2seq: hypotheses kept; null: the spec's decoding."
+    )
+    length_penalty: float | None = Field(
+        None, ge=0.0, le=5.0, description="seq2seq: length penalty; null: the spec's decoding."
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="seq2seq: most tokens a translation has; null: the spec's decoding.",
     )
 
 
@@ -150,6 +168,22 @@ def _dataset_error(message: str) -> ApiError:
     )
 
 
+def check_task(job: Job, body: PredictionsRequest) -> None:
+    """409 for a job whose task predicts nothing; 422 for decoding settings given to a job
+    that does not translate."""
+    serving = (*tasks_serving("predict"), *tasks_serving("generate"), *tasks_serving("translate"))
+    if job.task not in serving:
+        raise ApiError(409, "conflict", f"job {job.id} is a {job.task} job; it cannot predict")
+    given = [name for name in DECODING_OPTIONS if getattr(body, name) is not None]
+    if given and job.task not in tasks_serving("translate"):
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{', '.join(given)}: only a job that translates (seq2seq) decodes with these",
+            [{"path": name, "message": "seq2seq only", "type": "task"} for name in given],
+        )
+
+
 def prediction_dataset(job: Job, reference: str) -> registry.Resolved:
     """The dataset a prediction reads, if the caller may use it and the job's task can
     read its rows; 422 naming `dataset` otherwise."""
@@ -185,13 +219,11 @@ def prediction_dataset(job: Job, reference: str) -> registry.Resolved:
 )
 def predictions(job_id: int) -> Response:
     """Queues a batch prediction over every row of `dataset` with the job's best checkpoint:
-    labels with probabilities, tags, or generations, written as JSONL or CSV. Follow it at
-    `links.self`; download it from `links.download` once it has succeeded."""
+    labels with probabilities, tags, generations or translations, written as JSONL or CSV.
+    Follow it at `links.self`; download it from `links.download` once it has succeeded."""
     body = PredictionsRequest.model_validate(json_body())
     job = owned_job(job_id)
-    serving = (*tasks_serving("predict"), *tasks_serving("generate"))
-    if job.task not in serving:
-        raise ApiError(409, "conflict", f"job {job_id} is a {job.task} job; it cannot predict")
+    check_task(job, body)
     resolved = prediction_dataset(job, body.dataset)
     dataset_id = None if isinstance(resolved, registry.Builtin) else resolved.id
     params = body.model_dump(exclude_none=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.protocol import JobStatus
 
@@ -180,7 +180,9 @@ class DatasetOut(_Out):
     rows: int
     stats: dict[str, Any] = Field(
         description="rows, label_counts, tokens_per_row {p50, p95, max, mean}, vocabulary_size; "
-        "CoNLL: sentences, tokens, entities per type, tag_counts."
+        "CoNLL: sentences, tokens, entities per type, tag_counts; pairs (seq2seq): pairs, "
+        "source_tokens_per_row, target_tokens_per_row, source_vocabulary_size, "
+        "target_vocabulary_size, length_ratio."
     )
     created_at: datetime
     reference: str = Field(description="Use this as data.dataset in a job spec.")
@@ -247,6 +249,81 @@ class GenerateResponse(_Out):
     checkpoint_id: int
     prompt: str
     text: str
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+TranslationText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2000,
+        description="A source text (not blank), at most 2,000 characters.",
+    ),
+    AfterValidator(_not_blank),
+]
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[TranslationText] = Field(
+        min_length=1, max_length=64, description="Source texts to translate (1 to 64)."
+    )
+    beam_size: int | None = Field(
+        None, ge=1, le=16, description="Hypotheses kept (1: greedy); null: the spec's decoding."
+    )
+    length_penalty: float | None = Field(
+        None,
+        ge=0.0,
+        le=5.0,
+        description="Scores are divided by ((5 + length) / 6) ** length_penalty; null: the "
+        "spec's decoding.",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Most tokens a translation has; null: the spec's decoding (twice the "
+        "source's plus 10 by default).",
+    )
+
+
+class Translation(_Out):
+    text: str = Field(description="The source text, as given.")
+    translation: str
+    score: float = Field(description="The translation's length-normalised log-probability.")
+
+
+class TranslateResponse(_Out):
+    checkpoint_id: int
+    beam_size: int = Field(description="The beam size the translations were decoded with.")
+    translations: list[Translation]
+
+
+class SampleItem(_Out):
+    source: str
+    reference: str
+    hypothesis: str
+    signature: str | None = Field(None, description="sacrebleu's BLEU signature that epoch.")
+
+
+class SampleOut(_Out):
+    attempt: int
+    epoch: int
+    step: int
+    split: Literal["validation", "test"]
+    items: list[SampleItem]
+
+
+class SampleList(_Out):
+    samples: list[SampleOut] = Field(
+        description="seq2seq: sample translations of each evaluation, newest epoch first."
+    )
 
 
 # ---------------------------------------------------------------- status pages

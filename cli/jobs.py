@@ -1,5 +1,5 @@
 """Jobs through the API: submit, retry, list (`seqtrain jobs`), show, cancel, logs, and
-predictions (predict, generate) from a job's best checkpoint."""
+predictions (predict, generate, translate) from a job's best checkpoint."""
 
 from __future__ import annotations
 
@@ -232,3 +232,42 @@ def generate(
     }
     answer = call(make_client(url, token).post, f"/api/v1/jobs/{job_id}/generate", body)
     click.echo(json.dumps(answer) if as_json else prompt + answer["text"])
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("texts", nargs=-1, required=True)
+@click.option(
+    "--beam-size", type=click.IntRange(1, 16), help="Hypotheses kept (1: greedy); default: spec."
+)
+@click.option(
+    "--length-penalty", type=click.FloatRange(0.0, 5.0), help="Length penalty; default: spec."
+)
+@click.option("--max-length", type=click.IntRange(1, 512), help="Most tokens a translation has.")
+@url_option
+@token_option
+@json_option
+def translate(
+    job_id: int,
+    texts: tuple[str, ...],
+    beam_size: int | None,
+    length_penalty: float | None,
+    max_length: int | None,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Translate TEXTS with a seq2seq job's best checkpoint (unset decoding options: the
+    job's spec.decoding)."""
+    body = {
+        "texts": list(texts),
+        "beam_size": beam_size,
+        "length_penalty": length_penalty,
+        "max_length": max_length,
+    }
+    answer = call(make_client(url, token).post, f"/api/v1/jobs/{job_id}/translate", body)
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    for item in answer["translations"]:
+        click.echo(item["translation"])

@@ -4,6 +4,7 @@ seqtrain up                          API + worker + Redis + SQLite, no configura
 seqtrain submit examples/quickstart.yaml --wait | --follow
 seqtrain jobs | show ID | logs ID [-f] | cancel ID | retry ID
 seqtrain predict ID TEXT... | predict ID --dataset D --output FILE   (a whole dataset, queued)
+seqtrain generate ID --prompt P | translate ID TEXT... [--beam-size N]   (LM, seq2seq)
 seqtrain export ID --output FILE [--no-onnx]   (weights, tokenizer, ONNX, model card; queued)
 seqtrain models upload DIR | list | show ID | delete ID | share ID
 seqtrain sweep submit FILE [--wait] | sweeps list | show ID | cancel ID   (hyperparameter sweeps)
@@ -40,6 +41,7 @@ for command in (
     outputs.predict,
     exports.export,
     jobs.generate,
+    jobs.translate,
     local.train_local,
     datasets.datasets,
     models.models,

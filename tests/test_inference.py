@@ -77,6 +77,46 @@ def test_generation(client, settings, worker):
     assert bad.status_code == 422 and bad.json["error"]["fields"][0]["path"] == "temperature"
 
 
+def test_translation(client, settings, worker):
+    """A seq2seq job through the service: BLEU and chrF each epoch, sample translations
+    stored with them, and its best checkpoint translating over HTTP, greedy and beam."""
+    job_id = trained(
+        client,
+        settings,
+        task="seq2seq",
+        data={"dataset": "builtin:dates", "max_length": 24, "tokenizer": {"kind": "char"}},
+        model={"type": "gru", "embedding_dim": 32, "hidden_size": 64, "dropout": 0.0},
+        training={"epochs": 5, "batch_size": 32, "lr": 0.01},
+        decoding={"beam_size": 3, "samples": 2},
+    )
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert {"val/bleu", "val/chrf", "val/perplexity"} <= set(job["latest_metrics"])
+    bleu = client.get(f"/api/v1/jobs/{job_id}/metrics?split=val&name=bleu").json["metrics"]
+    assert [m["epoch"] for m in bleu] == [1, 2, 3, 4, 5] and bleu[-1]["value"] > 50
+    samples = client.get(f"/api/v1/jobs/{job_id}/samples").json["samples"]
+    assert [s["epoch"] for s in samples] == [5, 4, 3, 2, 1]
+    newest = samples[0]["items"]
+    assert len(newest) == 2 and newest[0]["signature"].startswith("nrefs:1|case:mixed")
+    assert all(item["source"] and item["reference"] for item in newest)
+
+    texts = ["the 3rd of march 2021", "25 December 1999", "july 4th, 2010"]
+    beam = client.post(f"/api/v1/jobs/{job_id}/translate", json={"texts": texts})
+    assert beam.status_code == 200, beam.json
+    assert beam.json["beam_size"] == 3
+    got = [t["translation"] for t in beam.json["translations"]]
+    wanted = ["2021-03-03", "1999-12-25", "2010-07-04"]
+    assert sum(g == w for g, w in zip(got, wanted, strict=True)) >= 2, got
+    greedy = client.post(
+        f"/api/v1/jobs/{job_id}/translate", json={"texts": texts, "beam_size": 1}
+    ).json
+    assert greedy["beam_size"] == 1 and len(greedy["translations"]) == 3
+    short = client.post(
+        f"/api/v1/jobs/{job_id}/translate", json={"texts": texts[:1], "max_length": 4}
+    ).json
+    assert len(short["translations"][0]["translation"]) <= 4  # char tokens: 4 characters
+    assert client.post(f"/api/v1/jobs/{job_id}/predict", json={"texts": ["x"]}).status_code == 409
+
+
 def test_predict_needs_a_checkpoint_and_ownership(app, client, accounts, db):
     from tests.conftest import authed_client
 

@@ -15,7 +15,7 @@ from shared.infra.models import Base
 
 def test_models_match_migrations(database_url):
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
-    assert head == "0011"
+    assert head == "0012"
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
@@ -44,7 +44,13 @@ def test_downgrade_and_upgrade_again(tmp_path):
     engine = make_engine(url)
     assert set(inspect(engine).get_table_names()) == {VERSION_TABLE}
     command.upgrade(config, "head")
-    assert {"jobs", "job_events", "metrics", "checkpoints", "sweeps", "sweep_trials"} <= set(
-        inspect(engine).get_table_names()
-    )
+    assert {
+        "jobs",
+        "job_events",
+        "metrics",
+        "job_samples",
+        "checkpoints",
+        "sweeps",
+        "sweep_trials",
+    } <= set(inspect(engine).get_table_names())
     engine.dispose()

@@ -9,6 +9,7 @@ jobs          one row a job: owner, spec, status, attempt (the fencing token), l
 job_datasets  which dataset versions a job trains on (resolved at submit: train, validation, test)
 job_events    every status transition: who, when, why
 metrics       (job, attempt, step, epoch, split, name) -> value
+job_samples   seq2seq: sample translations (source, reference, hypothesis) of each validation
 checkpoints   one row per saved checkpoint file in the artifact store
 workers       live Celery workers: devices, queues, heartbeat, current job
 job_nodes     the workers reserved for a multi-node attempt, one row a node rank
@@ -275,6 +276,26 @@ class Metric(Base):
     ts: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "split", "name", "step"),)
+
+
+class JobSample(Base):
+    """A few sample translations a seq2seq attempt stored after one validation (or the test
+    evaluation), fenced like its metrics: `items` is a list of {"source", "reference",
+    "hypothesis"} strings."""
+
+    __tablename__ = "job_samples"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    # validation | test
+    split: Mapped[str] = mapped_column(String(16))
+    items: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_job_samples_job_epoch", "job_id", "epoch", "step"),)
 
 
 class Checkpoint(Base):

@@ -18,6 +18,7 @@ submission.py   NewJob, create_job(s), submit_jobs (one INSERT a batch), idempot
 queries.py      get_job, list_jobs (filters, sorts, pages), job_detail, owners, job_events,
                 latest_metrics, metric and checkpoint reads
 reports.py      a finished job's evaluation report (fenced write, read)
+samples.py      seq2seq sample translations of each validation (fenced write, read)
 outputs.py      job outputs (batch predictions, exports): their own queued -> running ->
                 done state machine, fenced by attempt, and the recovery of lost ones
 transitions.py  cancel, claim, fenced writes (metrics, checkpoints), lease, finish, requeue,
@@ -71,6 +72,7 @@ from shared.jobs.queries import (
     owners,
 )
 from shared.jobs.reports import get_report, save_report
+from shared.jobs.samples import list_samples, write_samples
 from shared.jobs.submission import (
     NewJob,
     create_job,
@@ -136,6 +138,7 @@ __all__ = [
     "list_jobs",
     "list_metrics",
     "list_outputs",
+    "list_samples",
     "mark_enqueued",
     "note_attempt",
     "note_event",
@@ -156,4 +159,5 @@ __all__ = [
     "save_report",
     "submit_jobs",
     "write_metrics",
+    "write_samples",
 ]

@@ -1,5 +1,5 @@
 """Serve a trained checkpoint through its task's plug-in: classify texts, tag tokens,
-generate text.
+generate text, translate.
 
 Imports torch: the API loads this lazily, so a process that serves no prediction never does.
 `load_predictor(path, sha256)` is cached, so each checkpoint file is read once per process.
@@ -20,7 +20,6 @@ from shared.data.tokenization import Tokenizer, tokenizer_from_dict
 from shared.protocol import TrainerFailure
 from shared.registry import task_info
 from shared.spec import JobSpec
-from shared.zoo import build_model
 from shared.zoo.checkpoints import load_checkpoint, load_model_state
 from shared.zoo.task import Task
 
@@ -53,6 +52,25 @@ class Predictor:
                 self.model, self.tokenizer, prompt, length, temperature, top_k, seed
             )
 
+    def translate(
+        self,
+        texts: list[str],
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """{"translation", "score"} per text; a None setting is the spec's `decoding` one."""
+        decoding, task = self.spec.decoding, self.task
+        with self.lock, torch.no_grad():
+            return task.translate(
+                self.model,
+                self.tokenizer,
+                texts,
+                decoding.beam_size if beam_size is None else beam_size,
+                decoding.length_penalty if length_penalty is None else length_penalty,
+                decoding.max_length if max_length is None else max_length,
+            )
+
 
 @functools.lru_cache(maxsize=4)
 def load_predictor(path: str, sha256: str, backbone: str | None = None) -> Predictor:
@@ -66,16 +84,8 @@ def load_predictor(path: str, sha256: str, backbone: str | None = None) -> Predi
     base = Path(backbone) if backbone else None
     if state.get("base_model") != (base.name if base else None):
         raise TrainerFailure(f"{path} was fine-tuned from base model {state.get('base_model')}")
-    model = build_model(
-        spec.model,
-        spec.task,
-        tokenizer.vocab_size,
-        max(len(labels), 2),
-        spec.data.max_length,
-        backbone=base,
-    )
+    task = task_info(spec.task).plugin()
+    model = task.build_for(spec, *task.model_sizes(tokenizer, labels), backbone=base)
     load_model_state(model, state["model"])
     model.eval()
-    return Predictor(
-        spec, task_info(spec.task).plugin(), model, tokenizer, labels, threading.Lock()
-    )
+    return Predictor(spec, task, model, tokenizer, labels, threading.Lock())

@@ -9,8 +9,9 @@
     README.md          the model card: the data, the spec, the metrics, the report's summary,
                        the ONNX graph's inputs and outputs and its parity with PyTorch
 
-A model that cannot be exported to ONNX (type pretrained) still gets its bundle; the card
-and the summary say why the ONNX file is missing.
+A model that cannot be exported to ONNX (type pretrained; a seq2seq encoder-decoder, whose
+beam search decodes token by token) still gets its bundle; the card and the summary say why
+the ONNX file is missing.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def onnx_file(context: OutputContext, folder: Path) -> dict[str, Any]:
     """Export model.onnx and check it against PyTorch; what the card and summary say of it.
     A model without an export, or one that does not match, leaves no file and a reason."""
     from shared.zoo.onnx import (
+        OUTPUTS,
         PARITY_TOLERANCE,
         NotExportable,
         check_parity,
@@ -88,6 +90,13 @@ def onnx_file(context: OutputContext, folder: Path) -> dict[str, Any]:
         parity_shapes,
     )
 
+    if context.spec.task not in OUTPUTS:
+        return {
+            "exported": False,
+            "reason": f"a {context.spec.task} model has no ONNX export yet (its decoder runs "
+            "a beam search token by token); the bundle holds its trained weights, tokenizer "
+            "and spec",
+        }
     predictor, path = context.predictor, folder / "model.onnx"
     max_length = context.spec.data.max_length
     try:

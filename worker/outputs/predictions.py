@@ -4,6 +4,10 @@ as JSONL (one object a line, the default) or CSV (`params.format`).
     classification     {"row": 0, "text": ..., "label": "pos", "probabilities": {"neg": 0.1, ...}}
     tagging            {"row": 0, "tokens": [...], "tags": [...]}
     language modelling {"row": 0, "prompt": ..., "text": ...}   (each row's text a prompt)
+    seq2seq            {"row": 0, "source": ..., "translation": ..., "score": -0.31,
+                        "reference": ...}   (each row's source, or text; its target, if any,
+                        kept as the reference; decoded with params beam_size, length_penalty,
+                        max_length, else the spec's decoding)
 
 CSV has the same fields flattened: probabilities as `p_<label>` columns, tokens and tags
 joined by spaces. Rows go through the predictor a batch at a time, with progress after each.
@@ -79,8 +83,12 @@ def predict_batch(
 ) -> Iterator[dict[str, Any]]:
     """The records of rows[start:end], each with its row number."""
     predictor, batch = context.predictor, rows[start:end]
-    if task_info(context.spec.task).serves == "generate":
+    serves = task_info(context.spec.task).serves
+    if serves == "generate":
         yield from _generate(context, batch, start)
+        return
+    if serves == "translate":
+        yield from _translate(context, batch, start)
         return
     if batch and "tokens" in batch[0]:
         answers = predictor.predict(None, [row["tokens"] for row in batch])
@@ -116,6 +124,29 @@ def _generate(
             None if seed is None else int(seed) + number,  # reproducible, and per row
         )
         yield {"row": number, "prompt": prompt, "text": text}
+
+
+def _translate(
+    context: OutputContext, batch: list[dict[str, Any]], start: int
+) -> Iterator[dict[str, Any]]:
+    """One call of the task's translate a batch (None settings: the spec's decoding)."""
+    params = context.output.params
+    sources = [str(row.get("source", row.get("text", ""))) for row in batch]
+    answers = context.predictor.translate(
+        sources, params.get("beam_size"), params.get("length_penalty"), params.get("max_length")
+    )
+    for number, (row, source, answer) in enumerate(
+        zip(batch, sources, answers, strict=True), start
+    ):
+        record = {
+            "row": number,
+            "source": source,
+            "translation": answer["translation"],
+            "score": answer["score"],
+        }
+        if "target" in row:
+            record["reference"] = row["target"]
+        yield record
 
 
 def _jsonl(handle: IO[str]) -> Any:

@@ -1,7 +1,8 @@
 // One job: status, progress and charts live from GET /api/v1/jobs/<id>/stream (server-sent
 // events fed by the trainer's Redis channel), or polled from the job's detail and /metrics
 // while a stream is refused; the history from /metrics, the timeline from /events, the log
-// followed through /logs, checkpoints, and the cancel / retry / predict actions.
+// followed through /logs, checkpoints, and the cancel / retry / predict actions; a seq2seq
+// job's sample translations from /samples, reloaded after each validation's metrics.
 "use strict";
 
 (function () {
@@ -10,7 +11,9 @@
   const jobId = root.dataset.jobId;
   const task = root.dataset.task;
   const base = "/api/v1/jobs/" + jobId;
-  const METRIC = { classification: "accuracy", tagging: "f1", language_modeling: "perplexity" }[task];
+  const METRIC = {
+    classification: "accuracy", tagging: "f1", language_modeling: "perplexity", seq2seq: "bleu",
+  }[task];
   // Not finished: a paused job (a sweep trial at a decision point) can still be cancelled.
   const ACTIVE = ["queued", "running", "paused"];
   const LOG_KEEP_CHARS = 200000;
@@ -69,6 +72,7 @@
   }
 
   function addMetrics(rows) {
+    if (task === "seq2seq" && rows.some((row) => row.split !== "train")) scheduleSamples();
     for (const row of rows) {
       if (row.split === "train" && row.name === "loss") series.trainLoss.set(row.step, row.value);
       else if (row.split === "val" && row.name === "loss") series.valLoss.set(row.step, row.value);
@@ -130,6 +134,8 @@
       $("fact-runtime").textContent = duration((end - Date.parse(job.started_at)) / 1000);
     }
     showTrial(job.sweep);
+    const decoding = job.spec && job.spec.decoding;
+    if (decoding) $("translate-beam").placeholder = String(decoding.beam_size);
     showPredict();
   }
 
@@ -257,6 +263,7 @@
     loadCheckpoints().catch(() => {});
     loadMetrics().catch(() => {});
     loadDetail().catch(() => {});
+    if (task === "seq2seq") scheduleSamples();
     followLog();
   }
 
@@ -394,6 +401,11 @@
     $("predict-title").textContent = "Generate text";
     $("predict-label").textContent = "Prompt";
     $("generate-options").hidden = false;
+  } else if (task === "seq2seq") {
+    $("predict-title").textContent = "Translate";
+    $("predict-label").textContent = "Source texts, one per line";
+    $("predict-button").textContent = "Translate";
+    $("translate-options").hidden = false;
   } else {
     $("predict-title").textContent = task === "tagging" ? "Tag sentences" : "Classify texts";
   }
@@ -414,6 +426,25 @@
       ))));
   }
 
+  // Each source with its translation and score (the length-normalised log-probability).
+  function translationList(result) {
+    return el("ol", { className: "translations" }, ...result.translations.map((t) => el(
+      "li", {},
+      el("div", { className: "muted small pre-line" }, t.text),
+      el("div", { className: "pre-line translation" }, t.translation),
+      el("div", { className: "muted small" }, "score " + number(t.score, 3) + " · beam " + result.beam_size),
+    )));
+  }
+
+  async function translate(input) {
+    const texts = input.split("\n").map((t) => t.trim()).filter(Boolean);
+    const beam = $("translate-beam").value;
+    const body = { texts };
+    if (beam !== "") body.beam_size = Number(beam);
+    const result = await api(base + "/translate", { method: "POST", body });
+    $("predict-output").replaceChildren(translationList(result));
+  }
+
   $("predict-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("predict-input").value;
@@ -427,6 +458,8 @@
           body: { prompt: input, length: Number($("generate-length").value), temperature: Number($("generate-temperature").value) },
         });
         $("predict-output").replaceChildren(el("pre", { className: "generated" }, el("strong", {}, result.prompt), result.text));
+      } else if (task === "seq2seq") {
+        await translate(input);
       } else {
         const texts = input.split("\n").map((t) => t.trim()).filter(Boolean);
         predictionTable.texts = texts;
@@ -443,7 +476,43 @@
     }
   });
 
+  // ------------------------------------------------------------ sample translations (seq2seq)
+
+  const samplesBox = $("samples");
+
+  function sampleGroup(sample) {
+    return el("div", { className: "sample-group" },
+      el("h3", {}, "Epoch " + sample.epoch + " · step " + sample.step
+        + (sample.split === "test" ? " (test)" : "") + (sample.attempt > 1 ? " · attempt " + sample.attempt : "")),
+      el("div", { className: "table-wrap" }, el("table", {},
+        el("thead", {}, el("tr", {}, el("th", {}, "source"), el("th", {}, "reference"), el("th", {}, "hypothesis"))),
+        el("tbody", {}, ...sample.items.map((item) => el("tr", {},
+          el("td", { className: "pre-line" }, item.source),
+          el("td", { className: "pre-line" }, item.reference),
+          el("td", { className: "pre-line" }, item.hypothesis),
+        ))))));
+  }
+
+  async function loadSamples() {
+    const data = await api(base + "/samples");
+    $("samples-body").replaceChildren(...data.samples.map(sampleGroup));
+    $("samples-empty").hidden = data.samples.length > 0;
+    samplesBox.dataset.count = String(data.samples.length);
+  }
+
+  // Metrics of a validation arrive in bursts: one read of /samples per burst.
+  let samplesTimer = null;
+  function scheduleSamples() {
+    clearTimeout(samplesTimer);
+    samplesTimer = setTimeout(() => { loadSamples().catch(() => {}); }, 300);
+  }
+
   // ------------------------------------------------------------ start
+
+  if (task === "seq2seq") {
+    samplesBox.hidden = false;
+    loadSamples().catch(() => {});
+  }
 
   loadDetail().catch(() => {});
   loadEvents().catch(() => {});
