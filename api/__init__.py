@@ -5,13 +5,14 @@ auth.py         bearer tokens, page sessions, CSRF, failed-sign-in limiting, own
 sessions.py     /api/v1/users/<name>/sessions and /api/v1/sessions/<id>: list and end sign-ins
 openapi.py      route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
 schemas.py      response and query models
+inference_schemas.py  the inference routes' requests and answers (predict, generate, translate)
 http.py         what the blueprints share: JSON body, query parameters, owned job, reply
-jobs.py         /api/v1/jobs: submit, retry, list, detail, metrics, checkpoints, cancel
+jobs.py         /api/v1/jobs: submit, retry, list, detail, metrics, samples, checkpoints, cancel
 submissions.py  how a job is created: Idempotency-Key, placement check, group commit
 batching.py     the group commit: concurrent requests share one flush
 datasets.py     /api/v1/datasets: upload (multipart), list, detail with statistics, delete
 models.py       /api/v1/models: pretrained base models: upload, list, detail, share, delete
-inference.py    /api/v1/jobs/<id>/predict and /generate (torch imported on first use)
+inference.py    /api/v1/jobs/<id>/predict, /generate and /translate (torch imported on first use)
 outputs.py      /api/v1/jobs/<id>/predictions and /api/v1/outputs: work on a trained job
                 through the queue (batch predictions, exports), progress, cancel, download
 exports.py      /api/v1/jobs/<id>/exports: a bundle of a trained job (weights, ONNX, a card)

@@ -16,8 +16,7 @@ from api import offload, services
 from api.auth import require_principal
 from api.errors import ApiError
 from api.http import JOB, json_body, owned_job, reply
-from api.openapi import API_PREFIX, operation
-from api.schemas import (
+from api.inference_schemas import (
     GenerateRequest,
     GenerateResponse,
     PredictRequest,
@@ -25,6 +24,7 @@ from api.schemas import (
     TranslateRequest,
     TranslateResponse,
 )
+from api.openapi import API_PREFIX, operation
 from shared import jobs
 from shared.hub import registry as hub
 from shared.hub.cache import checkout
@@ -147,20 +147,15 @@ def generate(job_id: int) -> Response:
 )
 def translate(job_id: int) -> Response:
     """Beam-search translations of `texts` from the job's best checkpoint, each with its
-    length-normalised log-probability; unset decoding settings are the job's
-    `spec.decoding`."""
+    score (the log-probability divided by the length penalty); unset decoding settings are
+    the job's `spec.decoding`."""
     params = TranslateRequest.model_validate(json_body())
     job = owned_job(job_id)
     checkpoint_id, predictor = predictor_for(job, "translate")
     beam_size = params.beam_size or predictor.spec.decoding.beam_size
-    try:
-        answers = offload.run(
-            predictor.translate, params.texts, beam_size, params.length_penalty, params.max_length
-        )
-    except InferenceInputError as exc:
-        raise ApiError(
-            422, "validation_error", str(exc), [{"path": exc.path, "message": str(exc)}]
-        ) from None
+    answers = offload.run(
+        predictor.translate, params.texts, beam_size, params.length_penalty, params.max_length
+    )
     translations = [
         {"text": text, "translation": answer["translation"], "score": answer["score"]}
         for text, answer in zip(params.texts, answers, strict=True)

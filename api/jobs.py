@@ -166,7 +166,7 @@ def metrics(job_id: int) -> Response:
 )
 def samples(job_id: int) -> Response:
     """A few (source, reference, hypothesis) triples stored after each validation (and the
-    test evaluation) of a seq2seq job; empty for other tasks."""
+    test evaluation) of a seq2seq job, of the newest 100 evaluations; empty for other tasks."""
     owned_job(job_id)
     rows = jobs.list_samples(services().db, job_id)
     return reply(SampleList.model_validate({"samples": rows}))

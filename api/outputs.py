@@ -198,8 +198,14 @@ def prediction_dataset(job: Job, reference: str) -> registry.Resolved:
     except registry.DatasetError as exc:
         raise _dataset_error(exc.message) from None
     formats = PREDICTION_FORMATS.get(job.task, ())
+    shown = resolved.reference if isinstance(resolved, registry.Builtin) else reference
+    pairs = bool(resolved.options.get("source_column"))
+    if pairs and job.task not in tasks_serving("translate"):
+        raise _dataset_error(
+            f"{shown} holds source/target pairs; only a seq2seq job translates them, a "
+            f"{job.task} job reads texts"
+        )
     if resolved.format not in formats:
-        shown = resolved.reference if isinstance(resolved, registry.Builtin) else reference
         raise _dataset_error(
             f"{shown} is a {resolved.format} dataset; a {job.task} job predicts over "
             + " / ".join(formats)

@@ -84,6 +84,8 @@ def _local_backbone(path: str | None, reference: str | None) -> Iterator[Path | 
 @click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl", "text", "conll"]))
 @click.option("--text-column")
 @click.option("--label-column")
+@click.option("--source-column", help="seq2seq: the source side's column (jsonl: field).")
+@click.option("--target-column", help="seq2seq: the target side's column (jsonl: field).")
 @click.option("--encoding", default="utf-8", show_default=True)
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for checkpoints.")
 @click.option(
@@ -101,6 +103,8 @@ def train_local(
     fmt: str | None,
     text_column: str | None,
     label_column: str | None,
+    source_column: str | None,
+    target_column: str | None,
     encoding: str,
     output: str | None,
     base_model: str | None,
@@ -121,7 +125,13 @@ def train_local(
             "invalid spec:\n"
             + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         )
-    options = {"text_column": text_column, "label_column": label_column, "encoding": encoding}
+    options = {
+        "text_column": text_column,
+        "label_column": label_column,
+        "source_column": source_column,
+        "target_column": target_column,
+        "encoding": encoding,
+    }
     files = (train_file, validation_file, test_file)
     splits = _local_splits(files, fmt, options) if train_file else load_splits(spec, None)
     out_dir = Path(output) if output else None

@@ -99,6 +99,15 @@ def test_translation(client, settings, worker):
     assert len(newest) == 2 and newest[0]["signature"].startswith("nrefs:1|case:mixed")
     assert all(item["source"] and item["reference"] for item in newest)
 
+    # The report translates validation again with the best checkpoint: the same BLEU as that
+    # epoch's evaluation, and the worst pairs shown.
+    report = client.get(f"/api/v1/jobs/{job_id}/report").json["report"]
+    section = report["splits"]["validation"]
+    assert report["task"] == "seq2seq" and section["beam_size"] == 3
+    assert section["bleu"] == pytest.approx(max(m["value"] for m in bleu), abs=1e-9)
+    assert report["summary"]["validation/bleu"] == section["bleu"]
+    assert section["pairs"] == 400 and len(section["worst"]) == 20
+
     texts = ["the 3rd of march 2021", "25 December 1999", "july 4th, 2010"]
     beam = client.post(f"/api/v1/jobs/{job_id}/translate", json={"texts": texts})
     assert beam.status_code == 200, beam.json
@@ -169,3 +178,36 @@ def test_local_training_prints_json_metrics(tmp_path):
     assert metrics["epoch"] == 2 and 0 <= metrics["val/accuracy"] <= 1
     assert "epoch 2/2" in result.stderr  # progress goes to stderr with --json
     assert list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_local_training_reads_pairs(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            tiny_spec(
+                task="seq2seq",
+                data={"max_length": 16, "tokenizer": {"kind": "char"}},
+                model={"type": "gru"},
+                training={"epochs": 1},
+                decoding={"beam_size": 2},
+            )
+        )
+    )
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(json.dumps({"de": f"zahl {i}", "en": f"number {i}"}) + "\n" for i in range(40))
+    )
+    command = [sys.executable, "-m", "cli.main", "train", str(spec), "--local", "--json"]
+    command += ["--train-file", str(data), "--format", "jsonl"]
+    result = subprocess.run(
+        [*command, "--source-column", "de", "--target-column", "en"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["epoch"] == 1 and 0 <= metrics["val/bleu"] <= 100 and "val/chrf" in metrics
+    assert "sacrebleu over 4 pairs (beam 2)" in result.stderr

@@ -149,6 +149,67 @@ def test_loss_by_position_buckets():
     assert wide[-1]["end"] == 70
 
 
+def test_translation_numbers_by_length_and_worst_pairs():
+    sources = ["ein Hund", "eine sehr lange Zeile " * 3, "zwei Katzen", "<b>nichts</b>"]
+    references = ["a dog", "a very long line " * 3, "two cats", "nothing"]
+    hypotheses = ["a dog", "a long line " * 3, "two cats", "<b>everything</b>"]
+    section = rep.translation_section(sources, references, hypotheses, beam_size=4)
+    assert section["pairs"] == 4 and section["beam_size"] == 4
+    # Independent: words counted by hand; the two-word sources fall in 1-10, the long one
+    # (12 words) in 11-20.
+    assert [(b["words"], b["pairs"]) for b in section["by_source_length"]] == [
+        ("1-10", 3),
+        ("11-20", 1),
+    ]
+    # The length ratio counts 13a tokens ("<b>everything</b>" is 8: < b > everything < / b >).
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tokens = Tokenizer13a()
+    hyp_len = sum(len(tokens(h).split()) for h in hypotheses)
+    ref_len = sum(len(tokens(r).split()) for r in references)
+    assert (hyp_len, ref_len) == (2 + 9 + 2 + 8, 2 + 12 + 2 + 1)
+    assert section["length_ratio"] == pytest.approx(hyp_len / ref_len)
+    # The worst pair first, texts kept exactly as written; a perfect pair scores chrF 100.
+    assert section["worst"][0]["hypothesis"] == "<b>everything</b>"
+    assert [w["chrf"] for w in section["worst"]] == sorted(w["chrf"] for w in section["worst"])
+    assert section["worst"][-1]["chrf"] == pytest.approx(100.0)
+    assert 0 < section["bleu"] < 100 and 0 < section["chrf"] < 100
+    assert section["signatures"]["bleu"].startswith("nrefs:1|case:mixed")
+    assert rep.translation_summary("test", section) == {
+        "test/bleu": section["bleu"],
+        "test/chrf": section["chrf"],
+    }
+
+
+def test_translation_report_agrees_with_served_translations():
+    from shared.data.pairs import PairExamples, PairTokenizer
+    from shared.data.tokenization import train_tokenizer
+    from shared.spec import DecodingSpec
+    from shared.zoo.seq2seq_models import build_seq2seq
+
+    torch.manual_seed(0)
+    texts = ["a dog runs", "two cats sleep", "a man reads a book", "the sun"]
+    tok = train_tokenizer("char", texts, vocab_size=40)
+    pair = PairTokenizer(tok, tok)
+    model = build_seq2seq(
+        ModelSpec(type="gru", embedding_dim=8, hidden_size=8), tok.vocab_size,
+        pair.target_vocab_size, 16, 16, 0.0,
+    ).eval()  # fmt: skip
+    examples = PairExamples(
+        [pair.encode(t, 16) for t in texts],
+        [pair.encode_target(t, 16) for t in texts],
+        texts,
+        texts,
+    )
+    decoding = DecodingSpec(beam_size=2, max_length=6)
+    split = ReportSplit("test", examples, [], torch.device("cpu"), batch_size=3, decoding=decoding)
+    task = task_info("seq2seq").plugin()
+    section = task.report(model, pair, [], split)
+    served = task.translate(model, pair, texts, 2, decoding.length_penalty, 6)
+    again = rep.translation_section(texts, texts, [a["translation"] for a in served], 2)
+    assert section == again
+
+
 def test_language_model_report_matches_the_model_window_by_window():
     torch.manual_seed(0)
     context, vocab = 8, 12

@@ -95,6 +95,7 @@ def build_report(
                 batch_size=spec.training.batch_size,
                 samples=name == "validation",
                 seed=spec.training.seed,
+                decoding=spec.decoding,
             )
             section = task.report(run.model, data.tokenizer, data.labels, split)
             if section is None:

@@ -33,7 +33,7 @@ def log_interval(run: Run, window: dict[str, float], grad_norm: float) -> None:
     loss = seen["loss"] / max(seen["n"], 1)
     values = {
         "loss": loss,
-        **run.task.interval_metrics(loss),
+        **run.task.interval_metrics(run.spec, loss),
         "lr": run.scheduler.get_last_lr()[0],
         "grad_norm": grad_norm,
         "tokens_per_s": seen["tokens"] / seconds,

@@ -281,7 +281,7 @@ class Metric(Base):
 class JobSample(Base):
     """A few sample translations a seq2seq attempt stored after one validation (or the test
     evaluation), fenced like its metrics: `items` is a list of {"source", "reference",
-    "hypothesis"} strings."""
+    "hypothesis", "signature"} strings (signature: sacrebleu's, that evaluation's BLEU)."""
 
     __tablename__ = "job_samples"
 

@@ -45,13 +45,18 @@ def write_samples(
         )
 
 
-def list_samples(db: Database, job_id: int) -> list[JobSample]:
-    """A job's samples, newest epoch (then step, then write) first."""
+# Evaluations a listing returns at most: a page shows the newest; a long run keeps the rest.
+SAMPLES_LISTED = 100
+
+
+def list_samples(db: Database, job_id: int, limit: int = SAMPLES_LISTED) -> list[JobSample]:
+    """A job's samples, newest epoch (then step, then write) first; at most `limit`."""
     with db.session() as session:
         return list(
             session.scalars(
                 select(JobSample)
                 .where(JobSample.job_id == job_id)
                 .order_by(JobSample.epoch.desc(), JobSample.step.desc(), JobSample.id.desc())
+                .limit(limit)
             )
         )

@@ -9,10 +9,16 @@ encoders.py    recurrent (rnn, gru, lstm, bilstm; packed) and transformer (maske
 classifier.py  pooled (last / mean / max / attention) -> label logits (B, C); ClassificationTask
 tagger.py      per-token tag scores (B, T, K), CRF or softmax; TaggingTask
 lm.py          next-token logits (B, T, V), sampling; LanguageModelingTask
+seq2seq.py     Seq2SeqTask: pairs, BLEU / chrF at each validation, translate, its report
+seq2seq_models.py  the encoder-decoders' shared teacher-forced forward, and build_seq2seq
+seq2seq_rnn.py     recurrent encoder -> attention decoder with input feeding
+seq2seq_transformer.py  Transformer encoder-decoder, cached incremental decoding
+attention.py   additive (Bahdanau) and multiplicative (Luong dot / general) attention
+decoding.py    batched greedy and beam search over the models' incremental interface
 crf.py         linear-chain CRF: forward algorithm and Viterbi
 entity_metrics.py  entity-level precision / recall / F1, the CoNLL way (torch-free)
 report.py      evaluation reports' numbers: confusion, per-class and per-entity scores,
-               calibration, loss by position (torch-free)
+               calibration, loss by position, BLEU and chrF (torch-free)
 pretrained.py  Hugging Face base models (type pretrained): encoder, causal LM, tokenizer,
                freeze, LoRA; offline always
 checkpoints.py one safetensors file per checkpoint: save / load (no pickle); the model's

@@ -7,6 +7,8 @@ classification  confusion matrix (counts, row-normalized), per-class precision /
 tagging         per-entity-type scores the CoNLL way (shared.zoo.entity_metrics), the tag
                 confusion matrix, missed and spurious entities
 language_modeling  mean token loss by position in the context, perplexity, samples
+seq2seq         corpus BLEU and chrF (sacrebleu, with signatures), the length ratio, BLEU by
+                source length, the translations with the lowest sentence chrF
 
 Conventions: a ratio with a zero denominator is 0.0 (precision with nothing predicted,
 recall with no support); confusion rows are the true label, columns the prediction.
@@ -28,6 +30,9 @@ CALIBRATION_BINS = 10
 MISTAKES = 20  # most confident mistakes kept per split
 ENTITY_EXAMPLES = 20  # missed and spurious entities kept per split
 POSITION_BUCKETS = 32
+WORST_TRANSLATIONS = 20  # lowest sentence chrF kept per split
+# Source lengths (whitespace-separated words) a seq2seq report breaks BLEU down by: [start, end).
+SOURCE_LENGTH_BUCKETS = ((1, 11), (11, 21), (21, 31), (31, 10_000))
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -276,3 +281,68 @@ def language_modeling_section(
 
 def language_modeling_summary(split: str, section: dict[str, Any]) -> dict[str, float]:
     return {f"{split}/loss": section["loss"], f"{split}/perplexity": section["perplexity"]}
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """sacrebleu's corpus BLEU and chrF of detokenized `hypotheses` against one reference
+    each, their signatures, and BLEU's hypothesis and reference lengths (13a tokens)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    score = bleu.corpus_score(list(hypotheses), [list(references)])
+    return {
+        "bleu": score.score,
+        "chrf": chrf.corpus_score(list(hypotheses), [list(references)]).score,
+        "signatures": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+        "hypothesis_tokens": score.sys_len,
+        "reference_tokens": score.ref_len,
+    }
+
+
+def translation_section(
+    sources: Sequence[str], references: Sequence[str], hypotheses: Sequence[str], beam_size: int
+) -> dict[str, Any]:
+    """The seq2seq section of one split: corpus BLEU and chrF of detokenized `hypotheses`
+    against `references` (sacrebleu, 13a tokenization, signatures kept), the hypotheses'
+    length over the references' (BLEU's sys_len / ref_len), BLEU by source length and the
+    WORST_TRANSLATIONS pairs of lowest sentence chrF."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    corpus = corpus_scores(hypotheses, references)
+    by_length = []
+    for start, end in SOURCE_LENGTH_BUCKETS:
+        kept = [i for i, s in enumerate(sources) if start <= len(s.split()) < end]
+        if kept:
+            score = BLEU().corpus_score(
+                [hypotheses[i] for i in kept], [[references[i] for i in kept]]
+            )
+            label = f"{start}-{end - 1}" if end < 10_000 else f"{start}+"
+            by_length.append({"words": label, "pairs": len(kept), "bleu": score.score})
+    sentence = CHRF()
+    scored = [
+        (sentence.sentence_score(h, [r]).score, i)
+        for i, (h, r) in enumerate(zip(hypotheses, references, strict=True))
+    ]
+    worst = [
+        {
+            "source": sources[i],
+            "reference": references[i],
+            "hypothesis": hypotheses[i],
+            "chrf": value,
+        }
+        for value, i in sorted(scored)[:WORST_TRANSLATIONS]
+    ]
+    return {
+        "pairs": len(hypotheses),
+        "beam_size": beam_size,
+        "bleu": corpus["bleu"],
+        "chrf": corpus["chrf"],
+        "length_ratio": _ratio(corpus["hypothesis_tokens"], corpus["reference_tokens"]),
+        "signatures": corpus["signatures"],
+        "by_source_length": by_length,
+        "worst": worst,
+    }
+
+
+def translation_summary(split: str, section: dict[str, Any]) -> dict[str, float]:
+    return {f"{split}/bleu": section["bleu"], f"{split}/chrf": section["chrf"]}

@@ -2,10 +2,12 @@
 (shared.zoo.seq2seq_models: attention LSTMs / GRUs or a Transformer) trained with teacher
 forcing; every validation decodes the split (shared.zoo.decoding, the spec's `decoding`
 section) and scores it with sacrebleu's BLEU and chrF on detokenized text against the
-references as written; serving translates (`POST /jobs/<id>/translate`).
+references as written; serving translates (`POST /jobs/<id>/translate`); a finished job's
+report translates validation and test again with the best checkpoint (shared.zoo.report).
 
-Metrics: loss is the plain cross-entropy per target token (label smoothing only shapes
-the training loss), perplexity its exponential, bleu and chrf on a 0-100 scale.
+Metrics: val/loss is the plain cross-entropy per target token, val/perplexity its
+exponential; train/loss includes label smoothing when the spec asks for it (then no
+train/perplexity is written); bleu and chrf are on a 0-100 scale.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from shared.data.pairs import PairExamples, PairTokenizer, prepare_seq2seq
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.spec import DecodingSpec, JobSpec, ModelSpec
+from shared.zoo import report
 from shared.zoo.decoding import beam_search
 from shared.zoo.seq2seq_models import Seq2SeqModel, build_seq2seq
-from shared.zoo.task import INFERENCE_BATCH, Evaluation, Task, pad_batch
+from shared.zoo.task import INFERENCE_BATCH, Evaluation, ReportSplit, Task, pad_batch
 
 # A translation's default token budget: twice its source's tokens and this many more.
 LENGTH_SLACK = 10
@@ -99,14 +102,19 @@ class Seq2SeqTask(Task):
         max_length: int,
         backbone: Path | None = None,
     ) -> nn.Module:
-        """`num_labels` is the target side's ids (BOS and EOS included)."""
-        return build_seq2seq(model, vocab_size, num_labels, max_length, max_length, 0.0)
+        raise TypeError(
+            "a seq2seq model reads the data and training sections too: build it with "
+            "build_for(spec, *model_sizes(tokenizer, labels))"
+        )
 
     def count_targets(self, targets: torch.Tensor) -> int:
         # The first column is BOS, the decoder's first input, never a label.
         return int((targets[:, 1:] != IGNORE_INDEX).sum())
 
-    def interval_metrics(self, loss: float) -> dict[str, float]:
+    def interval_metrics(self, spec: JobSpec, loss: float) -> dict[str, float]:
+        # A label-smoothed loss is no cross-entropy of the data: no perplexity from it.
+        if spec.training.label_smoothing:
+            return {}
         return {"perplexity": math.exp(min(loss, 50.0))}
 
     def evaluation_for(self, spec: JobSpec, data: Prepared, examples: Examples) -> Evaluation:
@@ -123,7 +131,7 @@ class Seq2SeqTask(Task):
         length_penalty: float,
         max_length: int | None,
     ) -> list[dict[str, Any]]:
-        """Each text's translation and score (its length-normalised log-probability),
+        """Each text's translation and score (its log-probability over the length penalty),
         decoded in batches of similar length."""
         pair, seq2seq = pair_tokenizer(tokenizer), as_seq2seq(model)
         decoding = DecodingSpec(
@@ -140,6 +148,32 @@ class Seq2SeqTask(Task):
             for index, hypothesis, score in zip(chunk, hypotheses, scores, strict=True):
                 answers[index] = {"translation": pair.decode_target(hypothesis), "score": score}
         return answers
+
+    @torch.no_grad()
+    def report(
+        self, model: nn.Module, tokenizer: Tokenizer, labels: list[str], split: ReportSplit
+    ) -> dict[str, Any]:
+        """The split's first `limit` pairs translated with the spec's decoding and scored
+        (shared.zoo.report.translation_section)."""
+        pair, seq2seq = pair_tokenizer(tokenizer), as_seq2seq(model)
+        examples = split.examples
+        assert isinstance(examples, PairExamples)
+        decoding = split.decoding or DecodingSpec()
+        translated: dict[int, str] = {}
+        for indices, (tokens, lengths, _) in split.batches():
+            hypotheses, _ = decode(seq2seq, tokens, lengths, decoding)
+            for index, hypothesis in zip(indices, hypotheses, strict=True):
+                translated[index] = pair.decode_target(hypothesis)
+        order = sorted(translated)
+        return report.translation_section(
+            [examples.source_texts[i] for i in order],
+            [examples.references[i] for i in order],
+            [translated[i] for i in order],
+            decoding.beam_size,
+        )
+
+    def report_summary(self, split: str, section: dict[str, Any]) -> dict[str, float]:
+        return report.translation_summary(split, section)
 
 
 class Translations(Evaluation):
@@ -167,15 +201,12 @@ class Translations(Evaluation):
             self.hypotheses[index] = self.tokenizer.decode_target(hypothesis)
 
     def finish(self, loss: float, sums: dict[str, float]) -> dict[str, float]:
-        from sacrebleu.metrics import BLEU, CHRF  # imported where it scores, not at import
-
         order = sorted(self.hypotheses)
-        hypotheses = [self.hypotheses[i] for i in order]
-        references = [[self.examples.references[i] for i in order]]
-        bleu, chrf = BLEU(), CHRF()
-        bleu_score = bleu.corpus_score(hypotheses, references).score
-        chrf_score = chrf.corpus_score(hypotheses, references).score
-        self.signatures = {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
+        scores = report.corpus_scores(
+            [self.hypotheses[i] for i in order], [self.examples.references[i] for i in order]
+        )
+        bleu_score, chrf_score = scores["bleu"], scores["chrf"]
+        self.signatures = scores["signatures"]
         print(
             f"sacrebleu over {len(order)} pairs (beam {self.decoding.beam_size}): "
             f"BLEU {bleu_score:.2f} [{self.signatures['bleu']}], "

@@ -1,10 +1,11 @@
 """The task plug-in contract: what the training loop asks a task, so that it never branches
-on one. Each task's plug-in lives beside its head (classifier.py, tagger.py, lm.py) and is
-found through `shared.registry.TASKS[name].plugin()`.
+on one. Each task's plug-in lives beside its head (classifier.py, tagger.py, lm.py,
+seq2seq.py) and is found through `shared.registry.TASKS[name].plugin()`.
 
-A plug-in owns how rows become examples (`prepare`), its model (`build`), how many targets a
-batch carries (the weight of its mean loss), what training and evaluation accumulate and
-finish into metrics, what inference returns (labels, tags, samples), and its section of a
+A plug-in owns how rows become examples (`prepare`), its model (`model_sizes`, `build_for`
+and `build`), how many targets a batch carries (the weight of its mean loss), what training
+and evaluation accumulate and finish into metrics, what inference returns (labels, tags,
+samples, translations), and its section of a
 finished job's evaluation report (`report`, numbers from shared.zoo.report).
 """
 
@@ -22,7 +23,7 @@ from shared.data.examples import Batch, Examples, Prepared, Splits
 from shared.data.tokenization import Tokenizer
 from shared.protocol import IGNORE_INDEX
 from shared.registry import InferenceInputError, TaskInfo, task_info
-from shared.spec import DataSpec, JobSpec, ModelSpec
+from shared.spec import DataSpec, DecodingSpec, JobSpec, ModelSpec
 from shared.zoo.encoders import pad_right
 
 __all__ = [
@@ -60,6 +61,7 @@ class ReportSplit:
     limit: int = REPORT_EXAMPLES
     samples: bool = False  # language models: add generated samples
     seed: int = 0
+    decoding: DecodingSpec | None = None  # seq2seq: how to translate the split
 
     def batches(self) -> Iterator[tuple[list[int], Batch]]:
         """(example indices, batch on the device) over the first `limit` examples of
@@ -157,7 +159,7 @@ class Task:
         """How many targets the batch's mean loss averages over."""
         return int((targets != IGNORE_INDEX).sum())
 
-    def interval_metrics(self, loss: float) -> dict[str, float]:
+    def interval_metrics(self, spec: JobSpec, loss: float) -> dict[str, float]:
         """Train metrics each log interval adds beside its mean loss (seq2seq: perplexity)."""
         return {}
 

@@ -209,9 +209,11 @@ def _weights_note(context: OutputContext, counts: dict[str, int]) -> str:
     base = context.checkpoint.get("base_model")
     note = (
         "## Files\n\n"
-        "- `model.safetensors`: the weights (a `shared.zoo.build_model` model's state dict)\n"
+        "- `model.safetensors`: the weights (the state dict of the model the task's plug-in "
+        "builds: `task.build_for(spec, *task.model_sizes(tokenizer, labels))`)\n"
         "- `tokenizer.json`: the tokenizer (`shared.data.tokenization.tokenizer_from_dict`)\n"
-        "- `labels.json`: the label names, in the order of the model's outputs\n"
+        "- `labels.json`: the label names, in the order of the model's outputs (none for "
+        "language models and seq2seq)\n"
         "- `spec.json`: the job spec\n"
     )
     if base:

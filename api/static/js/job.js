@@ -426,7 +426,7 @@
       ))));
   }
 
-  // Each source with its translation and score (the length-normalised log-probability).
+  // Each source with its translation and score (its log-probability over the length penalty).
   function translationList(result) {
     return el("ol", { className: "translations" }, ...result.translations.map((t) => el(
       "li", {},
@@ -484,6 +484,9 @@
     return el("div", { className: "sample-group" },
       el("h3", {}, "Epoch " + sample.epoch + " · step " + sample.step
         + (sample.split === "test" ? " (test)" : "") + (sample.attempt > 1 ? " · attempt " + sample.attempt : "")),
+      // The sacrebleu signature that epoch's BLEU was computed with (the same for each item).
+      el("p", { className: "muted small signature" },
+        sample.items.length && sample.items[0].signature ? "BLEU signature " + sample.items[0].signature : ""),
       el("div", { className: "table-wrap" }, el("table", {},
         el("thead", {}, el("tr", {}, el("th", {}, "source"), el("th", {}, "reference"), el("th", {}, "hypothesis"))),
         el("tbody", {}, ...sample.items.map((item) => el("tr", {},

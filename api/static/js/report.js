@@ -1,5 +1,5 @@
 // The job page's evaluation report: GET /api/v1/jobs/<id>/report once the job has ended,
-// drawn by task (classification, tagging, language modelling) with a split selector when
+// drawn by task (classification, tagging, language modelling, seq2seq) with a split selector when
 // the report has a test split. Every text from the report (texts, tokens, labels, tag and
 // entity names) is written with textContent; the charts are SVG built node by node, or uPlot.
 "use strict";
@@ -204,9 +204,30 @@ window.SeqtrainReport = (function () {
     return parts;
   }
 
+  // ------------------------------------------------------------ seq2seq
+
+  function translation(section) {
+    const lengthRows = section.by_source_length.map((b) => el("tr", {},
+      el("td", {}, b.words), el("td", { className: "num" }, String(b.pairs)), numCell(b.bleu, 2)));
+    const worstRows = section.worst.map((w) => el("tr", {},
+      el("td", { className: "report-text" }, w.source), el("td", { className: "report-text" }, w.reference),
+      el("td", { className: "report-text" }, w.hypothesis), numCell(w.chrf, 1)));
+    return [
+      facts([["Pairs", String(section.pairs)], ["BLEU", fixed(section.bleu, 2)], ["chrF", fixed(section.chrf, 2)],
+        ["Length ratio", fixed(section.length_ratio, 3)], ["Beam", String(section.beam_size)]]),
+      el("p", { className: "muted small", id: "report-signature" }, "sacrebleu BLEU " + section.signatures.bleu
+        + " · chrF " + section.signatures.chrf),
+      el("h3", {}, "BLEU by source length (words)"),
+      table("by-length", ["source words", "pairs", "BLEU"], lengthRows),
+      el("h3", {}, "Lowest sentence chrF"),
+      worstRows.length ? table("worst-translations", ["source", "reference", "translation", "chrF"], worstRows)
+        : el("p", { className: "muted" }, "None."),
+    ];
+  }
+
   // ------------------------------------------------------------ the section
 
-  const DRAW = { classification, tagging, language_modeling: languageModeling };
+  const DRAW = { classification, tagging, language_modeling: languageModeling, seq2seq: translation };
 
   function draw(split) {
     const body = state.report.report;
