@@ -101,6 +101,17 @@ def test_decoding_options_of_batch_predictions_are_for_seq2seq(client, waiting_j
     assert too_wide.status_code == 422
 
 
+def test_batch_predictions_of_other_tasks_refuse_pairs(client, waiting_job):
+    """A classifier reads texts: a pair dataset is a 422 at once, not a failed output."""
+    refused = client.post(
+        f"/api/v1/jobs/{waiting_job}/predictions", json={"dataset": "builtin:dates"}
+    )
+    assert refused.status_code == 422, refused.json
+    error = refused.json["error"]
+    assert [f["path"] for f in error["fields"]] == ["dataset"]
+    assert "holds source/target pairs; only a seq2seq job translates them" in error["message"]
+
+
 def test_batch_predictions_of_seq2seq_read_pairs(client, seq2seq_job):
     # A classification dataset is not one a seq2seq job translates...
     refused = client.post(
