@@ -79,7 +79,8 @@ def test_samples_go_with_their_job(db):
 def test_samples_route_is_for_the_owner(app, client, accounts, db):
     job = running_job(db, owner_id=accounts["alice"].user_id)
     jobs.write_samples(db, job.id, 1, epoch=1, step=5, split="validation", items=[ITEM])
-    jobs.write_samples(db, job.id, 1, epoch=2, step=10, split="validation", items=[ITEM])
+    signed = {**ITEM, "signature": "nrefs:1|case:mixed"}
+    jobs.write_samples(db, job.id, 1, epoch=2, step=10, split="validation", items=[signed])
     response = client.get(f"/api/v1/jobs/{job.id}/samples")
     assert response.status_code == 200, response.json
     assert [s["epoch"] for s in response.json["samples"]] == [2, 1]
@@ -88,8 +89,10 @@ def test_samples_route_is_for_the_owner(app, client, accounts, db):
         "epoch": 2,
         "step": 10,
         "split": "validation",
-        "items": [ITEM],
+        "items": [signed],
     }
+    # Samples stored without a signature answer null for it.
+    assert response.json["samples"][1]["items"] == [{**ITEM, "signature": None}]
     other = authed_client(app, accounts["bob"]).get(f"/api/v1/jobs/{job.id}/samples")
     assert other.status_code == 403 and other.json["error"]["code"] == "forbidden"
     assert client.get("/api/v1/jobs/999999/samples").status_code == 404
