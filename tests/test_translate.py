@@ -87,7 +87,7 @@ def test_the_job_page_and_openapi_know_translate(anon, accounts, client, seq2seq
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert 'data-task="seq2seq"' in html and 'id="translate-beam"' in html
-    assert 'id="samples"' in html
+    assert 'id="translation-samples"' in html
 
 
 def test_decoding_options_of_batch_predictions_are_for_seq2seq(client, waiting_job):

@@ -478,7 +478,7 @@
 
   // ------------------------------------------------------------ sample translations (seq2seq)
 
-  const samplesBox = $("samples");
+  const samplesBox = $("translation-samples");
 
   function sampleGroup(sample) {
     return el("div", { className: "sample-group" },
@@ -498,8 +498,8 @@
 
   async function loadSamples() {
     const data = await api(base + "/samples");
-    $("samples-body").replaceChildren(...data.samples.map(sampleGroup));
-    $("samples-empty").hidden = data.samples.length > 0;
+    $("translation-samples-body").replaceChildren(...data.samples.map(sampleGroup));
+    $("translation-samples-empty").hidden = data.samples.length > 0;
     samplesBox.dataset.count = String(data.samples.length);
   }
 
