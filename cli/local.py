@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,25 @@ def _local_backbone(path: str | None, reference: str | None) -> Iterator[Path | 
         yield Path(folder) / "model"
 
 
+def _checkpoint_writer(output: str | None) -> Callable[..., None]:
+    """What the local run's reporter saves with: each checkpoint into `output`, or nothing."""
+    from shared.zoo.checkpoints import save_checkpoint
+
+    out_dir = Path(output) if output else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(
+        state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
+    ) -> None:
+        if out_dir is not None:
+            save_checkpoint(
+                out_dir / f"step-{step:09d}{'-best' if is_best else ''}.safetensors", state
+            )
+
+    return save
+
+
 @click.command("train")
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option(
@@ -115,7 +134,6 @@ def train_local(
 
     from shared.data.examples import load_splits
     from shared.spec import parse_spec
-    from shared.zoo.checkpoints import save_checkpoint
     from worker.trainer import Reporter, train
 
     try:
@@ -134,18 +152,7 @@ def train_local(
     }
     files = (train_file, validation_file, test_file)
     splits = _local_splits(files, fmt, options) if train_file else load_splits(spec, None)
-    out_dir = Path(output) if output else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def save(
-        state: dict[str, Any], epoch: int, step: int, metrics: dict[str, float], is_best: bool
-    ) -> None:
-        if out_dir is not None:
-            save_checkpoint(
-                out_dir / f"step-{step:09d}{'-best' if is_best else ''}.safetensors", state
-            )
-
+    save = _checkpoint_writer(output)
     # With --json, stdout carries only the result; the trainer's progress goes to stderr.
     with (
         _local_backbone(base_model, spec.model.pretrained) as backbone,
