@@ -41,10 +41,14 @@ def test_sample_translations_show_as_text_newest_first(open_page, db, accounts):
     assert tab.text("#predict-title") == "Translate"
     assert tab.page.is_visible("#translate-beam") is False  # no checkpoint yet: box hidden
     tab.until("document.querySelector('#translation-samples').dataset.count === '1'")
-    assert tab.page.is_visible("#translation-samples") and not tab.page.is_visible("#translation-samples-empty")
+    assert tab.page.is_visible("#translation-samples") and not tab.page.is_visible(
+        "#translation-samples-empty"
+    )
     cells = tab.page.locator("#translation-samples-body td").all_text_contents()
     assert cells == [XSS_NAME, "2021-03-03", "<b>2021</b>"]
-    assert tab.page.locator("#translation-samples-body img, #translation-samples-body b").count() == 0
+    assert (
+        tab.page.locator("#translation-samples-body img, #translation-samples-body b").count() == 0
+    )
 
     second = {"source": "march 4", "reference": "2021-03-04", "hypothesis": "2021-03-04"}
     jobs.write_samples(db, job.id, 1, epoch=2, step=20, split="validation", items=[second])
