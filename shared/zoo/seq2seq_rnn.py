@@ -83,12 +83,7 @@ class RecurrentSeq2Seq(Seq2SeqModel):
             batch_first=True,
             dropout=model.dropout if model.num_layers > 1 else 0.0,  # between layers only
         )
-        if model.attention == "dot" and width != hidden:
-            raise ValueError(
-                f"dot attention needs the encoder's states ({width} wide: a bilstm's two "
-                f"directions) as wide as the decoder's (hidden_size {hidden}); use general or "
-                "additive attention"
-            )
+        # A dot attention over a bilstm's states (twice hidden_size) is refused there.
         self.attention = build_attention(model.attention, hidden, width)
         self.bridge = nn.Linear(width, hidden)
         self.cell_bridge = nn.Linear(width, hidden) if isinstance(self.rnn, nn.LSTM) else None
