@@ -176,7 +176,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         tokens=PrincipalCache(
             float(app.config.get("AUTH_CACHE_SECONDS", settings.auth_cache_seconds))
         ),
-        submissions=Submissions(db, queue, settings.submit_batch),
+        submissions=Submissions(db, queue, settings.submit_batch, settings),
     )
     app.url_map.converters["id"] = IdConverter
     register_routes(app)

@@ -27,15 +27,19 @@ from shared.infra.db import Database
 from shared.infra.models import Dataset, Job
 from shared.infra.queue import JobQueue
 from shared.jobs import DatasetGone, IdempotentReplay, NewJob
+from shared.jobs.preemption import preempt
 from shared.jobs.routing import PlacementError, check_placement
+from shared.settings import Settings
 from shared.spec import JobSpec, dataset_references
 
 log = logging.getLogger("seqtrain.api")
 
 
 class Submissions:
-    def __init__(self, db: Database, queue: JobQueue, max_batch: int) -> None:
-        self.db, self.queue = db, queue
+    def __init__(
+        self, db: Database, queue: JobQueue, max_batch: int, settings: Settings | None = None
+    ) -> None:
+        self.db, self.queue, self.settings = db, queue, settings
         self.group: GroupCommit[NewJob, tuple[int, bool]] = GroupCommit(self._flush, max_batch)
 
     def submit(self, new: NewJob) -> tuple[int, bool]:
@@ -66,7 +70,28 @@ class Submissions:
                     jobs.note_event(self.db, job_id, "api", f"enqueue failed: {reason}")
             except Exception as note_error:  # the jobs are committed; the reconciler has them
                 log.warning("enqueue failure not noted (%s)", type(note_error).__name__)
+        self._make_room(
+            [new for new, job_id in zip(batch, results, strict=True) if isinstance(job_id, int)]
+        )
         return [(job_id, enqueued) if isinstance(job_id, int) else job_id for job_id in results]
+
+    def _make_room(self, created: Sequence[NewJob]) -> None:
+        """Preempt for a new job that outranks running ones now, not at the next reconciler
+        pass (shared.jobs.preemption); a job below the margin cannot outrank anyone."""
+        settings = self.settings
+        if settings is None or not settings.preemption:
+            return
+        queues = {
+            new.spec.resources.queue
+            for new in created
+            if new.spec.resources.priority >= settings.preempt_margin
+        }
+        if not queues:
+            return
+        try:
+            preempt(self.db, settings, queues)
+        except Exception as exc:  # the reconciler's next pass does it
+            log.warning("preemption check failed (%s)", type(exc).__name__)
 
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -130,6 +155,7 @@ def submit(
         estimate,
         message=note or "submitted",
         base_model_id=base.id if base is not None else None,
+        aging=svc.settings.priority_aging,
     )
     try:
         job_id, enqueued = svc.submissions.submit(new)

@@ -296,6 +296,43 @@ class Settings:
         " attempt back",
         number,
     )
+    priority_aging: float = setting(
+        "SEQTRAIN_PRIORITY_AGING",
+        600.0,
+        "seconds of waiting that raise a queued job's priority by one (nothing starves)",
+        number,
+    )
+    fair_share: bool = setting(
+        "SEQTRAIN_FAIR_SHARE",
+        True,
+        "within a priority, a free worker takes the job of the owner with the least device"
+        " time (running now, and past usage halved every hour) (`0`: the oldest job first)",
+        flag,
+    )
+    preemption: bool = setting(
+        "SEQTRAIN_PREEMPTION",
+        True,
+        "checkpoint and requeue a job to start one that outranks it",
+        flag,
+    )
+    preempt_margin: int = setting(
+        "SEQTRAIN_PREEMPT_MARGIN",
+        20,
+        "priority levels a waiting job must be above a running one",
+        integer,
+    )
+    preempt_min_runtime: float = setting(
+        "SEQTRAIN_PREEMPT_MIN_RUNTIME",
+        60.0,
+        "seconds an attempt runs before it may be preempted",
+        number,
+    )
+    max_preemptions: int = setting(
+        "SEQTRAIN_MAX_PREEMPTIONS",
+        3,
+        "times one job may be preempted; then it runs to its end",
+        integer,
+    )
     worker_reconciler: bool = setting(
         "SEQTRAIN_WORKER_RECONCILER",
         True,

@@ -20,6 +20,7 @@ from shared.modelspec import (
     _Section,
 )
 from shared.registry import TASKS, TaskName, describe_tasks
+from shared.resourcespec import PRIORITY_NAMES, ResourcesSpec
 from shared.sizes import estimate_parameters
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JobSpec",
     "LoraSpec",
     "ModelSpec",
+    "PRIORITY_NAMES",
     "ResourcesSpec",
     "TokenizerSpec",
     "TrainingSpec",
@@ -202,39 +204,6 @@ class TrainingSpec(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Autocast precision on CUDA (auto: bf16 where supported). CPUs train in fp32.",
-    )
-
-
-class ResourcesSpec(_Section):
-    devices: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Devices per node the job trains on (GPUs, or CPU processes); more than one "
-        "trains with DistributedDataParallel, each device taking `training.batch_size` examples.",
-    )
-    nodes: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Workers (one per node) the job trains on together, each with "
-        "`resources.devices` devices: all are reserved before any rank starts, and they "
-        "rendezvous for one DistributedDataParallel run of nodes x devices ranks.",
-    )
-
-    queue: str = Field(
-        "default",
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
-        description="Worker queue the job is routed to.",
-    )
-    max_runtime_seconds: int | None = Field(
-        None,
-        ge=1,
-        le=30 * 24 * 3600,
-        description="Stop and fail the attempt after this many seconds; null: no limit.",
-    )
-    max_attempts: int = Field(
-        3, ge=1, le=20, description="Attempts (worker lost -> resume) before the job fails."
     )
 
 

@@ -64,9 +64,9 @@ def test_cancel_queued_is_immediate_and_terminal_refuses(db):
 def test_cancel_running_sets_the_flag(db):
     job = new_job(db)
     jobs.claim(db, job.id, "w", 60)
-    assert jobs.poll_running(db, job.id, 1) == (True, False)
+    assert jobs.poll_running(db, job.id, 1) == (True, False, None)
     assert jobs.request_cancel(db, job.id, "u").status == "running"
-    assert jobs.poll_running(db, job.id, 1) == (True, True)
+    assert jobs.poll_running(db, job.id, 1) == (True, True, None)
 
 
 def test_every_transition_leaves_an_event(db):

@@ -15,7 +15,7 @@ from shared.infra.models import Base
 
 def test_models_match_migrations(database_url):
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
-    assert head == "0012"
+    assert head == "0013"
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:

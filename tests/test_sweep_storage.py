@@ -24,7 +24,7 @@ from shared.infra.models import Base
 from shared.sweeps.storage import forget_storages, optuna_storage, upgrade_optuna
 from tests.conftest import BACKENDS, _postgres_database
 
-OUR_HEAD = "0012"
+OUR_HEAD = "0013"
 
 
 @pytest.fixture(params=BACKENDS)

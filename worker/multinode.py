@@ -4,12 +4,13 @@ rank starts; then each node runs its share of the ranks.
 The worker that claimed the job is node 0 (`lead`): it records its row in job_nodes with
 the rendezvous endpoint (SEQTRAIN_NODE_ADDRESS and a free port), puts nodes - 1 join
 messages on the job's queue, and waits, renewing the lease, until every rank is taken.
-Each idle worker that takes a join message (`join`) reserves the lowest free rank and waits
-too; a worker busy with a job takes no message (one at a time), so the reservation completes
-only with enough idle workers. When all rows exist every node starts torchrun's agent for
-its node rank (worker.launch). If they do not exist within SEQTRAIN_RESERVE_SECONDS, node 0
-deletes every row and gives the attempt back (requeued, or failed after max_attempts); the
-others see their rows gone and return without starting anything.
+Every worker that frees up on the queue takes a free rank before any other work (`join`,
+through shared.jobs.scheduler), and only one reservation runs at a time per queue, so two
+multi-node jobs never hold workers the other needs. When all rows exist every node starts
+torchrun's agent for its node rank (worker.launch). Node 0 gives the attempt back (requeued,
+or failed after max_attempts) only when fewer live workers than it needs could hold it,
+checked every SEQTRAIN_RESERVE_SECONDS: it deletes every row, and the others see their
+rows gone and return without starting anything.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared import jobs
 from shared.infra.db import Database
 from shared.infra.queue import JobQueue
 from shared.jobs import nodes
+from shared.jobs.scheduler import fitting_workers
 from shared.protocol import AttemptOutcome, JobStatus
 from shared.settings import Settings
 from shared.spec import JobSpec
@@ -41,8 +43,6 @@ from worker.supervisor import (
 )
 
 log = logging.getLogger(__name__)
-# A follower gives up this long after node 0 should have (node 0 normally releases first).
-FOLLOWER_EXTRA_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -79,7 +79,16 @@ def lead(
             jobs.note_attempt(
                 db, job_id, attempt, f"reserving {wanted} workers (node 0: {actor}, {address})"
             )
-        state, held = _await_nodes(db, settings, job_id, attempt, wanted, lead=True)
+        state, held = _await_nodes(
+            db,
+            settings,
+            job_id,
+            attempt,
+            wanted,
+            lead=True,
+            queue=spec.resources.queue,
+            devices=spec.resources.devices,
+        )
         if state == "ready":
             names = ", ".join(
                 f"{n.node_rank}: {n.worker}" for n in nodes.members(db, job_id, attempt)
@@ -117,19 +126,29 @@ def join(
     job_id: int,
     attempt: int,
     shutting_down: threading.Event | None = None,
+    node_rank: int | None = None,
 ) -> str:
-    """Answer a join message: take a free node rank of the attempt, wait for the rest, then
-    run this node's ranks until the attempt ends. Returns what happened, for the log."""
+    """Take a free node rank of the attempt (or run `node_rank`, taken already), wait for
+    the rest, then run this node's ranks until the attempt ends. Returns what happened."""
     job = jobs.get_job(db, job_id)
     if job.status != JobStatus.RUNNING or job.attempt != attempt:
         return "skipped: the attempt is over"
     spec = JobSpec.model_validate(job.spec)
-    node_rank = nodes.take_rank(db, job_id, attempt, spec.resources.nodes, settings.worker_name)
+    if node_rank is None:
+        node_rank = nodes.take_rank(db, job_id, attempt, spec.resources.nodes, settings.worker_name)
     if node_rank is None:
         return "skipped: every node is taken"
     log.info("job %s: attempt %s: reserved node %s", job_id, attempt, node_rank)
     state, _ = _await_nodes(
-        db, settings, job_id, attempt, spec.resources.nodes, lead=False, shutting_down=shutting_down
+        db,
+        settings,
+        job_id,
+        attempt,
+        spec.resources.nodes,
+        lead=False,
+        shutting_down=shutting_down,
+        queue=spec.resources.queue,
+        devices=spec.resources.devices,
     )
     if state != "ready":
         nodes.release_node(db, job_id, attempt, settings.worker_name)
@@ -151,19 +170,26 @@ def _await_nodes(
     wanted: int,
     *,
     lead: bool,
+    queue: str,
+    devices: int,
     shutting_down: threading.Event | None = None,
 ) -> tuple[str, int]:
     """Poll until all `wanted` ranks are reserved. Returns (state, ranks held): ready;
     timeout; fenced (the attempt is over); cancelled; shutdown; released (a follower whose
-    row node 0 deleted)."""
+    row node 0 deleted).
+
+    Reservations go first (shared.jobs.scheduler): every worker that frees up on the
+    queue takes a rank, so the wait ends as running jobs end. Node 0 gives the attempt
+    back only when, SEQTRAIN_RESERVE_SECONDS on, fewer live workers than `wanted` could
+    hold it; a follower waits as long as node 0 holds the attempt (its lease covers it)."""
     started = time.monotonic()
-    limit = settings.reserve_seconds + (0.0 if lead else FOLLOWER_EXTRA_SECONDS)
     next_heartbeat = started + settings.heartbeat_seconds
+    next_check = started + settings.reserve_seconds
     held = 0
     while True:
         now = time.monotonic()
         try:
-            owned, cancel = jobs.poll_running(db, job_id, attempt)
+            owned, cancel, _ = jobs.poll_running(db, job_id, attempt)
             if not owned:
                 return "fenced", held
             if cancel:
@@ -179,8 +205,15 @@ def _await_nodes(
             if lead and now >= next_heartbeat:
                 jobs.renew_lease(db, job_id, attempt, settings.lease_seconds)
                 next_heartbeat = now + settings.heartbeat_seconds
+            if lead and now >= next_check:
+                if _live_fitting(db, settings, queue, devices) < wanted:
+                    return "timeout", held
+                next_check = now + settings.reserve_seconds
         except OperationalError as exc:
             log.warning("job %s: database unreachable while reserving: %s", job_id, exc.orig)
-        if now - started >= limit:
-            return "timeout", held
         time.sleep(min(0.2, settings.cancel_poll_seconds))
+
+
+def _live_fitting(db: Database, settings: Settings, queue: str, devices: int) -> int:
+    with db.session() as session:
+        return fitting_workers(session, queue, devices, settings.worker_stale_seconds)

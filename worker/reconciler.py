@@ -6,6 +6,8 @@
   the API could not reach it at submit);
 - does the same for job outputs (batch predictions, exports): expired leases requeued or
   failed, queued outputs without a message enqueued again;
+- asks running jobs to make room for waiting jobs that outrank them (preemption, whose
+  levels rise as they wait: shared.jobs.preemption);
 - advances the running hyperparameter sweeps (worker.sweeper): reports trials
   evaluations to Optuna, promotes or prunes paused trials, starts new ones;
 - cleans the artifact store: a recovered job's checkpoint objects that no row names (a
@@ -38,6 +40,7 @@ from shared.infra.queue import (
 )
 from shared.infra.storage import ArtifactStore, StoreError, open_store
 from shared.jobs import outputs
+from shared.jobs.preemption import preempt
 from shared.protocol import RECONCILER_LOCK_KEY, JobStatus
 from shared.settings import Settings
 from worker.sweeper import run_sweeps
@@ -92,6 +95,8 @@ class Pass:
     outputs_enqueued: list[int] = field(default_factory=list)
     # Jobs of sweep trials the sweep controller created (worker.sweeper).
     trials_created: list[int] = field(default_factory=list)
+    # (running job, waiting job): running jobs asked to make room (shared.jobs.preemption).
+    preempted: list[tuple[int, int]] = field(default_factory=list)
     skipped: bool = False
 
 
@@ -140,6 +145,9 @@ class Reconciler:
         self._enqueue_lost(done)
         self._enqueue_lost_outputs(done)
         done.trials_created = run_sweeps(self.db, self.settings, self.queue)
+        done.preempted = preempt(self.db, self.settings)
+        if done.preempted:
+            log.info("reconciler: asked %s to make room (running, waiting)", done.preempted)
         self._sweep(done)
         if done.requeued or done.failed or done.enqueued or done.orphans or done.swept:
             log.info(

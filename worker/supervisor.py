@@ -4,8 +4,9 @@ Training happens in a child (`python -m worker.trainer`, or torchrun's agent wit
 rank per device, see worker.launch) in its own process group, never
 in the Celery process: a crash or OOM kills only the child, GPU memory is freed when it
 exits, and Celery's daemonic-process and CUDA-after-fork limits do not apply. The
-supervisor polls SQL for the cancel flag, renews the lease, enforces max_runtime, and
-stops the child with SIGTERM, then SIGKILL of the whole process group.
+supervisor polls SQL for the cancel flag and a preemption request, renews the lease,
+enforces max_runtime, and stops the child with SIGTERM, then SIGKILL of the whole process
+group (or, to requeue it, asks it to checkpoint first: a drain).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Outcome:
     status: AttemptOutcome
     message: str
     returncode: int | None
+    # The waiting job this attempt was checkpointed and requeued for (preemption).
+    preempted_by: int | None = None
 
 
 OWNED_BY_ANOTHER = "another attempt owns the job"
@@ -241,7 +244,7 @@ def _follow_watch(
         except subprocess.TimeoutExpired:
             pass
         try:
-            owned, cancel = jobs.poll_running(db, job_id, attempt)
+            owned, cancel, _ = jobs.poll_running(db, job_id, attempt)
         except OperationalError:
             continue  # node 0 decides; its lease covers the attempt
         if not owned:
@@ -316,7 +319,8 @@ def _record(db: Database, job_id: int, attempt: int, reason: Outcome, actor: str
             return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, reason.returncode)
         return reason
     if status == AttemptOutcome.REQUEUED:
-        ended = jobs.requeue(db, job_id, attempt, reason.message, actor)
+        preempted = reason.preempted_by is not None
+        ended = jobs.requeue(db, job_id, attempt, reason.message, actor, preempted=preempted)
     elif status == AttemptOutcome.RETRY:
         ended = jobs.requeue_or_fail(db, job_id, attempt, reason.message, actor)
     elif status == AttemptOutcome.PAUSED:
@@ -375,7 +379,7 @@ def _watch(
             pass
         now = time.monotonic()
         try:
-            owned, cancel = jobs.poll_running(db, job_id, attempt)
+            owned, cancel, preempt_by = jobs.poll_running(db, job_id, attempt)
         except OperationalError as exc:
             # The database is down: training goes on (the trainer buffers its metrics);
             # the lease is renewed once it is back.
@@ -396,6 +400,11 @@ def _watch(
         elif shutting_down is not None and shutting_down.is_set():
             return drain(proc, settings, lambda: _renew(db, settings, job_id, attempt)), Outcome(
                 AttemptOutcome.REQUEUED, "worker shutting down; job checkpointed and requeued", None
+            )
+        elif preempt_by is not None:
+            message = f"preempted by job {preempt_by}; checkpointed and requeued"
+            return drain(proc, settings, lambda: _renew(db, settings, job_id, attempt)), Outcome(
+                AttemptOutcome.REQUEUED, message, None, preempted_by=preempt_by
             )
         elif now >= next_heartbeat:
             with contextlib.suppress(OperationalError):

@@ -1,7 +1,9 @@
-"""seqtrain.run_job: claim, supervise, done. Idempotent: a duplicate delivery claims nothing.
+"""seqtrain.run_job: take the best work for this worker (shared.jobs.scheduler), supervise
+it, done. A message only wakes a worker: which job it runs is decided in SQL then, and a
+message with nothing left to take does nothing.
 
-seqtrain.join_job: one more worker for a multi-node attempt (worker.multinode); a message
-for an attempt that is over, or whose nodes are all taken, does nothing.
+seqtrain.join_job: one more worker wanted by a multi-node attempt (worker.multinode); a
+wake-up like run_job, which takes a reservation's free node rank first.
 
 seqtrain.run_output: claim a job output (batch predictions, an export) and run it in a
 child process (worker.outputs.supervisor); a no-op when the claim fails."""
@@ -11,9 +13,11 @@ from __future__ import annotations
 import logging
 
 from shared import jobs
+from shared.infra.db import Database
 from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, RUN_OUTPUT_TASK, JobQueue
-from shared.jobs import workers
-from shared.protocol import AttemptOutcome
+from shared.jobs import scheduler, workers
+from shared.jobs.ranking import Policy
+from shared.protocol import AttemptOutcome, JobStatus
 from shared.spec import JobSpec
 from worker import devices, multinode
 from worker.celery_app import app, database, forkserver, settings, shutting_down
@@ -24,21 +28,51 @@ log = logging.getLogger(__name__)
 
 
 def run_job_now(job_id: int) -> str:
-    """The task's body as a plain function: returns what happened."""
+    """The task's body as a plain function: returns what happened. The message's job is a
+    hint: this worker takes whatever the scheduler says is best for it now (a rank of a
+    multi-node job reserving workers, or the best queued job it can hold)."""
     db = database()
-    job = jobs.get_job(db, job_id)
-    needed, offered = job.devices, devices.probe_once(settings).count
-    if needed > offered:
-        # Routed here by its queue but too big for this worker. The job stays queued without
-        # a message; the reconciler enqueues it again, for a worker with enough devices.
-        log.info(
-            "job %s: needs %s devices, this worker has %s; left queued", job_id, needed, offered
-        )
-        return "deferred"
-    attempt = jobs.claim(db, job_id, settings.worker_name, settings.lease_seconds)
-    if attempt is None:
-        log.info("job %s: not claimable (already taken, finished or cancelled)", job_id)
+    queue = _queue_of(db, job_id)
+    work = scheduler.next_work(
+        db,
+        settings.worker_name,
+        queue,
+        devices.probe_once(settings).count,
+        settings.lease_seconds,
+        Policy(settings.priority_aging, settings.fair_share),
+        settings.worker_stale_seconds,
+    )
+    if work is None:
+        log.info("queue %s: nothing this worker can take now (message for job %s)", queue, job_id)
         return "skipped"
+    if work.job_id != job_id:
+        _wake_again(db, job_id)
+    if work.node_rank is not None:
+        return _join(db, work)
+    return _run(db, work.job_id, work.attempt)
+
+
+def _queue_of(db: Database, job_id: int) -> str:
+    try:
+        return jobs.get_job(db, job_id).queue
+    except jobs.JobNotFound:
+        return settings.default_queue
+
+
+def _wake_again(db: Database, job_id: int) -> None:
+    """This worker took another job than the message named: that job, still queued,
+    keeps a message of its own (what the reconciler checks)."""
+    try:
+        job = jobs.get_job(db, job_id)
+        if job.status == JobStatus.QUEUED:
+            JobQueue(settings).enqueue_job(job_id, job.queue)
+    except Exception as exc:  # the reconciler enqueues it again
+        log.warning("job %s: its message was not put back: %s", job_id, exc)
+
+
+def _run(db: Database, job_id: int, attempt: int) -> str:
+    """Supervise a claimed attempt (node 0 of a multi-node one) until it ends."""
+    job = jobs.get_job(db, job_id)
     log.info("job %s: attempt %s started", job_id, attempt)
     _set_current_job(job_id)
     spec = JobSpec.model_validate(job.spec)
@@ -66,19 +100,23 @@ def run_job_now(job_id: int) -> str:
     return outcome.status
 
 
-def join_job_now(job_id: int, attempt: int) -> str:
-    """The join task's body as a plain function: returns what happened."""
-    db = database()
-    job = jobs.get_job(db, job_id)
-    if job.devices > devices.probe_once(settings).count:
-        return "skipped: too few devices here"
-    _set_current_job(job_id)
+def _join(db: Database, work: scheduler.Work) -> str:
+    """Run this worker's node rank of a multi-node attempt."""
+    _set_current_job(work.job_id)
     try:
-        ended = multinode.join(db, settings, job_id, attempt, shutting_down)
+        ended = multinode.join(
+            db, settings, work.job_id, work.attempt, shutting_down, work.node_rank
+        )
     finally:
         _set_current_job(None)
-    log.info("job %s: attempt %s: node %s", job_id, attempt, ended)
+    log.info("job %s: attempt %s: node %s", work.job_id, work.attempt, ended)
     return ended
+
+
+def join_job_now(job_id: int, attempt: int) -> str:
+    """A multi-node attempt's call for one more worker: a wake-up like any other message
+    (the reservation in progress is what a free worker takes first)."""
+    return run_job_now(job_id)
 
 
 def _set_current_job(job_id: int | None) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
@@ -75,6 +75,16 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Limits an admin sets (null: none). max_priority and max_queued refuse a submission;
+    # max_running and max_devices hold the user's further jobs queued (shared.jobs.scheduler).
+    max_priority: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    max_devices: Mapped[int | None] = mapped_column(Integer)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    # Device-seconds of ended attempts, decayed by half every SEQTRAIN_FAIR_SHARE_HALF_LIFE
+    # from `usage_at`: the recent usage that fair share compares.
+    usage: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    usage_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiToken(Base):
@@ -231,6 +241,18 @@ class Job(Base):
     # (status paused) at this optimizer step or after this epoch; null: train to the end.
     pause_at_step: Mapped[int | None] = mapped_column(Integer)
     pause_at_epoch: Mapped[int | None] = mapped_column(Integer)
+    # Scheduling (shared.jobs.scheduler): resources.priority and resources.nodes; the rank
+    # key, submit time (epoch seconds) less priority x SEQTRAIN_PRIORITY_AGING, orders the
+    # queue with aging built in; a preempted job keeps it and resumes first in its level.
+    priority: Mapped[int] = mapped_column(Integer, default=50, server_default="50")
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    rank_key: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    preemptible: Mapped[bool] = mapped_column(default=True, server_default=true())
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The waiting job the running attempt is asked to make room for (checkpoint, requeue).
+    preempt_by: Mapped[int | None] = mapped_column(BigId)
+    # When the running attempt was claimed (its usage is charged to the owner at its end).
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # When the job's id was last put on Redis; the reconciler re-enqueues lost messages.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -246,6 +268,8 @@ class Job(Base):
         # The reconciler's longest-waiting queued jobs, in the order their messages queue up.
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ux_jobs_owner_idempotency_key", "owner_id", "idempotency_key", unique=True),
+        # The claim: each owner's best queued job on a queue, one index probe an owner.
+        Index("ix_jobs_claim", "status", "queue", "owner_id", "rank_key", "id"),
     )
 
 
@@ -362,71 +386,9 @@ class JobNode(Base):
     __table_args__ = (Index("ux_job_nodes_worker", "job_id", "attempt", "worker", unique=True),)
 
 
-class Report(Base):
-    """A finished job's evaluation report on its best checkpoint (the task's own JSON,
-    `shared.jobs.reports`), written by the attempt that finished it, fenced like its other
-    writes."""
-
-    __tablename__ = "reports"
-
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    attempt: Mapped[int] = mapped_column(Integer)
-    checkpoint_id: Mapped[int | None] = mapped_column(BigId)
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class JobOutput(Base):
-    """Work a worker does on a trained job's best checkpoint, through the queue: `kind`
-    predictions (a dataset in, a JSONL or CSV file of predictions out) or export (a bundle).
-    Its own small state machine: queued -> running (attempt + 1, lease) -> succeeded |
-    failed | cancelled, and running -> queued when its worker is lost."""
-
-    __tablename__ = "job_outputs"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    owner_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL", name="fk_job_outputs_owner_id_users")
-    )
-    kind: Mapped[str] = mapped_column(String(16))
-    # What was asked: the dataset, the file format, export options.
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_job_outputs_dataset_id_datasets")
-    )
-    checkpoint_id: Mapped[int | None] = mapped_column(BigId)
-    queue: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
-    cancel_requested: Mapped[bool] = mapped_column(default=False)
-    lease_owner: Mapped[str | None] = mapped_column(String(200))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    rows_total: Mapped[int | None] = mapped_column(Integer)
-    rows_done: Mapped[int] = mapped_column(Integer, default=0)
-    # The result file in the artifact store.
-    uri: Mapped[str | None] = mapped_column(String(500))
-    filename: Mapped[str | None] = mapped_column(String(200))
-    content_type: Mapped[str | None] = mapped_column(String(100))
-    sha256: Mapped[str | None] = mapped_column(String(64))
-    bytes: Mapped[int | None] = mapped_column(BigInteger)
-    # What the worker found worth saying: rows per second, ONNX parity, a summary.
-    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    error: Mapped[str | None] = mapped_column(Text)
-    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-    __table_args__ = (
-        Index("ix_job_outputs_status_lease", "status", "lease_expires_at"),
-        Index("ix_job_outputs_owner_id", "owner_id", "id"),
-        {"sqlite_autoincrement": True},  # an id, and its download link, is never reused
-    )
-
-
-# The sweep tables live in their own module (for size); imported here so that every user of
-# this module's metadata (Alembic, the tests' truncation) sees them.
+# The output and sweep tables live in their own modules (for size); imported here so that
+# every user of this module's metadata (Alembic, the tests' truncation) sees them.
+from shared.infra.output_tables import JobOutput as JobOutput  # noqa: E402
+from shared.infra.output_tables import Report as Report  # noqa: E402
 from shared.infra.sweep_tables import Sweep as Sweep  # noqa: E402
 from shared.infra.sweep_tables import SweepTrial as SweepTrial  # noqa: E402

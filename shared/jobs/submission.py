@@ -19,6 +19,7 @@ from shared.infra.models import Dataset, Job, JobDataset, PretrainedModel, utcno
 from shared.jobs.errors import DatasetGone, IdempotentReplay
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
+from shared.jobs.ranking import DEFAULT_AGING, rank_key
 from shared.protocol import JobStatus
 from shared.spec import JobSpec
 
@@ -38,6 +39,8 @@ class NewJob:
     message: str = "submitted"
     # The registry's base model a pretrained job fine-tunes (pinned at submit).
     base_model_id: int | None = None
+    # SEQTRAIN_PRIORITY_AGING: the seconds of waiting that count as one priority level.
+    aging: float = DEFAULT_AGING
 
 
 def create_job(
@@ -159,6 +162,10 @@ def job_values(new: NewJob, now: datetime) -> dict[str, Any]:
         "attempt": 0,
         "max_attempts": spec.resources.max_attempts,
         "devices": spec.resources.devices,
+        "nodes": spec.resources.nodes,
+        "priority": spec.resources.priority,
+        "preemptible": spec.resources.preemptible,
+        "rank_key": rank_key(spec.resources.priority, now, new.aging),
         "estimate": new.estimate,
         "idempotency_key": new.idempotency_key,
         "base_model_id": new.base_model_id,

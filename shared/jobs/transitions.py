@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from shared.infra.db import Database, affected_rows
-from shared.infra.models import Checkpoint, Job, JobNode, Metric, utcnow
+from shared.infra.models import Checkpoint, Job, JobNode, Metric, User, utcnow
 from shared.jobs.errors import Fenced, InvalidTransition, JobNotFound
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
+from shared.jobs.ranking import decayed, running_usage
+from shared.jobs.scheduler import claim_in
 from shared.protocol import TERMINAL_STATUSES, JobStatus
 
 CANCELLED_BY_USER = "cancelled by user"
@@ -25,8 +27,26 @@ WAITING = (JobStatus.QUEUED, JobStatus.PAUSED)
 
 def _end_attempt(session: Session, job_id: int, attempt: int) -> None:
     """An attempt that stops running gives up its node reservations in the same
-    transaction, so no reader sees a finished or requeued job still holding workers."""
+    transaction, so no reader sees a finished or requeued job still holding workers; its
+    device time is charged to its owner's usage (fair share) and a request to make room
+    for another job lapses with it."""
     session.execute(delete(JobNode).where(JobNode.job_id == job_id, JobNode.attempt == attempt))
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(preempt_by=None)
+        .returning(Job.owner_id, Job.devices, Job.nodes, Job.claimed_at)
+    ).one_or_none()
+    if row is None or row.owner_id is None or row.claimed_at is None:
+        return
+    now = utcnow()
+    used = running_usage(row.devices, row.nodes, row.claimed_at, now.timestamp())
+    user = session.execute(
+        select(User).where(User.id == row.owner_id).with_for_update()
+    ).scalar_one_or_none()
+    if user is not None:
+        user.usage = decayed(user.usage, user.usage_at, now.timestamp()) + used
+        user.usage_at = now
 
 
 def request_cancel(db: Database, job_id: int, actor: str) -> Job:
@@ -79,33 +99,10 @@ def request_cancel(db: Database, job_id: int, actor: str) -> Job:
 
 
 def claim(db: Database, job_id: int, worker: str, lease_seconds: float) -> int | None:
-    """queued -> running with attempt + 1 in one UPDATE. Returns the new attempt, or None."""
-    now = utcnow()
+    """queued -> running with attempt + 1 in one UPDATE. Returns the new attempt, or None.
+    (A worker takes the best job with shared.jobs.scheduler.next_work; this claims one.)"""
     with db.session() as session:
-        attempt = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(
-                status=JobStatus.RUNNING,
-                attempt=Job.attempt + 1,
-                lease_owner=worker,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                started_at=func.coalesce(Job.started_at, now),
-                error=None,
-            )
-            .returning(Job.attempt)
-        ).scalar_one_or_none()
-        if attempt is not None:
-            add_event(
-                session,
-                job_id,
-                attempt,
-                JobStatus.QUEUED,
-                JobStatus.RUNNING,
-                worker,
-                f"claimed (attempt {attempt})",
-            )
-        return attempt
+        return claim_in(session, job_id, worker, lease_seconds)
 
 
 @contextmanager
@@ -149,16 +146,25 @@ def renew_lease(db: Database, job_id: int, attempt: int, lease_seconds: float) -
         )
 
 
-def poll_running(db: Database, job_id: int, attempt: int) -> tuple[bool, bool]:
-    """(still owned by this attempt, cancel requested) -- the supervisor's cheap poll."""
+class Poll(NamedTuple):
+    """The supervisor's cheap poll of its attempt."""
+
+    owned: bool  # the attempt still runs the job
+    cancel: bool  # a cancel was requested
+    preempt_by: int | None = None  # a waiting job asks this attempt to make room
+
+
+def poll_running(db: Database, job_id: int, attempt: int) -> Poll:
     with db.session() as session:
         row = session.execute(
-            select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == job_id)
+            select(Job.status, Job.attempt, Job.cancel_requested, Job.preempt_by).where(
+                Job.id == job_id
+            )
         ).one_or_none()
     if row is None:
-        return False, False
+        return Poll(False, False)
     owned = row.status == JobStatus.RUNNING and row.attempt == attempt
-    return owned, bool(row.cancel_requested)
+    return Poll(owned, bool(row.cancel_requested), row.preempt_by if owned else None)
 
 
 def finish(
@@ -187,16 +193,21 @@ def finish(
         return bool(done)
 
 
-def requeue(db: Database, job_id: int, attempt: int, message: str, actor: str) -> JobStatus | None:
+def requeue(
+    db: Database, job_id: int, attempt: int, message: str, actor: str, *, preempted: bool = False
+) -> JobStatus | None:
     """running -> queued for this attempt only (drain); the next claim resumes from a checkpoint.
+    The job keeps its rank key: it waits at the head of its level. `preempted`: it made
+    room for another job, and that counts towards SEQTRAIN_MAX_PREEMPTIONS.
 
     Returns the status the attempt left the job in: QUEUED; CANCELLED when a cancel was
     requested (honoured instead of the requeue); None when the attempt no longer owns the
     job (fenced: nothing was written, and nobody cancelled anything).
     """
-    return leave_running(
-        db, job_id, attempt, JobStatus.QUEUED, message, actor, enqueued_at=utcnow()
-    )
+    values: dict[str, Any] = {"enqueued_at": utcnow()}
+    if preempted:
+        values["preemptions"] = Job.preemptions + 1
+    return leave_running(db, job_id, attempt, JobStatus.QUEUED, message, actor, **values)
 
 
 def leave_running(
