@@ -40,6 +40,9 @@ def test_every_field_has_a_description():
         ({"model": {"type": "transformer", "embedding_dim": 30, "nhead": 4}}, ("model",)),
         ({"data": {"dataset": "builtin:nope"}}, ("data", "dataset")),
         ({"resources": {"queue": "Bad Queue!"}}, ("resources", "queue")),
+        ({"resources": {"priority": 101}}, ("resources", "priority")),
+        ({"resources": {"priority": "urgent"}}, ("resources", "priority")),
+        ({"resources": {"preemptible": "sometimes"}}, ("resources", "preemptible")),
     ],
 )
 def test_bad_specs_name_the_field(patch, path):
@@ -61,3 +64,8 @@ def test_size_bound_counts_the_vocabulary():
 def test_spec_round_trips_through_json():
     spec = parse_spec(tiny_spec())
     assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+@pytest.mark.parametrize(("given", "stored"), [("low", 25), ("Normal", 50), ("high", 75), (0, 0)])
+def test_priority_names_are_aliases_of_numbers(given, stored):
+    assert parse_spec(tiny_spec(resources={"priority": given})).resources.priority == stored

@@ -14,6 +14,7 @@ import logging
 
 from shared import jobs
 from shared.infra.db import Database
+from shared.infra.models import Job
 from shared.infra.queue import JOIN_JOB_TASK, RUN_JOB_TASK, RUN_OUTPUT_TASK, JobQueue
 from shared.jobs import scheduler, workers
 from shared.jobs.ranking import Policy
@@ -97,7 +98,20 @@ def _run(db: Database, job_id: int, attempt: int) -> str:
             JobQueue(settings).enqueue_job(job_id, jobs.get_job(db, job_id).queue)
         except Exception as exc:  # the reconciler enqueues it once Redis is back
             log.warning("job %s: enqueue after requeue failed: %s", job_id, exc)
+    _wake_held(db, job)
     return outcome.status
+
+
+def _wake_held(db: Database, job: Job) -> None:
+    """The owner's next job may have waited on a soft quota this attempt held: it gets a
+    message now, not at the reconciler's next pass (its own was spent on a worker that
+    could not start it)."""
+    try:
+        held = scheduler.held_by_quota(db, job.owner_id, job.queue)
+        if held is not None:
+            JobQueue(settings).enqueue_job(held, job.queue)
+    except Exception as exc:  # the reconciler enqueues it
+        log.warning("job %s: the owner's next job was not woken: %s", job.id, exc)
 
 
 def _join(db: Database, work: scheduler.Work) -> str:

@@ -63,7 +63,7 @@ def preempt(
             if not on_queue:
                 continue
             loads = owner_loads(session, policy, now.timestamp())
-            found = heads(session, queue, max(on_queue.values()), gangs=False)
+            found = heads(session, queue, max(on_queue.values()))
             ranked = order(found, loads, policy, now.timestamp())[:LOOK_AHEAD]
             plans.extend(_plan(session, settings, policy, queue, on_queue, ranked, now.timestamp()))
     for victim, attempt, waiting, why in plans:

@@ -73,9 +73,9 @@ def owner_loads(session: Session, policy: Policy, now: float) -> dict[int | None
     return loads
 
 
-def heads(session: Session, queue: str, devices: int, gangs: bool) -> list[Candidate]:
-    """Each owner's best queued job on `queue` that needs at most `devices` devices (and
-    one node unless `gangs`)."""
+def heads(session: Session, queue: str, devices: int, max_nodes: int = 1) -> list[Candidate]:
+    """Each owner's best queued job on `queue` that needs at most `devices` devices and
+    `max_nodes` nodes."""
 
     def best(owner: ColumnElement[bool]) -> Select[Any]:
         query = select(Job.id).where(
@@ -84,8 +84,10 @@ def heads(session: Session, queue: str, devices: int, gangs: bool) -> list[Candi
             owner,
             Job.devices <= devices,
         )
-        if not gangs:
+        if max_nodes <= 1:
             query = query.where(Job.nodes == 1)
+        else:
+            query = query.where(Job.nodes <= max_nodes)
         return query.order_by(Job.rank_key, Job.id).limit(1)
 
     owned = best(Job.owner_id == User.id).correlate(User).scalar_subquery()
@@ -148,17 +150,8 @@ def next_work(
             if rank is not None:
                 return Work(job_id, attempt, rank)
     for _ in range(CLAIM_TRIES):
-        now = utcnow()
         with db.session() as session:
-            loads = owner_loads(session, policy, now.timestamp())
-            found = heads(session, queue, devices, gangs=not pending)
-            ranked = order(found, loads, policy, now.timestamp())
-            ranked = [
-                c
-                for c in ranked
-                if c.nodes == 1
-                or fitting_workers(session, queue, c.devices, stale_after) >= c.nodes
-            ]
+            ranked = _ranked(session, queue, devices, policy, stale_after, gangs=not pending)
         if not ranked:
             return None
         for candidate in ranked[:CLAIM_TRIES]:
@@ -166,6 +159,26 @@ def next_work(
             if claimed is not None:
                 return Work(candidate.job_id, claimed)
     return None
+
+
+def _ranked(
+    session: Session, queue: str, devices: int, policy: Policy, stale_after: float, gangs: bool
+) -> list[Candidate]:
+    """The candidates in the order this worker tries them. A multi-node job is a candidate
+    only while enough live workers could hold it; when one is not, each owner's best
+    single-node job is looked at instead (a job that cannot start never blocks others)."""
+    now = utcnow().timestamp()
+    loads = owner_loads(session, policy, now)
+    max_nodes = fitting_workers(session, queue, 1, stale_after) if gangs else 1
+    found = heads(session, queue, devices, max_nodes)
+    startable = [
+        c
+        for c in found
+        if c.nodes == 1 or fitting_workers(session, queue, c.devices, stale_after) >= c.nodes
+    ]
+    if len(startable) < len(found):
+        startable = heads(session, queue, devices)
+    return order(startable, loads, policy, now)
 
 
 def claim_candidate(
@@ -214,6 +227,22 @@ def claim_in(session: Session, job_id: int, worker: str, lease_seconds: float) -
             f"claimed (attempt {attempt})",
         )
     return attempt
+
+
+def held_by_quota(db: Database, owner_id: int | None, queue: str) -> int | None:
+    """The best queued job on `queue` of an owner with a soft quota, or None."""
+    if owner_id is None:
+        return None
+    with db.session() as session:
+        user = session.get(User, owner_id)
+        if user is None or (user.max_running is None and user.max_devices is None):
+            return None
+        return session.scalar(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.queue == queue, Job.owner_id == owner_id)
+            .order_by(Job.rank_key, Job.id)
+            .limit(1)
+        )
 
 
 def _has_quota(session: Session, owner_id: int) -> bool:
