@@ -1,5 +1,6 @@
-"""Status-page sessions: list a user's, end one or all of them. Admins may see and end
-anyone's; a user only their own."""
+"""Users: their limits (an admin sets them; see shared.limits) and their status-page
+sessions (list a user's, end one or all of them). Admins may see and change anyone's; a
+user may see their own limits and see and end their own sessions."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import services
 from api.auth import authorize, current_principal, require_principal
 from api.errors import ApiError
-from api.http import query, reply
+from api.http import json_body, query, reply
 from api.openapi import API_PREFIX, id_rule, operation
-from shared import auth
+from shared import auth, limits
 from shared.infra.models import User, UserSession, utcnow
+from shared.limits import Limits
 
 bp = Blueprint("sessions", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
-USER_SESSIONS = "/users/<name>/sessions"
+USER = "/users/<name>"
+USER_SESSIONS = USER + "/sessions"
 
 
 class SessionOut(BaseModel):
@@ -59,15 +62,94 @@ def session_out(row: UserSession, user: str) -> SessionOut:
     return SessionOut.model_validate({**fields, "user": user, "active": active})
 
 
-def visible_user(name: str) -> User:
+class UserOut(Limits):
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+    id: int
+    name: str
+    is_admin: bool
+
+
+class UserList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    users: list[UserOut]
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut.model_validate(user)
+
+
+def visible_user(name: str, what: str = "sessions") -> User:
     """The named user, if the caller is an admin or that user (403 otherwise, 404 unknown)."""
     principal = current_principal()
     if not principal.is_admin and name != principal.name:
-        raise ApiError(403, "forbidden", "only admins see other users' sessions")
+        raise ApiError(403, "forbidden", f"only admins see other users' {what}")
     user = auth.get_user(services().db, name) if auth.USER_NAME.match(name) else None
     if user is None:
         raise ApiError(404, "not_found", f"no user named {name!r}")
     return user
+
+
+def require_admin(what: str) -> None:
+    if not current_principal().is_admin:
+        raise ApiError(403, "forbidden", f"only an admin may {what}")
+
+
+@operation(
+    bp,
+    "GET",
+    "/users",
+    summary="Every user with their limits (admins)",
+    responses={200: UserList},
+    tag="users",
+)
+def list_users() -> Response:
+    """Users in the order they were created; a null limit is no limit."""
+    require_admin("list users")
+    return reply(UserList(users=[user_out(u) for u in auth.list_users(services().db)]))
+
+
+@operation(
+    bp,
+    "GET",
+    USER,
+    summary="A user and their limits",
+    responses={200: UserOut},
+    errors=(404,),
+    tag="users",
+)
+def show_user(name: str) -> Response:
+    """Admins may see anyone; a user themselves. A null limit is no limit."""
+    return reply(user_out(visible_user(name, "limits")))
+
+
+@operation(
+    bp,
+    "PATCH",
+    USER,
+    summary="Set a user's limits (admins)",
+    body=Limits,
+    responses={200: UserOut},
+    errors=(400, 404, 413, 415, 422),
+    tag="users",
+)
+def set_user_limits(name: str) -> Response:
+    """Only the limits named change; a null clears one. max_priority and max_queued refuse
+    the user's next submissions (422, 429); max_running and max_devices hold their further
+    jobs queued from the next claim on, and a job needing more than max_devices is a 422."""
+    require_admin("set a user's limits")
+    body = Limits.model_validate(json_body())
+    if not body.model_fields_set:
+        fields = [{"path": "", "message": "name at least one limit", "type": "missing"}]
+        raise ApiError(
+            422, "validation_error", f"name one or more of {', '.join(limits.LIMITS)}", fields
+        )
+    changes = body.model_dump(include=body.model_fields_set)
+    user = limits.set_limits(services().db, name, changes) if auth.USER_NAME.match(name) else None
+    if user is None:
+        raise ApiError(404, "not_found", f"no user named {name!r}")
+    return reply(user_out(user))
 
 
 @operation(

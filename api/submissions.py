@@ -1,5 +1,11 @@
 """How a job is created over HTTP, for POST /jobs and a retry alike: the Idempotency-Key,
-dataset versions pinned, the placement check, and a group commit.
+dataset versions pinned, the caller's limits, the placement check, and a group commit.
+
+The caller's limits (shared.limits) refuse a job before it is stored: a priority above
+max_priority, more devices than max_devices, or a job that cannot be preempted from a
+non-admin is a 422 naming the field; past max_queued it is a 429 (`quota_exceeded`, with
+Retry-After), counted in the insert's own transaction so that concurrent submissions, in
+any API process, never leave more than max_queued jobs waiting.
 
 Concurrent submissions in one API process share a flush (`api.batching`): one SQL
 transaction inserts all their jobs, dataset links and first events, and one Redis round
@@ -27,8 +33,10 @@ from shared.infra.db import Database
 from shared.infra.models import Dataset, Job
 from shared.infra.queue import JobQueue
 from shared.jobs import DatasetGone, IdempotentReplay, NewJob
+from shared.jobs.errors import QuotaExceeded
 from shared.jobs.preemption import preempt
 from shared.jobs.routing import PlacementError, check_placement
+from shared.limits import Limits, over_limits, user_limits
 from shared.settings import Settings
 from shared.spec import JobSpec, dataset_references
 
@@ -44,10 +52,11 @@ class Submissions:
 
     def submit(self, new: NewJob) -> tuple[int, bool]:
         """Store and enqueue one job: (its id, whether it reached Redis). Raises
-        `IdempotentReplay` when the owner already used the key."""
+        `IdempotentReplay` when the owner already used the key, `DatasetGone` when a
+        dataset it pins was deleted, `QuotaExceeded` past the owner's max_queued."""
         return self.group.submit(new)
 
-    def _flush(self, batch: list[NewJob]) -> Sequence[tuple[int, bool] | IdempotentReplay]:
+    def _flush(self, batch: list[NewJob]) -> Sequence[tuple[int, bool] | Exception]:
         results = jobs.submit_jobs(self.db, batch)
         created = [
             (job_id, new.spec.resources.queue)
@@ -95,6 +104,9 @@ class Submissions:
 
 
 IDEMPOTENCY_KEY_MAX = 200
+# Seconds a client past its max_queued waits before it tries again: a queued job starts or
+# is cancelled at no time anyone can predict, and a try costs one request.
+QUOTA_RETRY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -130,15 +142,17 @@ def submit(
 ) -> Submitted:
     """Create one job for the caller. A key the caller already used answers with the job it
     made (a 422 if that job's spec differs); `datasets` (role -> dataset id) pins versions
-    already chosen, else the spec's references are resolved for the caller; a job no
-    registered worker could hold is refused with the numbers; `note` is the message of the
-    new job's first event (default "submitted"), written in the same transaction."""
+    already chosen, else the spec's references are resolved for the caller; a job past the
+    caller's limits (a 422, or past max_queued a 429) or one no registered worker could
+    hold is refused with the numbers; `note` is the message of the new job's first event
+    (default "submitted"), written in the same transaction."""
     svc, principal = services(), current_principal()
     spec, base = pin_base_model(spec)
     if key is not None:  # a retried request: looked up here, in parallel, not in the flush
         earlier = jobs.keyed_job(svc.db, principal.user_id, key)
         if earlier is not None:
             return replayed(earlier, spec)
+    limits = check_limits(spec)
     links = resolve_datasets(spec) if datasets is None else dict(datasets)
     facts = None if base is None else {"parameters": base.parameters, **base.summary}
     try:  # a job no registered worker could ever hold is refused, with the numbers
@@ -156,6 +170,7 @@ def submit(
         message=note or "submitted",
         base_model_id=base.id if base is not None else None,
         aging=svc.settings.priority_aging,
+        max_queued=limits.max_queued,
     )
     try:
         job_id, enqueued = svc.submissions.submit(new)
@@ -168,7 +183,41 @@ def submit(
                 for role, ref in gone.datasets.items()
             }
         ) from None
+    except QuotaExceeded as exceeded:
+        raise over_quota(exceeded) from None
     return Submitted(job_id, "queued", enqueued)
+
+
+def check_limits(spec: JobSpec) -> Limits:
+    """The caller's limits; a 422 naming each `resources` field of the spec that passes
+    them (priority, devices, preemptible), as a job submit and a sweep check them."""
+    principal = current_principal()
+    limits = user_limits(services().db, principal.user_id)
+    refusals = over_limits(spec.resources, limits, principal.is_admin)
+    if refusals:
+        fields = [{"path": path, "message": why, "type": "limit"} for path, why in refusals]
+        paths = ", ".join(path for path, _ in refusals)
+        raise ApiError(422, "validation_error", f"invalid job spec: {paths}", fields)
+    return limits
+
+
+def over_quota(exceeded: QuotaExceeded) -> ApiError:
+    """The 429 of a submission past the caller's max_queued, with the numbers."""
+    queued, limit = exceeded.queued, exceeded.limit
+    message = (
+        "your account may not submit jobs (max_queued is 0)"
+        if limit == 0
+        else f"you have {queued} jobs queued and your limit is {limit}; "
+        "submit again once one of them has started or been cancelled"
+    )
+    field = {"path": "max_queued", "message": f"{queued} queued of {limit}", "type": "quota"}
+    return ApiError(
+        429,
+        "quota_exceeded",
+        message,
+        [field],
+        headers={"Retry-After": str(QUOTA_RETRY_SECONDS)},
+    )
 
 
 ROLE_FIELDS = {

@@ -21,7 +21,7 @@ from api.errors import ApiError, validation_fields
 from api.http import json_body, query, reply
 from api.openapi import API_PREFIX, id_rule, operation
 from api.schemas import _Out
-from api.submissions import resolve_datasets
+from api.submissions import check_limits, resolve_datasets
 from shared import jobs
 from shared.infra.models import Job, Sweep, User
 from shared.jobs.routing import PlacementError, check_placement
@@ -276,6 +276,7 @@ def submit() -> Response:
     sweep, base = validated(json_body())
     principal = current_principal()
     try:
+        check_limits(base)  # the caller's priority, devices and preemptible limits
         base, model = pin_base_model(base)
         links = resolve_datasets(base)
     except ApiError as exc:

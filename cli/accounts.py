@@ -1,10 +1,12 @@
-"""Users, API tokens and status-page sessions: `seqtrain users`, `seqtrain tokens` and
-`seqtrain sessions`, which talk to DATABASE_URL directly (run them where the service runs)."""
+"""Users and their limits, API tokens and status-page sessions: `seqtrain users`,
+`seqtrain tokens` and `seqtrain sessions`, which talk to DATABASE_URL directly (run them
+where the service runs)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -37,14 +39,84 @@ def users_create(name: str, admin: bool, as_json: bool) -> None:
 @users.command("list")
 @json_option
 def users_list(as_json: bool) -> None:
-    """List users."""
+    """List users and their limits (shown only where set)."""
     from shared.auth import list_users
+    from shared.limits import LIMITS
 
-    rows = [{"id": u.id, "name": u.name, "is_admin": u.is_admin} for u in list_users(database())]
+    rows = [user_row(u) for u in list_users(database())]
     if as_json:
         click.echo(json.dumps(rows))
-    for row in [] if as_json else rows:
-        click.echo(f"{row['id']:>4}  {row['name']}{'  (admin)' if row['is_admin'] else ''}")
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']:>4}  {row['name']}{'  (admin)' if row['is_admin'] else ''}"
+            + "".join(f"  {name}={row[name]}" for name in LIMITS if row[name] is not None)
+        )
+
+
+def user_row(user: Any) -> dict[str, Any]:
+    from shared.limits import LIMITS
+
+    return {
+        "id": user.id,
+        "name": user.name,
+        "is_admin": user.is_admin,
+        **{name: getattr(user, name) for name in LIMITS},
+    }
+
+
+def limit_option(name: str, help_text: str) -> Any:
+    return click.option(f"--{name.replace('_', '-')}", name, metavar="N|none", help=help_text)
+
+
+def limit_changes(options: dict[str, str | None]) -> dict[str, int | None]:
+    """The limits the options name (`none`: no limit), checked as the API checks them."""
+    from pydantic import ValidationError
+
+    from shared.limits import Limits
+
+    changes: dict[str, int | None] = {}
+    for limit, value in options.items():
+        option = f"--{limit.replace('_', '-')}"
+        if value is None:
+            continue
+        if value.strip().lower() == "none":
+            changes[limit] = None
+            continue
+        try:
+            changes[limit] = int(value)
+        except ValueError:
+            fail(f"{option}: {value!r} is not a whole number or 'none'")
+    if not changes:
+        fail("name a limit: --max-priority, --max-running, --max-devices or --max-queued")
+    try:
+        Limits.model_validate(changes)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        fail(f"--{str(error['loc'][0]).replace('_', '-')}: {error['msg']}")
+    return changes
+
+
+@users.command("set")
+@click.argument("name")
+@limit_option("max_priority", "Highest resources.priority the user may submit (0-100).")
+@limit_option("max_running", "Jobs running at once; further jobs wait queued.")
+@limit_option("max_devices", "Devices in use at once; further jobs wait queued.")
+@limit_option("max_queued", "Jobs waiting at once; past it a submission is a 429.")
+@json_option
+def users_set(name: str, as_json: bool, **options: str | None) -> None:
+    """Set NAME's limits (`none` clears one; those not named stay as they are)."""
+    from shared.limits import LIMITS, set_limits
+
+    user = set_limits(database(), name, limit_changes(options))
+    if user is None:
+        fail(f"no user named {name!r}")
+    row = user_row(user)
+    if as_json:
+        click.echo(json.dumps(row))
+        return
+    shown = ", ".join(f"{limit} {'none' if row[limit] is None else row[limit]}" for limit in LIMITS)
+    click.echo(f"user {name}: {shown}")
 
 
 @click.group()

@@ -36,7 +36,7 @@ import api.workers  # noqa: F401
 from api.openapi import document
 from shared import jobs
 from shared.spec import parse_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, authed_client
 
 # Fuzzing every route takes minutes on a loaded machine: outside the fast tier.
 pytestmark = pytest.mark.slow
@@ -131,7 +131,8 @@ def leaves(value, path=()):
 
 @given(spec=specs, queue=st.just("nobody-listens"))
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_accepted_spec_round_trips_unchanged(client, db, spec, queue):
+def test_every_accepted_spec_round_trips_unchanged(app, accounts, db, spec, queue):
+    client = authed_client(app, accounts["root"])  # an admin: `preemptible: false` is theirs
     spec.setdefault("resources", {})
     if isinstance(spec["resources"], dict):
         spec["resources"]["queue"] = queue

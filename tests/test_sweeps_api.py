@@ -220,6 +220,9 @@ CASES = {
     "a missing objective": ({"objective": None}, "objective", ""),
     "a dataset that does not exist": (
         {"spec": tiny_spec(data={"dataset": "dataset:999999"})}, "spec.data.dataset", "999999"),
+    "a job that may not be preempted, from a user": (
+        {"spec": tiny_spec(resources={"preemptible": False})}, "spec.resources.preemptible",
+        "only an admin"),
 }  # fmt: skip
 
 

@@ -35,5 +35,14 @@ class DatasetGone(Exception):
         self.datasets = datasets  # role -> the deleted dataset's id
 
 
+class QuotaExceeded(Exception):
+    """The owner already has `queued` jobs waiting, as many as their `max_queued` allows:
+    this submission was not stored."""
+
+    def __init__(self, queued: int, limit: int) -> None:
+        super().__init__(f"{queued} jobs queued; the limit is {limit}")
+        self.queued, self.limit = queued, limit
+
+
 class Fenced(Exception):
     """This attempt no longer owns the job: its writes are refused."""

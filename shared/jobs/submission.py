@@ -1,5 +1,6 @@
-"""Submitting jobs: one insert for a whole batch, idempotency keys, and the queued jobs the
-reconciler puts on Redis again."""
+"""Submitting jobs: one insert for a whole batch, idempotency keys, the owner's max_queued
+(checked in the insert's own transaction), and the queued jobs the reconciler puts on
+Redis again."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Connection, Table, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from shared.infra.db import Database
-from shared.infra.models import Dataset, Job, JobDataset, PretrainedModel, utcnow
-from shared.jobs.errors import DatasetGone, IdempotentReplay
+from shared.infra.models import Dataset, Job, JobDataset, PretrainedModel, User, utcnow
+from shared.jobs.errors import DatasetGone, IdempotentReplay, QuotaExceeded
 from shared.jobs.events import add_event
 from shared.jobs.queries import get_job
 from shared.jobs.ranking import DEFAULT_AGING, rank_key
@@ -41,6 +43,9 @@ class NewJob:
     base_model_id: int | None = None
     # SEQTRAIN_PRIORITY_AGING: the seconds of waiting that count as one priority level.
     aging: float = DEFAULT_AGING
+    # The owner's max_queued as the API read it: when set, the insert locks the owner's row
+    # and counts their queued jobs against the limit then current; None keeps the fast path.
+    max_queued: int | None = None
 
 
 def create_job(
@@ -68,12 +73,14 @@ def create_job(
     return get_job(db, result)
 
 
-def submit_jobs(
-    db: Database, batch: Sequence[NewJob]
-) -> list[int | IdempotentReplay | DatasetGone]:
+Result = int | IdempotentReplay | DatasetGone | QuotaExceeded
+
+
+def submit_jobs(db: Database, batch: Sequence[NewJob]) -> list[Result]:
     """Insert a batch of submissions in one transaction; one entry per submission, in order:
     the new job's id, `IdempotentReplay` with the job an earlier request made with that
-    key, or `DatasetGone` naming the datasets it pins that were deleted meanwhile.
+    key, `DatasetGone` naming the datasets it pins that were deleted meanwhile, or
+    `QuotaExceeded` when its owner already has `max_queued` jobs waiting.
 
     Callers look a key up and resolve datasets before they hand the submission in, in
     their own thread; a key taken since (a concurrent retry, or one inside this batch) or
@@ -81,10 +88,10 @@ def submit_jobs(
     one submission at a time, so that only the submission concerned gets its refusal.
     """
     try:
-        return list(create_jobs(db, batch))
+        return _replays_over_quota(db, batch, create_jobs(db, batch))
     except IntegrityError:
         pass
-    results: list[int | IdempotentReplay | DatasetGone] = []
+    results: list[Result] = []
     for new in batch:
         try:
             results.append(create_jobs(db, [new])[0])
@@ -93,7 +100,20 @@ def submit_jobs(
             if refusal is None:
                 raise
             results.append(refusal)
-    return results
+    return _replays_over_quota(db, batch, results)
+
+
+def _replays_over_quota(
+    db: Database, batch: Sequence[NewJob], results: Sequence[Result]
+) -> list[Result]:
+    """A retry whose key already made a job answers with that job, even at the quota."""
+    answers = list(results)
+    for n, (new, result) in enumerate(zip(batch, results, strict=True)):
+        if isinstance(result, QuotaExceeded) and new.idempotency_key is not None:
+            earlier = keyed_job(db, new.owner_id, new.idempotency_key)
+            if earlier is not None:
+                answers[n] = IdempotentReplay(earlier)
+    return answers
 
 
 def _refusal(db: Database, new: NewJob) -> IdempotentReplay | DatasetGone | None:
@@ -125,27 +145,79 @@ def keyed_job(db: Database, owner_id: int | None, key: str) -> Job | None:
         ).first()
 
 
-def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int]:
+def create_jobs(db: Database, batch: Sequence[NewJob]) -> list[int | QuotaExceeded]:
     """Insert queued jobs with their dataset links and first events, all or none, and
-    commit. Returns the new ids in the order given. A taken idempotency key raises
+    commit. Returns the new ids in the order given, or `QuotaExceeded` for a submission
+    past its owner's max_queued (not inserted). A taken idempotency key raises
     IntegrityError and inserts nothing."""
     if not batch:
         return []
     now = utcnow()
     rows = [job_values(new, now) for new in batch]
-    if not db.is_sqlite:
-        return _insert_jobs_one_statement(db, batch, rows)
+    limited = any(new.max_queued is not None for new in batch)
+    if not db.is_sqlite and not limited:  # the fast path: one statement, in autocommit
+        with db.engine.connect() as conn:
+            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+            return list(_insert_jobs_one_statement(autocommit, batch, rows))
     with db.session() as session:
-        created = [Job(**values) for values in rows]
-        session.add_all(created)
-        session.flush()
-        for job, new in zip(created, batch, strict=True):
-            session.add_all(
-                JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
-                for role, dataset_id in new.datasets.items()
-            )
-            add_event(session, job.id, 0, None, JobStatus.QUEUED, new.actor, new.message)
-        return [job.id for job in created]
+        verdicts = _over_quota(session, batch) if limited else [None] * len(batch)
+        admitted = [n for n, verdict in enumerate(verdicts) if verdict is None]
+        ids = iter(_insert_jobs(session, [batch[n] for n in admitted], [rows[n] for n in admitted]))
+        return [next(ids) if verdict is None else verdict for verdict in verdicts]
+
+
+def _over_quota(session: Session, batch: Sequence[NewJob]) -> list[QuotaExceeded | None]:
+    """For each submission, `QuotaExceeded` if it would pass its owner's max_queued, in
+    batch order. The owners' rows stay locked until the transaction ends, so a concurrent
+    batch (in any API process) counts after this one's jobs are committed: FOR NO KEY
+    UPDATE on PostgreSQL, which other inserts' foreign-key checks do not wait for; on
+    SQLite every write transaction is already serial (BEGIN IMMEDIATE)."""
+    owners = sorted(
+        {new.owner_id for new in batch if new.max_queued is not None and new.owner_id is not None}
+    )
+    locked = session.execute(
+        select(User.id, User.max_queued)
+        .where(User.id.in_(owners))
+        .order_by(User.id)  # one order everywhere: two batches never deadlock
+        .with_for_update(key_share=True)
+    ).all()
+    limits: dict[int | None, int | None] = {row.id: row.max_queued for row in locked}
+    counted = session.execute(
+        select(Job.owner_id, func.count())
+        .where(Job.owner_id.in_(owners), Job.status == JobStatus.QUEUED)
+        .group_by(Job.owner_id)
+    ).all()
+    queued: dict[int | None, int] = {row[0]: row[1] for row in counted}
+    verdicts: list[QuotaExceeded | None] = []
+    for new in batch:
+        limit = limits.get(new.owner_id)
+        waiting = queued.get(new.owner_id, 0)
+        if limit is not None and waiting >= limit:
+            verdicts.append(QuotaExceeded(waiting, limit))
+            continue
+        queued[new.owner_id] = waiting + 1
+        verdicts.append(None)
+    return verdicts
+
+
+def _insert_jobs(
+    session: Session, batch: Sequence[NewJob], rows: list[dict[str, Any]]
+) -> list[int]:
+    """Insert the jobs in the session's transaction (committed with it)."""
+    if not batch:
+        return []
+    if session.get_bind().dialect.name != "sqlite":
+        return _insert_jobs_one_statement(session.connection(), batch, rows)
+    created = [Job(**values) for values in rows]
+    session.add_all(created)
+    session.flush()
+    for job, new in zip(created, batch, strict=True):
+        session.add_all(
+            JobDataset(job_id=job.id, role=role, dataset_id=dataset_id)
+            for role, dataset_id in new.datasets.items()
+        )
+        add_event(session, job.id, 0, None, JobStatus.QUEUED, new.actor, new.message)
+    return [job.id for job in created]
 
 
 def job_values(new: NewJob, now: datetime) -> dict[str, Any]:
@@ -185,10 +257,10 @@ _JOBS = cast(Table, Job.__table__)
 
 
 def _insert_jobs_one_statement(
-    db: Database, batch: Sequence[NewJob], rows: list[dict[str, Any]]
+    conn: Connection, batch: Sequence[NewJob], rows: list[dict[str, Any]]
 ) -> list[int]:
-    """PostgreSQL: a whole batch in one statement, committed on its own: one round trip
-    whatever the batch size. The rows travel as one JSON document that the server unpacks
+    """PostgreSQL: a whole batch in one statement (in autocommit on the fast path): one
+    round trip whatever the batch size. The rows travel as one JSON document that the server unpacks
     (`json_to_recordset`), and the SQL text never changes, so it is planned once per
     connection. Ids are drawn from the jobs sequence per input row before the insert, so
     each event and dataset link is tied to its job by the row's ordinal, never by the
@@ -203,10 +275,8 @@ def _insert_jobs_one_statement(
         for role, dataset_id in sorted(new.datasets.items())
     ]
     params = {"jobs": _json(document), "links": _json(links)}
-    with db.engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        result = conn.exec_driver_sql(_insert_jobs_sql(tuple(rows[0])), params)
-        return [row[0] for row in result]
+    result = conn.exec_driver_sql(_insert_jobs_sql(tuple(rows[0])), params)
+    return [row[0] for row in result]
 
 
 def _json(value: Any) -> str:
