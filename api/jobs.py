@@ -29,9 +29,11 @@ from api.schemas import (
 )
 from api.schemas import JobDetail as BaseDetail
 from shared import jobs
-from shared.infra.models import TERMINAL_STATUSES
+from shared.infra.models import TERMINAL_STATUSES, Job
 from shared.infra.storage import ArtifactMissing
+from shared.jobs import waiting
 from shared.jobs.progress import job_progress
+from shared.protocol import JobStatus
 from shared.spec import JobSpec, parse_spec
 from shared.sweeps.store import trial_of_job
 
@@ -109,11 +111,13 @@ def index() -> Response:
     bp,
     "GET",
     JOB,
-    summary="One job: status, progress, latest metrics, events, spec",
+    summary="One job: status, place in the queue, progress, latest metrics, events, spec",
     responses={200: JobDetail},
     errors=(404,),
 )
 def show(job_id: int) -> Response:
+    """A queued job also says where it stands (`queue_position`) and why it waits
+    (`wait_reason`); a running one asked to make room for another names it (`preempt_by`)."""
     job, owner, latest, events = jobs.job_detail(services().db, job_id)
     authorize(job.owner_id, f"job {job_id}")
     detail = summary(job, owner)
@@ -124,12 +128,28 @@ def show(job_id: int) -> Response:
         events=events,
         devices=job.devices,
         estimate=job.estimate,
+        **scheduling(job),
     )
     trial = trial_of_job(services().db, job_id)
     if trial is not None:
         url = f"{request.script_root}{API_PREFIX}/sweeps/{trial[0]}"
         detail["sweep"] = {"id": trial[0], "number": trial[1], "url": url}
     return reply(JobDetail.model_validate(detail))
+
+
+def scheduling(job: Job) -> dict[str, Any]:
+    """A job's scheduling fields: where a queued job stands and why it waits, and the job a
+    running one is asked to make room for."""
+    svc = services()
+    queued, running = job.status == JobStatus.QUEUED, job.status == JobStatus.RUNNING
+    wait = waiting.queue_wait(svc.db, svc.settings, job.id) if queued else None
+    return {
+        "nodes": job.nodes,
+        "preemptions": job.preemptions,
+        "preempt_by": job.preempt_by if running else None,
+        "queue_position": wait.position if wait else None,
+        "wait_reason": wait.reason if wait else None,
+    }
 
 
 @operation(

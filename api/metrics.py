@@ -17,11 +17,12 @@ from datetime import timedelta
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from api import Services, stats
 from api.errors import ApiError
+from shared.infra.db import Database
 from shared.infra.models import utcnow
 from shared.infra.queue import queue_depths, redis_client
 from shared.protocol import JobStatus
@@ -118,6 +119,27 @@ def _sweep_trials(counts: Mapping[tuple[int, str], int]) -> Metric:
     return family
 
 
+def _scheduling(db: Database) -> list[Metric]:
+    """Queued and running jobs by owner ("" for none, 0 for users without), and preemptions."""
+    by_user = stats.jobs_by_user(db)
+    return [
+        _labelled(
+            f"seqtrain_jobs_{status}",
+            f'{status.capitalize()} jobs by owner ("" for jobs nobody owns).',
+            "user",
+            sorted(by_user[status].items()),
+        )
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    ] + [
+        CounterMetricFamily(
+            "seqtrain_preemptions",
+            "Times a job was checkpointed and requeued to make room for another (the sum of "
+            "jobs.preemptions).",
+            value=stats.preemptions_total(db),
+        )
+    ]
+
+
 class ServiceFigures(Collector):
     """Every metric family, each read once per scrape from SQL and Redis."""
 
@@ -153,6 +175,7 @@ class ServiceFigures(Collector):
         sweeps = trial_counts(db, finished_since=utcnow() - SWEEPS_FINISHED_WITHIN)
         return [
             _labelled("seqtrain_jobs", "Jobs by status.", "status", sorted(jobs.items())),
+            *_scheduling(db),
             GaugeMetricFamily("seqtrain_redis_up", "1 when Redis answered.", value=up),
             _labelled(
                 "seqtrain_queue_depth",

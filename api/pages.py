@@ -8,11 +8,12 @@ Content-Security-Policy forbids inline script, so user-supplied text stays text.
 
 /             jobs: filter, search, sort, pages, refreshed live
 /jobs/<id>    one job: spec, timeline, progress, charts (SSE), logs, checkpoints, actions,
-              its evaluation report
+              its evaluation report; while queued its place in the queue and why it waits
 /compare      2 to 8 jobs (?jobs=3,5,9): curves overlaid, final and best metrics, spec diff
 /sweeps       sweeps: status, trials done, best value, refreshed live
 /sweeps/<id>  one sweep: settings, best trial (clone it as a job), trials, charts, cancel
-/workers      workers, their devices and current job; queue depths
+/workers      workers, their devices and what each holds (job, owner, priority, since
+              when, or a multi-node rank); queue depths
 /models       the pretrained base models the viewer can use (rendered on the server)
 /submit       a spec as YAML or JSON, errors shown beside the line they concern
 """
@@ -52,6 +53,8 @@ from api.openapi import API_PREFIX, document, id_rule
 from shared import auth, jobs
 from shared.auth import Principal
 from shared.hub import registry as hub
+from shared.jobs import waiting
+from shared.protocol import JobStatus
 from shared.sweeps import store as sweep_store
 
 bp = Blueprint("pages", __name__)
@@ -115,8 +118,12 @@ def job_page(job_id: int) -> Any:
     job = visible_job(job_id)
     if job is None:
         return render_template("missing.html", what=f"Job {job_id}"), 404
-    base = hub.get_model(services().db, job.base_model_id) if job.base_model_id else None
-    return render_template("job.html", job=job, spec_text=spec_yaml(job.spec), base=base)
+    svc = services()
+    base = hub.get_model(svc.db, job.base_model_id) if job.base_model_id else None
+    wait = (
+        waiting.queue_wait(svc.db, svc.settings, job_id) if job.status == JobStatus.QUEUED else None
+    )
+    return render_template("job.html", job=job, spec_text=spec_yaml(job.spec), base=base, wait=wait)
 
 
 @bp.get("/compare")

@@ -50,6 +50,10 @@ class JobSummary(_Out):
     task: str
     model_type: str
     queue: str
+    priority: int = Field(
+        description="resources.priority, 0-100: a free worker takes the highest level first; "
+        "a waiting job's level is its priority plus one every SEQTRAIN_PRIORITY_AGING seconds.",
+    )
     attempt: int
     max_attempts: int
     epoch: int
@@ -91,6 +95,29 @@ class JobDetail(JobSummary):
     latest_metrics: dict[str, MetricValue] = Field(description='Keyed "<split>/<name>".')
     events: list[JobEventOut]
     devices: int = Field(1, description="Devices per node one attempt trains on.")
+    nodes: int = Field(1, description="Workers (nodes) one attempt trains on.")
+    preemptions: int = Field(
+        0, description="Times the job was checkpointed and requeued to make room for another."
+    )
+    preempt_by: int | None = Field(
+        None,
+        description="Running: the waiting job this attempt is asked to make room for (it "
+        "checkpoints and goes back to the queue, keeping its place); null otherwise.",
+    )
+    queue_position: int | None = Field(
+        None,
+        description="Queued: 1 + the queued jobs on its queue ahead of it in priority order "
+        "(priority with aging, then submit order; fair share and backfill may start jobs of "
+        "the same level out of this order); null otherwise.",
+    )
+    wait_reason: str | None = Field(
+        None,
+        description="Queued: why it has not started, the first that applies: its owner's "
+        "quota (`your quota: 2 running (at most 2)`), a multi-node job's missing workers "
+        "(`waiting for 2 free workers`), jobs of a higher level ahead (`3 jobs of higher "
+        "priority ahead`), no live worker able to hold it (`no live worker on queue 'gpu' has "
+        "4 devices`), else `2 jobs ahead` or `next: waiting for a free worker`; null otherwise.",
+    )
     estimate: dict[str, Any] | None = Field(
         None,
         description="Submit-time estimate: parameters and peak training bytes per device "
@@ -306,6 +333,9 @@ class JobProgress(_Out):
     error: str | None
     progress: float | None
     eta_seconds: float | None
+    preempt_by: int | None = Field(
+        None, description="The waiting job a running attempt is asked to make room for."
+    )
     updated_at: datetime
 
 
@@ -318,6 +348,27 @@ class StreamEvent(_Out):
     data: str | None = Field(None, description="JSON.")
     id: str | None = None
     retry: int | None = Field(None, description="Reconnect delay (ms).")
+
+
+class HeldJob(_Out):
+    """The job a worker holds."""
+
+    id: int
+    name: str
+    owner: str | None
+    priority: int
+    nodes: int = Field(description="Workers one attempt of the job trains on.")
+    node_rank: int | None = Field(
+        description="The node rank this worker holds of a multi-node attempt (0: it claimed "
+        "the job and hosts the rendezvous); null for a one-node job."
+    )
+    since: datetime | None = Field(
+        description="When this worker took it: the claim, or its rank's reservation."
+    )
+    preempt_by: int | None = Field(
+        description="The waiting job it is asked to make room for (it checkpoints and requeues)."
+    )
+    url: str
 
 
 class WorkerOut(_Out):
@@ -333,6 +384,11 @@ class WorkerOut(_Out):
         description="The job it trains; null when idle or when the job is another user's."
     )
     busy: bool = Field(description="It is training a job (yours or not).")
+    job: HeldJob | None = Field(
+        None,
+        description="The job it runs or the multi-node rank it holds, when you may see the "
+        "job (an admin sees every one); null when idle or when the job is another user's.",
+    )
     started_at: datetime
     heartbeat_at: datetime
     heartbeat_age_seconds: float

@@ -1,5 +1,6 @@
-"""Read-only figures about the whole service, for /metrics: jobs by status, run times,
-live workers, the training speed of running jobs. Each is one SQL query."""
+"""Read-only figures about the whole service, for /metrics: jobs by status, queued and
+running jobs by user, preemptions, run times, live workers, the training speed of running
+jobs. Each is one SQL query (two for the users' names)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, Float, case, cast, func, select
 
 from shared.infra.db import Database
-from shared.infra.models import JOB_STATUSES, TERMINAL_STATUSES, Job, Metric, Worker, utcnow
+from shared.infra.models import (
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    Metric,
+    User,
+    Worker,
+    utcnow,
+)
+from shared.protocol import JobStatus
 
 # Upper bounds (seconds) of the job-duration histogram: 10 s to a day.
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 86400.0)
@@ -32,6 +42,32 @@ def jobs_by_status(db: Database) -> dict[str, int]:
         rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
         counts = {str(status): int(n) for status, n in rows}
     return {status: counts.get(status, 0) for status in JOB_STATUSES} | counts
+
+
+def jobs_by_user(db: Database) -> dict[str, dict[str, int]]:
+    """Queued and running jobs per owner's name ("" for jobs nobody owns): status -> name ->
+    count, every user with 0 for none. Counted by owner id (an index-only scan of
+    ix_jobs_owner_status_id), the names read apart."""
+    wanted = (JobStatus.QUEUED, JobStatus.RUNNING)
+    with db.session() as session:
+        names = {uid: name for uid, name in session.execute(select(User.id, User.name))}
+        rows = session.execute(
+            select(Job.owner_id, Job.status, func.count())
+            .where(Job.status.in_(wanted))
+            .group_by(Job.owner_id, Job.status)
+        ).all()
+    found = {str(status): dict.fromkeys(names.values(), 0) for status in wanted}
+    for owner_id, status, n in rows:
+        name = names.get(owner_id, "") if owner_id is not None else ""
+        counts = found[str(status)]
+        counts[name] = counts.get(name, 0) + int(n)
+    return found
+
+
+def preemptions_total(db: Database) -> int:
+    """Times any job was checkpointed and requeued to make room for another."""
+    with db.session() as session:
+        return int(session.scalar(select(func.coalesce(func.sum(Job.preemptions), 0))) or 0)
 
 
 def queues_in_use(db: Database) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from shared import jobs
-from shared.infra.models import Worker, utcnow
+from shared.infra.models import Job, Worker, utcnow
 from shared.jobs import workers
 from shared.spec import parse_spec
 from tests.conftest import ROOT
@@ -201,3 +201,28 @@ def test_serving_metrics_never_imports_torch(settings, db):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metrics_count_queued_and_running_jobs_by_user_and_preemptions(
+    app, db, accounts, anon, queue_name
+):
+    alice, bob = accounts["alice"].user_id, accounts["bob"].user_id
+    for owner in (alice, alice, bob, None):
+        make_job(db, owner, queue_name)
+    running = make_job(db, bob, queue_name)
+    assert jobs.claim(db, running, "metrics-worker", 60) == 1
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == running).values(preemptions=2))
+    done = make_job(db, alice, queue_name)
+    with db.session() as session:
+        session.execute(update(Job).where(Job.id == done).values(status="failed", preemptions=1))
+
+    got = parse(anon.get("/metrics").get_data(as_text=True))
+    assert got[("seqtrain_jobs_queued", '{user="alice"}')] == 2
+    assert got[("seqtrain_jobs_queued", '{user="bob"}')] == 1
+    assert got[("seqtrain_jobs_queued", '{user=""}')] == 1  # nobody's job
+    assert got[("seqtrain_jobs_queued", '{user="root"}')] == 0  # every user, 0 for none
+    assert got[("seqtrain_jobs_running", '{user="bob"}')] == 1
+    assert got[("seqtrain_jobs_running", '{user="alice"}')] == 0
+    assert ("seqtrain_jobs_running", '{user=""}') not in got  # no job of nobody's runs
+    assert got[("seqtrain_preemptions_total", "")] == 3

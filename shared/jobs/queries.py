@@ -40,6 +40,7 @@ SUMMARY_COLUMNS = (
     Job.total_steps,
     Job.error,
     Job.devices,
+    Job.priority,
     Job.created_at,
     Job.updated_at,
     Job.started_at,

@@ -2,7 +2,8 @@
 // events fed by the trainer's Redis channel), or polled from the job's detail and /metrics
 // while a stream is refused; the history from /metrics, the timeline from /events, the log
 // followed through /logs, checkpoints, and the cancel / retry / predict actions; a seq2seq
-// job's sample translations from /samples, reloaded after each validation's metrics.
+// job's sample translations from /samples, reloaded after each validation's metrics; the
+// place in the queue and why it waits (queue.js).
 "use strict";
 
 (function () {
@@ -122,6 +123,7 @@
     error.hidden = !job.error;
     error.textContent = job.error || "";
     showProgress(job);
+    window.SeqtrainQueue.status(job);
     const changed = job.status !== state.status;
     state.status = job.status;
     return changed;
@@ -134,6 +136,7 @@
       $("fact-runtime").textContent = duration((end - Date.parse(job.started_at)) / 1000);
     }
     showTrial(job.sweep);
+    window.SeqtrainQueue.show(job);
     const decoding = job.spec && job.spec.decoding;
     if (decoding) $("translate-beam").placeholder = String(decoding.beam_size);
     showPredict();

@@ -1,8 +1,8 @@
-// The workers page: GET /api/v1/workers every few seconds.
+// The workers page: GET /api/v1/workers every few seconds; what each worker holds.
 "use strict";
 
 (function () {
-  const { api, el, time, duration } = window.Seqtrain;
+  const { api, el, time, duration, age } = window.Seqtrain;
   const REFRESH_MS = 3000;
   const workersBody = document.querySelector("#workers tbody");
   const queuesBody = document.querySelector("#queues tbody");
@@ -17,7 +17,21 @@
     return el("td", {}, summary, names.length ? el("div", { className: "muted small" }, names.join(", ")) : null);
   }
 
+  // What the worker holds: the job it runs (name, owner, priority, since when) or the node
+  // rank of a multi-node attempt it reserved; busy with a job you may not see; or idle.
   function currentJob(worker) {
+    const job = worker.job;
+    if (job) {
+      const facts = [job.owner || "no owner", "priority " + job.priority];
+      if (job.node_rank !== null) facts.push("node " + job.node_rank + " of " + job.nodes);
+      if (job.since) facts.push("since " + time(job.since) + " (" + age(job.since) + " ago)");
+      return el("td", { className: "holder", dataset: { job: String(job.id) } },
+        el("a", { href: "/jobs/" + job.id }, "job " + job.id), " ", job.name,
+        el("div", { className: "muted small" }, facts.join(" · ")),
+        job.preempt_by
+          ? el("div", { className: "small" }, "making room for ", el("a", { href: "/jobs/" + job.preempt_by }, "job " + job.preempt_by))
+          : null);
+    }
     if (worker.current_job_id !== null) {
       return el("td", {}, el("a", { href: "/jobs/" + worker.current_job_id }, "job " + worker.current_job_id));
     }
