@@ -17,6 +17,9 @@ from shared.protocol import TERMINAL_STATUSES, JobStatus
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Override the spec's name.")
 @click.option("--queue", help="Override the spec's resources.queue.")
+@click.option(
+    "--priority", help="Override the spec's resources.priority: 0-100, low, normal or high."
+)
 @wait_option
 @follow_option
 @url_option
@@ -26,6 +29,7 @@ def submit(
     spec_file: str,
     name: str | None,
     queue: str | None,
+    priority: str | None,
     wait: bool,
     follow_: bool,
     url: str | None,
@@ -40,6 +44,10 @@ def submit(
         spec["name"] = name
     if queue is not None:
         spec.setdefault("resources", {})["queue"] = queue
+    if priority is not None:  # the API validates it (a 422 names resources.priority)
+        spec.setdefault("resources", {})["priority"] = (
+            int(priority) if priority.isdigit() else priority
+        )
     client = make_client(url, token)
     watch(client, call(client.post, "/api/v1/jobs", spec), wait, follow_, as_json)
 

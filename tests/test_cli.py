@@ -93,6 +93,16 @@ def test_bad_spec_prints_the_fields(api_url, tmp_path):
     )
 
 
+def test_submit_priority_overrides_the_spec(api_url, client, tmp_path):
+    path = write_spec(tmp_path, tiny_spec(resources={"queue": f"nobody-{uuid.uuid4().hex[:6]}"}))
+    result = seqtrain("submit", str(path), "--priority", "high", "--json", url=api_url)
+    assert result.returncode == 0, result.stderr
+    job = client.get(f"/api/v1/jobs/{json.loads(result.stdout)['id']}").json
+    assert job["priority"] == 75 and job["spec"]["resources"]["priority"] == 75
+    bad = seqtrain("submit", str(path), "--priority", "urgent", url=api_url)
+    assert bad.returncode == 1 and "resources.priority" in bad.stderr
+
+
 def test_cancel_and_unreadable_files(api_url, tmp_path):
     path = write_spec(tmp_path, tiny_spec(resources={"queue": "nobody-listens"}))
     created = json.loads(seqtrain("submit", str(path), "--json", url=api_url).stdout)
