@@ -2,7 +2,8 @@
 
 errors.py       one JSON error shape for every failure: {"error": {code, message, fields}}
 auth.py         bearer tokens, page sessions, CSRF, failed-sign-in limiting, ownership checks
-sessions.py     /api/v1/users/<name>/sessions and /api/v1/sessions/<id>: list and end sign-ins
+sessions.py     /api/v1/users (an admin lists them and sets their limits), and
+                /api/v1/users/<name>/sessions, /api/v1/sessions/<id>: list and end sign-ins
 openapi.py      route registry -> the OpenAPI 3.1 document (generated from the pydantic models)
 schemas.py      response and query models
 inference_schemas.py  the inference routes' requests and answers (predict, generate, translate)

@@ -292,8 +292,8 @@ class Settings:
     reserve_seconds: float = setting(
         "SEQTRAIN_RESERVE_SECONDS",
         60.0,
-        "how long a multi-node job's node 0 waits for all its workers before it gives the"
-        " attempt back",
+        "how often a reserving multi-node job's node 0 checks that enough live workers"
+        " could still join it (else it gives the attempt back)",
         number,
     )
     priority_aging: float = setting(

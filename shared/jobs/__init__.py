@@ -11,7 +11,8 @@ that attempt. A zombie or a duplicate delivery therefore never writes.
 
 The package re-exports the state machine's names (`from shared import jobs; jobs.claim(...)`):
 
-errors.py       JobNotFound, InvalidTransition, IdempotentReplay, DatasetGone, Fenced
+errors.py       JobNotFound, InvalidTransition, IdempotentReplay, DatasetGone, Fenced,
+                QuotaExceeded
 events.py       the event row each change leaves, and notes that change no status
 submission.py   NewJob, create_job(s), submit_jobs (one INSERT a batch), idempotency keys,
                 the queued jobs awaiting a Redis message
@@ -27,6 +28,12 @@ pausing.py      a sweep trial's pause, promotion and pruning
 progress.py     a job's fraction of planned steps done and its ETA
 estimate.py     parameter count and peak memory per device of a spec, without torch
 routing.py      whether any registered worker on the job's queue can hold it
+ranking.py      the queue's order as pure functions: priority levels with aging, owners'
+                shares and soft quotas
+scheduler.py    which job a free worker takes (decided in SQL), multi-node reservations
+                first and one at a time a queue, the claim under soft quotas
+preemption.py   running jobs asked to make room for waiting jobs that outrank them
+waiting.py      a queued job's position and why it waits; what each worker holds
 nodes.py        the workers reserved for a multi-node attempt (job_nodes)
 workers.py      the workers table: registration, heartbeat, current job
 """
