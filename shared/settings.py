@@ -299,7 +299,7 @@ class Settings:
     priority_aging: float = setting(
         "SEQTRAIN_PRIORITY_AGING",
         600.0,
-        "seconds of waiting that raise a queued job's priority by one (nothing starves)",
+        "seconds of waiting that raise a priority's queued jobs by one level (nothing starves)",
         number,
     )
     fair_share: bool = setting(

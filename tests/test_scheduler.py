@@ -82,6 +82,20 @@ def test_waiting_raises_a_job_one_level_per_aging_period(db, queue, accounts):
     assert take(db, queue).job_id == new_normal
 
 
+def test_fair_share_holds_for_a_backlog_older_than_an_aging_period(db, queue, accounts):
+    alice, bob = accounts["alice"].user_id, accounts["bob"].user_id
+    set_user(db, alice, usage=5000.0, usage_at=utcnow())
+    backlog = [submit(db, queue, alice) for _ in range(3)]
+    for job_id in backlog:  # submitted 2.5 aging periods ago
+        key = (utcnow() - timedelta(seconds=2.5 * DEFAULT_AGING)).timestamp() - 50 * DEFAULT_AGING
+        set_job(db, job_id, rank_key=key)
+    bobs = submit(db, queue, bob)
+    # The whole priority rose together: bob's new job is on the backlog's level, and goes
+    # first for the smaller share; a lower priority that waited less stays below.
+    low = submit(db, queue, bob, priority=49)
+    assert [take(db, queue, f"w{n}").job_id for n in range(5)] == [bobs, *backlog, low]
+
+
 def test_fair_share_puts_the_owner_with_less_usage_first(db, queue, accounts):
     alice, bob = accounts["alice"].user_id, accounts["bob"].user_id
     set_user(db, alice, usage=5000.0, usage_at=utcnow())

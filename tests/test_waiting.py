@@ -120,14 +120,14 @@ def test_position_is_priority_then_age_then_id_on_the_queue_alone(db, settings, 
     now = utcnow().timestamp()
     base = now - 60  # submitted a minute ago: every one of them at its own priority's level
     order = [
-        queued(db, bob, key=base - 75 * AGING, name="high"),
+        queued(db, bob, priority=75, key=base - 75 * AGING, name="high"),
         queued(db, None, key=base - 50 * AGING, name="nobody's"),
         queued(db, alice, key=base - 50 * AGING + 1, name="same level, younger"),
         queued(db, bob, key=base - 50 * AGING + 1, name="same key, larger id"),
-        queued(db, alice, key=base - 25 * AGING, name="low"),
+        queued(db, alice, priority=25, key=base - 25 * AGING, name="low"),
     ]
-    queued(db, alice, key=base - 99 * AGING, queue="elsewhere")
-    running = queued(db, bob, key=base - 99 * AGING)
+    queued(db, alice, priority=99, key=base - 99 * AGING, queue="elsewhere")
+    running = queued(db, bob, priority=99, key=base - 99 * AGING)
     assert jobs.claim(db, running, "somewhere", 60) == 1
     worker(db, "idle-one")
     got = [wait_of(db, settings, job_id) for job_id in order]
@@ -148,7 +148,7 @@ def test_aging_raises_a_waiting_job_past_younger_higher_ones(db, settings, accou
     alice = accounts["alice"].user_id
     now = utcnow().timestamp()
     # Priority 25, waiting 30 levels: level 55, ahead of a fresh priority-50 job.
-    old = queued(db, alice, key=now - 30 * AGING - 25 * AGING)
+    old = queued(db, alice, priority=25, key=now - 30 * AGING - 25 * AGING)
     fresh = queued(db, alice, key=now - 5 - 50 * AGING)
     worker(db, "w")
     assert wait_of(db, settings, old) == waiting.Wait(1, "next: waiting for a free worker")
@@ -279,3 +279,15 @@ def test_workers_show_what_each_holds_to_those_who_may_see_it(client, db, accoun
     assert by_name["w-idle"]["job"] is None and not by_name["w-idle"]["busy"]
     admin = client.get("/api/v1/workers", headers=accounts["root"].headers).json
     assert {w["name"]: w for w in admin["workers"]}["w-bob"]["job"]["owner"] == "bob"
+
+
+def test_an_older_job_of_the_same_priority_is_never_of_higher_priority(db, settings, accounts):
+    """A priority rises together (ranking.levels): a backlog that waited past an aging
+    period is ahead, but not of a higher priority."""
+    alice, bob = accounts["alice"].user_id, accounts["bob"].user_id
+    now = utcnow().timestamp()
+    for _ in range(3):
+        queued(db, alice, key=now - 2.5 * AGING - 50 * AGING)
+    fresh = queued(db, bob, key=now - 5 - 50 * AGING)
+    worker(db, "w")
+    assert wait_of(db, settings, fresh) == waiting.Wait(4, "3 jobs ahead")

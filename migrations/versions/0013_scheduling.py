@@ -34,6 +34,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('preempt_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
         batch_op.add_column(sa.Column('claimed_at', shared.infra.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('ix_jobs_claim', ['status', 'queue', 'owner_id', 'rank_key', 'id'], unique=False)
+        batch_op.create_index('ix_jobs_priority_rank', ['status', 'queue', 'priority', 'rank_key'], unique=False)
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('max_priority', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('max_running', sa.Integer(), nullable=True))
@@ -74,6 +75,7 @@ def downgrade() -> None:
         for column in ('usage_at', 'usage', 'max_queued', 'max_devices', 'max_running', 'max_priority'):
             batch_op.drop_column(column)
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_index('ix_jobs_priority_rank')
         batch_op.drop_index('ix_jobs_claim')
         for column in ('claimed_at', 'preempt_by', 'preemptions', 'preemptible', 'rank_key', 'nodes', 'priority'):
             batch_op.drop_column(column)

@@ -270,6 +270,8 @@ class Job(Base):
         Index("ux_jobs_owner_idempotency_key", "owner_id", "idempotency_key", unique=True),
         # The claim: each owner's best queued job on a queue, one index probe an owner.
         Index("ix_jobs_claim", "status", "queue", "owner_id", "rank_key", "id"),
+        # A priority's longest-waiting job on a queue: its level (queue position's reason).
+        Index("ix_jobs_priority_rank", "status", "queue", "priority", "rank_key"),
     )
 
 

@@ -1,9 +1,9 @@
 """Preemption: a waiting job that outranks a running one makes room for itself.
 
-When a queued job's level (priority with aging) is at least SEQTRAIN_PREEMPT_MARGIN above
-a running job's priority and no free worker on its queue could start it, the lowest-ranked
-running job whose worker could hold it (the lowest priority, the most recently started
-first) is asked to make room: its `preempt_by` is set, its supervisor sees it within a
+When a queued job's level (its priority with aging, shared.jobs.ranking.levels) is at
+least SEQTRAIN_PREEMPT_MARGIN above a running job's priority and no free worker on its
+queue could start it, the lowest-ranked running job whose worker could hold it (the
+lowest priority, the most recently started first) is asked to make room: its `preempt_by` is set, its supervisor sees it within a
 poll, drains the trainer (a checkpoint at the current step) and requeues the job, which
 keeps its rank key and later resumes exactly; its event reads "preempted by job N".
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from shared.infra.db import Database, affected_rows
 from shared.infra.models import Job, JobNode, Worker, utcnow
 from shared.jobs.events import add_event
-from shared.jobs.ranking import Candidate, Policy, level, order
+from shared.jobs.ranking import Candidate, Policy, levels, order
 from shared.jobs.scheduler import heads, owner_loads
 from shared.protocol import JobStatus
 from shared.settings import Settings
@@ -65,7 +65,10 @@ def preempt(
             loads = owner_loads(session, policy, now.timestamp())
             found = heads(session, queue, max(on_queue.values()))
             ranked = order(found, loads, policy, now.timestamp())[:LOOK_AHEAD]
-            plans.extend(_plan(session, settings, policy, queue, on_queue, ranked, now.timestamp()))
+            level_of = levels(found, now.timestamp(), policy.aging)
+            plans.extend(
+                _plan(session, settings, queue, on_queue, ranked, level_of, now.timestamp())
+            )
     for victim, attempt, waiting, why in plans:
         if _ask(db, victim, attempt, waiting, why):
             asked.append((victim, waiting))
@@ -85,10 +88,10 @@ def _live_workers(session: Session, stale_after: float) -> list[tuple[str, list[
 def _plan(
     session: Session,
     settings: Settings,
-    policy: Policy,
     queue: str,
     on_queue: dict[str, int],
     ranked: list[Candidate],
+    level_of: dict[int, int],
     now: float,
 ) -> list[tuple[int, int, int, str]]:
     """(victim, its attempt, waiting job, why) for the waiting jobs of `queue` that need it."""
@@ -107,7 +110,7 @@ def _plan(
             continue
         if waiting.job_id in making_room:
             continue
-        waiting_level = level(waiting.rank_key, now, policy.aging)
+        waiting_level = level_of[waiting.priority]
         eligible = [
             v
             for v in victims

@@ -2,14 +2,21 @@
 share, the soft quotas that hold an owner's jobs back, and the order a free worker takes
 the candidates in (shared.jobs.scheduler reads them from SQL).
 
-A job's rank key is its submit time in epoch seconds less priority x aging, so that
+A job's rank key is its submit time in epoch seconds less priority x aging: within one
+owner's jobs a smaller key is a higher priority, or as high and older, so that each
+owner's best job is one index probe (`ix_jobs_claim`).
 
-    level = floor((now - rank_key) / aging) = priority + floor(waited / aging)
+Between owners the order is by level, then share, then age. Aging lifts a whole priority
+together: the level of the jobs of priority p is
 
-is its priority raised by one every `aging` seconds it waits, and a smaller key is a higher
-level: the queue is ordered by one indexed column whatever the time. Within one level the
-owner with the smaller share goes first (device-seconds of the last hours, halved every
-HALF_LIFE, counting what runs now), then the smaller key (the oldest).
+    level(p) = p + floor(longest wait among the candidates of priority p / aging)
+
+so a priority whose jobs wait rises one level every `aging` seconds until it is served
+(nothing starves behind a stream of higher-priority work), while jobs of one priority stay
+at one level, where fair share orders them: the owner with the smaller share first
+(device-seconds, halved every HALF_LIFE, counting what runs now), then the smaller key
+(the oldest). Were each job aged on its own, a backlog older than one aging period would
+sit a level above newer jobs of the same priority and fair share would never apply to it.
 """
 
 from __future__ import annotations
@@ -30,8 +37,19 @@ def rank_key(priority: int, submitted: datetime, aging: float) -> float:
 
 
 def level(key: float, now: float, aging: float) -> int:
-    """A queued job's effective priority now: its priority plus one per `aging` s waited."""
+    """A queued job's priority plus one per `aging` s it waited (on its own, not its
+    priority's: see `levels`)."""
     return math.floor((now - key) / aging + 1e-9)
+
+
+def levels(candidates: Iterable[Candidate], now: float, aging: float) -> dict[int, int]:
+    """Each candidate priority's level now: the priority plus one per `aging` seconds its
+    longest-waiting candidate has waited."""
+    oldest: dict[int, float] = {}
+    for c in candidates:
+        submitted = c.rank_key + c.priority * aging
+        oldest[c.priority] = min(oldest.get(c.priority, submitted), submitted)
+    return {p: p + math.floor(max(0.0, now - t) / aging + 1e-9) for p, t in oldest.items()}
 
 
 def decayed(usage: float, since: datetime | None, now: float) -> float:
@@ -78,6 +96,7 @@ class Candidate:
     rank_key: float
     devices: int
     nodes: int
+    priority: int = DEFAULT_PRIORITY
 
     @property
     def footprint(self) -> int:
@@ -90,15 +109,16 @@ def order(
     policy: Policy,
     now: float,
 ) -> list[Candidate]:
-    """The candidates a free worker may take, best first: higher level, then (with fair
-    share) the owner with the smaller share, then the smaller rank key (older), then id.
-    An owner at a soft quota's limit is left out."""
+    """The candidates a free worker may take, best first: higher level (`levels`), then
+    (with fair share) the owner with the smaller share, then the smaller rank key (older),
+    then id. An owner at a soft quota's limit is left out."""
     idle = OwnerLoad()
     allowed = [c for c in candidates if loads.get(c.owner_id, idle).held_back(c.footprint) is None]
+    level_of = levels(allowed, now, policy.aging)
 
     def sort_key(c: Candidate) -> tuple[int, float, float, int]:
         share = loads.get(c.owner_id, idle).usage if policy.fair_share else 0.0
-        return (-level(c.rank_key, now, policy.aging), share, c.rank_key, c.job_id)
+        return (-level_of[c.priority], share, c.rank_key, c.job_id)
 
     return sorted(allowed, key=sort_key)
 

@@ -98,9 +98,11 @@ def heads(session: Session, queue: str, devices: int, max_nodes: int = 1) -> lis
     if not ids:
         return []
     rows = session.execute(
-        select(Job.id, Job.owner_id, Job.rank_key, Job.devices, Job.nodes).where(Job.id.in_(ids))
+        select(Job.id, Job.owner_id, Job.rank_key, Job.devices, Job.nodes, Job.priority).where(
+            Job.id.in_(ids)
+        )
     ).all()
-    return [Candidate(r.id, r.owner_id, r.rank_key, r.devices, r.nodes) for r in rows]
+    return [Candidate(r.id, r.owner_id, r.rank_key, r.devices, r.nodes, r.priority) for r in rows]
 
 
 def reserving(session: Session, queue: str) -> list[tuple[int, int, int, int]]:

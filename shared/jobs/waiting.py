@@ -17,7 +17,10 @@ Why it waits, the first that applies:
 1. its owner's soft quota (max_running, max_devices): "your quota: 2 running (at most 2)";
 2. a multi-node job lacking free workers: "waiting for 2 free workers" (the nodes it needs
    less the live, idle workers on its queue with its devices);
-3. jobs of a higher level (priority with aging now) ahead: "3 jobs of higher priority ahead";
+3. jobs of a higher level ahead: "3 jobs of higher priority ahead" (those whose own wait
+   puts them above the level of the job's priority now, shared.jobs.ranking.levels: never
+   a job of its own priority, which shares its level; a job of another priority that rises
+   only with its priority's oldest job is not counted);
 4. no live worker on its queue has its devices: "no live worker on queue 'gpu' has 4 devices";
 5. else "2 jobs ahead", or "next: waiting for a free worker".
 """
@@ -35,8 +38,7 @@ from sqlalchemy.orm import Session
 from shared.infra.db import Database
 from shared.infra.models import Job, JobNode, User, Worker, utcnow
 from shared.jobs.errors import JobNotFound
-from shared.jobs.ranking import OwnerLoad, Policy
-from shared.jobs.ranking import level as level_of
+from shared.jobs.ranking import Candidate, OwnerLoad, Policy, levels
 from shared.jobs.scheduler import fitting_workers, owner_loads
 from shared.protocol import JobStatus
 from shared.settings import Settings
@@ -116,7 +118,7 @@ def queue_wait_in(session: Session, job: Job, settings: Settings) -> Wait:
     """A queued `job`'s Wait, read in the caller's session."""
     policy = Policy(settings.priority_aging, settings.fair_share)
     now = utcnow().timestamp()
-    edge = higher_level_edge(level_of(job.rank_key, now, policy.aging), now, policy.aging)
+    edge = higher_level_edge(_band_level(session, job, now, policy.aging), now, policy.aging)
     ahead, higher = _ahead(session, job, edge)
     load = owner_loads(session, policy, now).get(job.owner_id, OwnerLoad())
     stale = settings.worker_stale_seconds
@@ -133,6 +135,18 @@ def queue_wait_in(session: Session, job: Job, settings: Settings) -> Wait:
         idle_fitting=_idle_fitting(session, job.queue, job.devices, stale) if job.nodes > 1 else 0,
     )
     return Wait(ahead + 1, reason(facts))
+
+
+def _band_level(session: Session, job: Job, now: float, aging: float) -> int:
+    """The level of the job's priority on its queue now (ranking.levels: the priority
+    raised by its longest-waiting job's wait), one probe of `ix_jobs_priority_rank`."""
+    oldest = session.scalar(
+        select(func.min(Job.rank_key)).where(
+            Job.status == JobStatus.QUEUED, Job.queue == job.queue, Job.priority == job.priority
+        )
+    )
+    key = job.rank_key if oldest is None else min(oldest, job.rank_key)
+    return levels([Candidate(job.id, None, key, 1, 1, job.priority)], now, aging)[job.priority]
 
 
 def _ahead(session: Session, job: Job, edge: float) -> tuple[int, int]:
