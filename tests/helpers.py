@@ -48,3 +48,19 @@ def row_count(db: Any, model: Any) -> int:
 
     with db.session() as session:
         return int(session.scalar(select(func.count()).select_from(model)))
+
+
+def register_worker(db: Any, name: str, queue: str, devices: int = 1) -> None:
+    """A live CPU worker with `devices` devices on `queue` in the worker registry."""
+    from shared.jobs import workers
+
+    workers.register(
+        db,
+        name=name,
+        hostname="host",
+        pid=1,
+        queues=[queue],
+        device_kind="cpu",
+        device_count=devices,
+        devices=[{"name": "cpu", "memory_bytes": 8 << 30}] * devices,
+    )

@@ -17,7 +17,7 @@ from shared.jobs import nodes as node_rows
 from shared.jobs import workers
 from shared.spec import parse_spec
 from tests import test_browser
-from tests.helpers import tiny_spec
+from tests.helpers import register_worker, tiny_spec
 from tests.test_browser import WIDTHS, XSS_NAME
 
 browser = test_browser.browser
@@ -40,16 +40,7 @@ def submit(db, owner_id, name, priority=50, nodes=1):
 
 
 def register(db, name, job_id=None):
-    workers.register(
-        db,
-        name=name,
-        hostname="gpu-host",
-        pid=7,
-        queues=[QUEUE],
-        device_kind="cpu",
-        device_count=1,
-        devices=[{"name": "cpu", "memory_bytes": 8 << 30}],
-    )
+    register_worker(db, name, QUEUE)
     if job_id is not None:
         workers.set_current_job(db, name, job_id)
 

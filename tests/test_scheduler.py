@@ -14,11 +14,11 @@ from sqlalchemy import update
 
 from shared import jobs
 from shared.infra.models import Job, User, utcnow
-from shared.jobs import nodes, scheduler, workers
+from shared.jobs import nodes, scheduler
 from shared.jobs.ranking import DEFAULT_AGING, Policy
 from shared.protocol import JobStatus
 from shared.spec import parse_spec
-from tests.helpers import tiny_spec
+from tests.helpers import register_worker, tiny_spec
 
 FIFO = Policy(fair_share=False)
 
@@ -38,16 +38,7 @@ def take(db, queue: str, worker: str = "w1", devices: int = 1, policy: Policy | 
 
 
 def register(db, name: str, queue: str, devices: int = 1) -> None:
-    workers.register(
-        db,
-        name=name,
-        hostname="h",
-        pid=1,
-        queues=[queue],
-        device_kind="cpu",
-        device_count=devices,
-        devices=[{"name": "cpu", "memory_bytes": 1 << 30}] * devices,
-    )
+    register_worker(db, name, queue, devices)
 
 
 def set_job(db, job_id: int, **values) -> None:

@@ -19,7 +19,7 @@ from shared.jobs import waiting, workers
 from shared.jobs.ranking import level
 from shared.jobs.waiting import Facts, reason
 from shared.spec import parse_spec
-from tests.helpers import tiny_spec
+from tests.helpers import register_worker, tiny_spec
 
 QUEUE = "waiting-q"
 AGING = 600.0
@@ -99,16 +99,7 @@ def queued(db, owner_id, *, priority=50, devices=1, nodes=1, queue=QUEUE, key=No
 
 
 def worker(db, name, devices=1, queue=QUEUE):
-    workers.register(
-        db,
-        name=name,
-        hostname="host",
-        pid=1,
-        queues=[queue],
-        device_kind="cpu",
-        device_count=devices,
-        devices=[{"name": "cpu", "memory_bytes": 8 << 30}] * devices,
-    )
+    register_worker(db, name, queue, devices)
 
 
 def wait_of(db, settings, job_id):
