@@ -247,7 +247,16 @@ class Controller:
             return
         point = rungs_after(self.config, 0)
         pause = pause_columns(self.config, spec.training.epochs, point)
-        job_id = store.create_trial(self.db, self.sweep, number, optuna_id, params, spec, pause)
+        job_id = store.create_trial(
+            self.db,
+            self.sweep,
+            number,
+            optuna_id,
+            params,
+            spec,
+            pause,
+            self.settings.priority_aging,
+        )
         if job_id is None:
             return
         self.created.append(job_id)

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.infra.db import Database, affected_rows
 from shared.infra.models import Job, JobDataset, Metric, Sweep, SweepTrial, utcnow
 from shared.jobs.events import add_event
+from shared.jobs.ranking import DEFAULT_AGING
 from shared.jobs.submission import NewJob, job_values
 from shared.protocol import JobStatus
 from shared.spec import JobSpec
@@ -156,6 +157,7 @@ def create_trial(
     params: dict[str, Any],
     spec: JobSpec,
     pause_at: tuple[int | None, int | None],
+    aging: float = DEFAULT_AGING,
 ) -> int | None:
     """The trial's queued job (owned by the sweep's owner, on its pinned datasets and base
     model, paused at `pause_at` = (step, epoch)) and its row, in one transaction. None when
@@ -167,6 +169,7 @@ def create_trial(
         sweep.datasets,
         message=f"trial {number} of sweep {sweep.id} ({sweep.name})",
         base_model_id=sweep.base_model_id,
+        aging=aging,
     )
     values = job_values(new, utcnow())
     values["pause_at_step"], values["pause_at_epoch"] = pause_at
