@@ -20,6 +20,7 @@ import torch
 from shared.spec import parse_spec
 from shared.zoo.checkpoints import load_checkpoint, save_checkpoint
 from tests.helpers import tiny_spec
+from worker.distributed import end_group
 from worker.launch import single_node_options
 from worker.trainer import Reporter, train
 
@@ -138,7 +139,7 @@ def rank_main(out: Path) -> None:
         train(spec, collect.reporter(), backbone=backbone_for(name))
         results[name] = {"losses": collect.losses(), "saved": [str(p) for p in collect.saved]}
     (out / f"rank-{rank}.json").write_text(json.dumps(results))
-    torch.distributed.destroy_process_group()
+    end_group(0)  # together, as the trainer does: a rank leaving early aborts its peer's gloo
 
 
 def torchrun(out: Path, nproc: int = 2) -> subprocess.Popen[str]:
