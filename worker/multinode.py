@@ -101,23 +101,26 @@ def lead(
         # All or nothing: release every rank before the attempt is given back, so that the
         # other nodes return without starting anything.
         nodes.release(db, job_id, attempt)
-        if state == "cancelled":
-            reason = Outcome(AttemptOutcome.CANCELLED, CANCELLED_BY_USER, None)
-        elif state == "fenced":
-            reason = Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, None)
-        elif state == "shutdown":
-            message = "worker shutting down while reserving; requeued"
-            reason = Outcome(AttemptOutcome.REQUEUED, message, None)
-        else:
-            reason = Outcome(
-                AttemptOutcome.RETRY,
-                f"reserved {held} of {wanted} workers within {settings.reserve_seconds:g} s",
-                None,
-            )
-        return record(db, job_id, attempt, reason, actor)
+        return record(db, job_id, attempt, _given_back(state, held, wanted, settings), actor)
     finally:
         with contextlib.suppress(OperationalError):
             nodes.release(db, job_id, attempt)
+
+
+def _given_back(state: str, held: int, wanted: int, settings: Settings) -> Outcome:
+    """How an attempt whose reservation did not complete ends, by why it stopped waiting."""
+    if state == "cancelled":
+        return Outcome(AttemptOutcome.CANCELLED, CANCELLED_BY_USER, None)
+    if state == "fenced":
+        return Outcome(AttemptOutcome.FENCED, OWNED_BY_ANOTHER, None)
+    if state == "shutdown":
+        message = "worker shutting down while reserving; requeued"
+        return Outcome(AttemptOutcome.REQUEUED, message, None)
+    return Outcome(
+        AttemptOutcome.RETRY,
+        f"reserved {held} of {wanted} workers within {settings.reserve_seconds:g} s",
+        None,
+    )
 
 
 def join(
