@@ -284,7 +284,11 @@ def anon(app):  # noqa: ANN001, ANN201
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment of a worker or trainer on `settings`: its database, Redis, store (with
-    the S3 endpoint; the credentials are in `os.environ` while the server runs) and cache."""
+    the S3 endpoint; the credentials are in `os.environ` while the server runs) and cache.
+
+    Preemption is off unless a test turns it on (SEQTRAIN_PREEMPTION=1): a worker's
+    reconciler preempts on every queue with live workers, and would race the tests that
+    register workers of their own and decide preemption themselves."""
     if is_remote(settings.artifact_root) and not os.environ.get("AWS_ACCESS_KEY_ID"):
         raise AssertionError("an s3:// store without AWS_* credentials in the environment")
     return dict(
@@ -298,6 +302,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         SEQTRAIN_CANCEL_POLL_SECONDS="0.1",
         SEQTRAIN_KILL_GRACE_SECONDS="0.5",
         SEQTRAIN_TORCH_THREADS="1",
+        SEQTRAIN_PREEMPTION="0",
         PYTHONUNBUFFERED="1",
     )
 

@@ -26,7 +26,11 @@ from tests.test_recovery import (
 
 pytestmark = pytest.mark.e2e
 
-RULES = {"SEQTRAIN_PREEMPT_MIN_RUNTIME": "0", "SEQTRAIN_PREEMPT_MARGIN": "20"}
+RULES = {
+    "SEQTRAIN_PREEMPTION": "1",
+    "SEQTRAIN_PREEMPT_MIN_RUNTIME": "0",
+    "SEQTRAIN_PREEMPT_MARGIN": "20",
+}
 
 
 @pytest.fixture
