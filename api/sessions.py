@@ -16,7 +16,7 @@ from api.http import json_body, query, reply
 from api.openapi import API_PREFIX, id_rule, operation
 from shared import auth, limits
 from shared.infra.models import User, UserSession, utcnow
-from shared.limits import Limits
+from shared.limits import SOFT_LIMITS, Limits
 
 bp = Blueprint("sessions", __name__, url_prefix=API_PREFIX)
 bp.before_request(require_principal)
@@ -137,7 +137,8 @@ def show_user(name: str) -> Response:
 def set_user_limits(name: str) -> Response:
     """Only the limits named change; a null clears one. max_priority and max_queued refuse
     the user's next submissions (422, 429); max_running and max_devices hold their further
-    jobs queued from the next claim on, and a job needing more than max_devices is a 422."""
+    jobs queued from the next claim on, and a job needing more than max_devices is a 422;
+    a change to either wakes the user's queued jobs at once."""
     require_admin("set a user's limits")
     body = Limits.model_validate(json_body())
     if not body.model_fields_set:
@@ -149,6 +150,8 @@ def set_user_limits(name: str) -> Response:
     user = limits.set_limits(services().db, name, changes) if auth.USER_NAME.match(name) else None
     if user is None:
         raise ApiError(404, "not_found", f"no user named {name!r}")
+    if SOFT_LIMITS & set(changes):
+        limits.wake_held(services().db, services().queue, user.id)
     return reply(user_out(user))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cli.common import database, fail, json_option
+from cli.common import database, fail, json_option, settings
 
 
 @click.group()
@@ -106,11 +106,17 @@ def limit_changes(options: dict[str, str | None]) -> dict[str, int | None]:
 @json_option
 def users_set(name: str, as_json: bool, **options: str | None) -> None:
     """Set NAME's limits (`none` clears one; those not named stay as they are)."""
-    from shared.limits import LIMITS, set_limits
+    from shared.infra.queue import JobQueue
+    from shared.limits import LIMITS, SOFT_LIMITS, set_limits, wake_held
 
-    user = set_limits(database(), name, limit_changes(options))
+    db, changes = database(), limit_changes(options)
+    user = set_limits(db, name, changes)
     if user is None:
         fail(f"no user named {name!r}")
+    if SOFT_LIMITS & set(changes) and not wake_held(db, JobQueue(settings()), user.id):
+        click.echo(
+            "Redis unreachable: jobs the limit held start at the reconciler's next pass", err=True
+        )
     row = user_row(user)
     if as_json:
         click.echo(json.dumps(row))

@@ -8,11 +8,13 @@ max_queued    jobs waiting at once: a submission past it is refused (a 429), cou
               insert's own transaction (shared.jobs.submission), so concurrent submissions
               never pass it; sweep trials count but are never refused
 
+A change to max_running or max_devices wakes the user's queued jobs at once (`wake_held`).
 Only an admin may submit a job with `resources.preemptible: false`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,9 +22,18 @@ from sqlalchemy import select
 
 from shared.infra.db import Database
 from shared.infra.models import User
+from shared.infra.queue import JobQueue
+from shared.jobs.scheduler import owner_queued
 from shared.resourcespec import ResourcesSpec
 
+log = logging.getLogger(__name__)
+
 LIMITS = ("max_priority", "max_running", "max_devices", "max_queued")
+# The limits that hold queued jobs back (the others refuse submissions).
+SOFT_LIMITS = frozenset({"max_running", "max_devices"})
+# Queued jobs woken when a soft limit changes: more than start at once on most clusters;
+# the rest are woken as those end (worker.tasks) or by the reconciler.
+WAKE_ON_CHANGE = 64
 MAX_LIMIT = 2**31 - 1  # the columns are 32-bit integers
 
 
@@ -86,6 +97,19 @@ def set_limits(db: Database, name: str, changes: Mapping[str, int | None]) -> Us
             setattr(user, limit, value)
         session.flush()
         return user
+
+
+def wake_held(db: Database, queue: JobQueue, user_id: int) -> bool:
+    """After a soft limit changes, jobs it held may start now, not at the reconciler's next
+    pass: the user's best queued jobs get a message (theirs was spent on a worker that
+    could not start them; one with nothing to take does nothing). False when Redis is
+    unreachable: the limits hold all the same, and the reconciler enqueues what waits."""
+    try:
+        queue.enqueue_jobs(owner_queued(db, user_id, WAKE_ON_CHANGE))
+    except Exception as exc:
+        log.warning("user %s: queued jobs not woken (%s)", user_id, type(exc).__name__)
+        return False
+    return True
 
 
 def over_limits(resources: ResourcesSpec, limits: Limits, is_admin: bool) -> list[tuple[str, str]]:

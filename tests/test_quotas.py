@@ -10,16 +10,20 @@ import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
+import redis
 import requests
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 from werkzeug.serving import make_server
 
+from api import create_app
 from cli.main import main as seqtrain
 from shared import jobs
 from shared.infra.models import Job, User
+from shared.infra.queue import job_ids_with_messages
 from shared.jobs import IdempotentReplay, NewJob
 from shared.jobs.errors import QuotaExceeded
 from shared.spec import parse_spec
@@ -123,7 +127,8 @@ def test_bad_limits_are_a_422_naming_the_field(app, accounts, db, body, path):
 
 
 def run_cli(settings, *args):
-    return CliRunner().invoke(seqtrain, args, env={"DATABASE_URL": settings.database_url})
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    return CliRunner().invoke(seqtrain, args, env=env)
 
 
 def test_users_set_and_list_on_the_command_line(settings, db, accounts):
@@ -168,6 +173,65 @@ def test_users_set_refuses_bad_limits(settings, db, accounts, args, message):
 def test_users_set_names_an_unknown_user(settings, db):
     refused = run_cli(settings, "users", "set", "nobody", "--max-queued", "1")
     assert refused.exit_code == 1 and "no user named 'nobody'" in refused.output
+
+
+# ---------------------------------------------------------------- a changed soft limit
+
+
+@pytest.fixture
+def broker(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+def held_jobs(client, db, broker, queue: str) -> list[int]:
+    """Three of alice's jobs held by max_running 0, their messages spent (as on workers
+    that could not start them)."""
+    limit(db, "alice", max_running=0)
+    ids = [client.post("/api/v1/jobs", json=spec_on(queue)).json["id"] for _ in range(3)]
+    broker.delete(queue)
+    assert job_ids_with_messages(broker, {queue: ids}, 60) == set()
+    return ids
+
+
+def test_a_changed_soft_limit_wakes_the_jobs_it_held(app, client, db, accounts, queue, broker):
+    ids = held_jobs(client, db, broker, queue)
+    root = authed_client(app, accounts["root"])
+    assert root.patch("/api/v1/users/alice", json={"max_queued": 50}).status_code == 200
+    assert job_ids_with_messages(broker, {queue: ids}, 60) == set()  # not a soft limit
+    assert root.patch("/api/v1/users/alice", json={"max_running": 2}).status_code == 200
+    assert job_ids_with_messages(broker, {queue: ids}, 60) == set(ids)
+
+
+def test_users_set_wakes_them_too(settings, client, db, queue, broker):
+    ids = held_jobs(client, db, broker, queue)
+    done = run_cli(settings, "users", "set", "alice", "--max-running", "none")
+    assert done.exit_code == 0, done.output
+    assert job_ids_with_messages(broker, {queue: ids}, 60) == set(ids)
+
+
+def test_with_redis_down_the_limit_is_set_all_the_same(settings, client, db, accounts, queue):
+    assert client.post("/api/v1/jobs", json=spec_on(queue)).status_code == 201  # one to wake
+    app = create_app(replace(settings, redis_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    try:
+        root = authed_client(app, accounts["root"])
+        answer = root.patch("/api/v1/users/alice", json={"max_running": 3})
+        assert answer.status_code == 200 and answer.json["max_running"] == 3
+    finally:
+        app.extensions["seqtrain"].db.dispose()
+    no_redis = CliRunner().invoke(
+        seqtrain,
+        ("users", "set", "alice", "--max-devices", "4"),
+        env={"DATABASE_URL": settings.database_url, "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert no_redis.exit_code == 0, no_redis.output
+    assert "Redis unreachable: jobs the limit held start at the reconciler's next pass" in (
+        no_redis.output
+    )
+    with db.session() as session:
+        user = session.get(User, accounts["alice"].user_id)
+        assert (user.max_running, user.max_devices) == (3, 4)
 
 
 # ---------------------------------------------------------------- hard limits at submit

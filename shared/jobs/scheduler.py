@@ -247,6 +247,19 @@ def held_by_quota(db: Database, owner_id: int | None, queue: str) -> int | None:
         )
 
 
+def owner_queued(db: Database, owner_id: int, limit: int) -> list[tuple[int, str]]:
+    """(job id, queue) of an owner's best `limit` queued jobs: those to wake when their
+    soft quota changes (a job it held spent its message on a worker that could not start it)."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.queue)
+            .where(Job.status == JobStatus.QUEUED, Job.owner_id == owner_id)
+            .order_by(Job.rank_key, Job.id)
+            .limit(limit)
+        ).all()
+    return [(row.id, row.queue) for row in rows]
+
+
 def _has_quota(session: Session, owner_id: int) -> bool:
     """Lock the owner's row (PostgreSQL; SQLite's write lock is already held) and say
     whether they have a soft quota."""
