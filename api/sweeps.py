@@ -25,6 +25,7 @@ from api.submissions import check_limits, resolve_datasets
 from shared import jobs
 from shared.infra.models import Job, Sweep, User
 from shared.jobs.routing import PlacementError, check_placement
+from shared.limits import Limits, over_limits
 from shared.protocol import JobStatus
 from shared.spec import JobSpec
 from shared.sweeps import store
@@ -33,6 +34,7 @@ from shared.sweeps.spec import (
     PrunerSpec,
     SweepError,
     SweepSpec,
+    resource_corners,
     validate_sweep,
 )
 
@@ -257,6 +259,24 @@ def placed(base: JobSpec, facts: Mapping[str, Any] | None) -> None:
         raise ApiError(422, "validation_error", f"invalid sweep: {path}", fields) from None
 
 
+def check_trial_limits(sweep: SweepSpec, base: JobSpec, allowed: Limits) -> None:
+    """A 422 naming each parameter whose values would take a trial past the caller's
+    limits (a search space over `resources.priority`, `devices`, `nodes` or
+    `preemptible`): each trial is held to them as a job is."""
+    admin = current_principal().is_admin
+    fields: dict[str, dict[str, str]] = {}
+    for params, spec in resource_corners(sweep, base):
+        for field, why in over_limits(spec.resources, allowed, admin):
+            path = "parameters." + (field if field in params else next(iter(params)))
+            shown = ", ".join(f"{p} = {v!r}" for p, v in params.items())
+            fields.setdefault(
+                path, {"path": path, "message": f"{why} (at {shown})", "type": "limit"}
+            )
+    if fields:
+        paths = ", ".join(fields)
+        raise ApiError(422, "validation_error", f"invalid sweep: {paths}", list(fields.values()))
+
+
 @operation(
     bp,
     "POST",
@@ -270,17 +290,19 @@ def placed(base: JobSpec, facts: Mapping[str, Any] | None) -> None:
 def submit() -> Response:
     """Validates the whole sweep (every parameter path is a job-spec field whose own bounds
     hold the distribution; the objective is a metric the task reports; the spec at each
-    parameter's extremes and every choice is valid), pins the base spec's datasets and base
+    parameter's extremes and every choice is valid, and holds the caller's limits, each
+    `resources` parameter at its corners too), pins the base spec's datasets and base
     model for the caller, and stores the sweep (`running`). Trials start within seconds,
     at most `max_parallel` at a time. A 422 names the failing field."""
     sweep, base = validated(json_body())
     principal = current_principal()
     try:
-        check_limits(base)  # the caller's priority, devices and preemptible limits
+        allowed = check_limits(base)  # the caller's priority, devices and preemptible limits
         base, model = pin_base_model(base)
         links = resolve_datasets(base)
     except ApiError as exc:
         raise prefixed(exc) from None
+    check_trial_limits(sweep, base, allowed)
     placed(base, None if model is None else {"parameters": model.parameters, **model.summary})
     row = store.create_sweep(
         services().db,

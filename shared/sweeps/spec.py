@@ -204,6 +204,37 @@ def corners(param: FloatParam | IntParam | CategoricalParam) -> list[Any]:
     return [param.low, param.high] if param.low != param.high else [param.low]
 
 
+def resource_corners(sweep: SweepSpec, base: JobSpec) -> list[tuple[dict[str, Any], JobSpec]]:
+    """(parameters, trial spec) at each corner of the parameters under `resources`, and
+    with each at its highest value together (devices x nodes): what the caller's limits
+    are checked against, since each trial is held to them as a job is."""
+    base_doc = base.model_dump(mode="json")
+    found: list[tuple[dict[str, Any], JobSpec]] = []
+    highest: dict[str, Any] = {}
+    for path, param in sweep.parameters.items():
+        if not path.startswith("resources."):
+            continue
+        field, top = path.split(".")[1], None
+        for value in corners(param):
+            spec = _trial(base_doc, {path: value})
+            if spec is None:
+                continue  # validate_sweep names it
+            found.append(({path: value}, spec))
+            level = getattr(spec.resources, field)
+            if type(level) is int and (top is None or level > top):
+                top, highest[path] = level, value
+    if len(highest) > 1 and (together := _trial(base_doc, highest)) is not None:
+        found.append((highest, together))
+    return found
+
+
+def _trial(base_doc: dict[str, Any], params: dict[str, Any]) -> JobSpec | None:
+    try:
+        return parse_spec(trial_spec(base_doc, params, "trial"))
+    except ValidationError:
+        return None
+
+
 # The most points a grid sweep may have (the grid sampler lists every one).
 MAX_GRID_POINTS = 100_000
 
