@@ -5,17 +5,11 @@ past them is a 422 naming the parameter, nothing stored; within them it is accep
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
 
 from shared import jobs
-from shared.infra.models import User
 from tests.conftest import authed_client
+from tests.test_quotas import limit
 from tests.test_sweeps_api import sweep_request
-
-
-def limit(db, name: str, **limits) -> None:
-    with db.session() as session:
-        session.execute(update(User).where(User.name == name).values(**limits))
 
 
 def over(**parameters) -> dict:
