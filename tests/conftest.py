@@ -334,6 +334,28 @@ def worker(
     stop(proc, timeout=30)
 
 
+@pytest.fixture(scope="module")
+def reconcilers_paused(redis_url: str) -> Iterator[None]:
+    """Holds the reconcilers' pass lock through a module that makes sweep trials itself:
+    the reconciler of a worker started by the tests advances every running sweep, and would
+    make a trial first. Taken once the lock is free, so no pass is under way."""
+    import redis
+
+    from shared.protocol import RECONCILER_LOCK_KEY
+
+    client = redis.Redis.from_url(redis_url)
+    token = f"pytest-{uuid.uuid4().hex}"
+    wait_until(
+        lambda: client.set(RECONCILER_LOCK_KEY, token, nx=True, px=600_000),
+        30,
+        message="the reconcilers' pass lock to be free",
+    )
+    yield
+    if client.get(RECONCILER_LOCK_KEY) == token.encode():
+        client.delete(RECONCILER_LOCK_KEY)
+    client.close()
+
+
 def s3_settings(
     settings: Settings, server: S3Server, monkeypatch: pytest.MonkeyPatch, prefix: str, **fields
 ) -> Settings:

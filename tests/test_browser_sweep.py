@@ -31,6 +31,7 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.e2e,
     pytest.mark.browser,
+    pytest.mark.usefixtures("reconcilers_paused"),  # the tests make the trials
 ]
 HOSTILE = "<img src=x onerror=alert(2)>"
 STEPS_PER_EPOCH = 10

@@ -21,6 +21,8 @@ from shared.sweeps.spec import trial_spec
 from tests.conftest import authed_client
 from tests.helpers import tiny_spec
 
+# The tests make the trials (conftest.reconcilers_paused).
+pytestmark = pytest.mark.usefixtures("reconcilers_paused")
 QUEUE = "nobody-listens"
 SAMPLE = re.compile(r"seqtrain_sweep_trials\{(?P<labels>[^}]*)\} (?P<value>\S+)")
 LABEL = re.compile(r'(\w+)="([^"]*)"')

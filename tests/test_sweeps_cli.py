@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from sqlalchemy import update
 
@@ -19,6 +20,9 @@ from shared.sweeps.spec import trial_spec
 from tests import test_cli
 from tests.conftest import ROOT, wait_until
 from tests.helpers import tiny_spec
+
+# The tests make the trials (conftest.reconcilers_paused).
+pytestmark = pytest.mark.usefixtures("reconcilers_paused")
 
 # The CLI tests' fixtures: a live API server, and the CLI signed in as alice.
 api_url = test_cli.api_url
