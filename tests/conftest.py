@@ -27,6 +27,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -334,11 +335,12 @@ def worker(
     stop(proc, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def reconcilers_paused(redis_url: str) -> Iterator[None]:
-    """Holds the reconcilers' pass lock through a module that makes sweep trials itself:
-    the reconciler of a worker started by the tests advances every running sweep, and would
-    make a trial first. Taken once the lock is free, so no pass is under way."""
+@contextmanager
+def reconcilers_held(redis_url: str) -> Iterator[None]:
+    """Hold the reconcilers' pass lock: the reconciler of a worker started by the tests acts
+    on every job, output and sweep in its database, and would race a test that makes the
+    same moves itself (its own passes are forced, past the lock). Taken once the lock is
+    free, so no pass is under way."""
     import redis
 
     from shared.protocol import RECONCILER_LOCK_KEY
@@ -350,10 +352,26 @@ def reconcilers_paused(redis_url: str) -> Iterator[None]:
         30,
         message="the reconcilers' pass lock to be free",
     )
-    yield
-    if client.get(RECONCILER_LOCK_KEY) == token.encode():
-        client.delete(RECONCILER_LOCK_KEY)
-    client.close()
+    try:
+        yield
+    finally:
+        if client.get(RECONCILER_LOCK_KEY) == token.encode():
+            client.delete(RECONCILER_LOCK_KEY)
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def reconcilers_paused(redis_url: str) -> Iterator[None]:
+    """No reconciler pass through a module whose tests make sweep trials themselves."""
+    with reconcilers_held(redis_url):
+        yield
+
+
+@pytest.fixture
+def reconciler_alone(redis_url: str) -> Iterator[None]:
+    """No other reconciler pass during a test that runs its own."""
+    with reconcilers_held(redis_url):
+        yield
 
 
 def s3_settings(

@@ -231,7 +231,7 @@ def test_orphan_checkpoints_are_those_no_row_names(conf, db):
     assert len(keys(store, other_id)) == 1
 
 
-def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch, request):
+def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch, reconciler_alone):
     store = open_store(conf)
     job_id, attempt = running_job(db)
     prefix = CHECKPOINTS.format(job_id)
@@ -242,10 +242,6 @@ def test_the_reconciler_cleans_up_after_a_dead_attempt(conf, db, monkeypatch, re
     time.sleep(1.1)
     monkeypatch.setattr(reconciler_module, "ORPHAN_CHECKPOINT_SECONDS", 0.5)
     redis = redis_client(conf.redis_url)
-    # Hold the pass lock, so that no worker's reconciler takes the job or the orphan sweep
-    # first while this test's own passes (forced, past the lock) run.
-    redis.set(reconciler_module.LOCK_KEY, "test", px=60_000)
-    request.addfinalizer(lambda: redis.delete(reconciler_module.LOCK_KEY))
     first = Reconciler(db, conf)
     expire_lease(db, job_id)
     redis.delete(SWEEP_KEY)

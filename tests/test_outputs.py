@@ -259,11 +259,11 @@ def expire(db, output_id):
         row.lease_expires_at = utcnow() - timedelta(seconds=1)
 
 
-def test_the_reconciler_recovers_a_lost_workers_output(db, settings, accounts):
+def test_the_reconciler_recovers_a_lost_workers_output(db, settings, accounts, reconciler_alone):
     job = queued_job(db, accounts["alice"].user_id)
     retried, last = lost_output(db, job.id), lost_output(db, job.id, max_attempts=1)
     reconciler = Reconciler(db, settings)
-    expire(db, retried)  # only now: the session worker's reconciler would otherwise take it
+    expire(db, retried)
     expire(db, last)
     done = reconciler.run_once(force=True)
     assert retried in done.outputs_requeued and last in done.outputs_failed

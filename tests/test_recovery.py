@@ -285,7 +285,7 @@ def test_jobs_whose_messages_redis_lost_are_enqueued_again_and_run_once(client, 
         assert len(claims) == 1
 
 
-def test_reconciler_requeues_expired_leases_then_gives_up(db, settings):
+def test_reconciler_requeues_expired_leases_then_gives_up(db, settings, reconciler_alone):
     reconciler = Reconciler(db, replace(settings, default_queue=f"nobody-{uuid.uuid4().hex[:6]}"))
     spec = parse_spec(
         tiny_spec(resources={"queue": f"nobody-{uuid.uuid4().hex[:6]}", "max_attempts": 2})
@@ -307,7 +307,7 @@ def test_reconciler_requeues_expired_leases_then_gives_up(db, settings):
         jobs.write_metrics(db, job.id, 2, [], epoch=0, step=1)
 
 
-def test_reconciler_leaves_live_leases_and_present_messages_alone(db, settings):
+def test_reconciler_leaves_live_leases_and_present_messages_alone(db, settings, reconciler_alone):
     queue = f"nobody-{uuid.uuid4().hex[:6]}"
     reconciler = Reconciler(db, replace(settings, enqueue_grace_seconds=0))
     spec = parse_spec(tiny_spec(resources={"queue": queue}))
