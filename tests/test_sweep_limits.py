@@ -25,6 +25,8 @@ def refused(client, db, body: dict) -> list[tuple[str, str]]:
     return [(f["path"], f["message"]) for f in answer.json["error"]["fields"]]
 
 
+# Accepted sweeps stay running: no reconciler makes their trials meanwhile.
+pytestmark = pytest.mark.usefixtures("reconcilers_paused")
 PRIORITY = "parameters.resources.priority"
 
 
